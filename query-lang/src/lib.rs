@@ -1,0 +1,1 @@
+//! TraceQL language: lexer, parser, AST, validation, errors.
