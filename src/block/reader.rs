@@ -1,0 +1,213 @@
+//! Turns block rows back into spans, and the row filter that selects one trace.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int8Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray, UInt32Array,
+};
+use arrow::datatypes::{DataType, Int64Type};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
+use parquet::schema::types::SchemaDescriptor;
+
+use super::attrs::{AttrListReader, int_value, string_value};
+use super::schema::col;
+use super::{BlockError, DedicatedColumn};
+use crate::model::{Origin, SpanRecord, TraceId, kv};
+
+/// A Parquet row filter keeping only rows of `id`; combined with row-group pruning on the sorted `trace_id`
+/// statistics and the page index, only the pages holding the trace are decoded.
+pub fn trace_id_filter(parquet_schema: &SchemaDescriptor, id: TraceId) -> RowFilter {
+    let mask = ProjectionMask::leaves(parquet_schema, [0]);
+    let pred = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+        let target = FixedSizeBinaryArray::new_scalar(id.0);
+        arrow::compute::kernels::cmp::eq(batch.column(0), &target)
+    });
+    RowFilter::new(vec![Box::new(pred)])
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, BlockError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| BlockError::Layout(format!("column {name} missing or mistyped")))
+}
+
+fn opt_str(a: &StringArray, i: usize) -> String {
+    if a.is_null(i) { String::new() } else { a.value(i).to_string() }
+}
+
+fn struct_child<'a, T: 'static>(st: &'a StructArray, name: &str) -> Result<&'a T, BlockError> {
+    st.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| BlockError::Layout(format!("field {name} missing or mistyped")))
+}
+
+fn list_structs<'a>(batch: &'a RecordBatch, name: &str) -> Result<(&'a ListArray, &'a StructArray), BlockError> {
+    let list: &ListArray = column(batch, name)?;
+    let st = list
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| BlockError::Layout(format!("{name} items are not structs")))?;
+    Ok((list, st))
+}
+
+/// Decodes every row of a batch (full block schema) into spans with their origin. Consecutive rows with the same
+/// resource and scope share one `Origin`, so a trace's spans group cheaply afterwards.
+pub fn batch_to_spans(
+    batch: &RecordBatch,
+    dedicated: &[DedicatedColumn],
+) -> Result<Vec<(TraceId, SpanRecord)>, BlockError> {
+    let trace_id: &FixedSizeBinaryArray = column(batch, col::TRACE_ID)?;
+    let span_id: &FixedSizeBinaryArray = column(batch, col::SPAN_ID)?;
+    let parent: &FixedSizeBinaryArray = column(batch, col::PARENT_SPAN_ID)?;
+    let trace_state: &StringArray = column(batch, col::TRACE_STATE)?;
+    let flags: &UInt32Array = column(batch, col::FLAGS)?;
+    let name: &StringArray = column(batch, col::NAME)?;
+    let kind: &Int8Array = column(batch, col::KIND)?;
+    let start: &Int64Array = column(batch, col::START)?;
+    let duration: &Int64Array = column(batch, col::DURATION)?;
+    let status_code: &Int8Array = column(batch, col::STATUS_CODE)?;
+    let status_message: &StringArray = column(batch, col::STATUS_MESSAGE)?;
+    let dropped_attrs: &UInt32Array = column(batch, col::DROPPED_ATTRS)?;
+    let dropped_events: &UInt32Array = column(batch, col::DROPPED_EVENTS)?;
+    let dropped_links: &UInt32Array = column(batch, col::DROPPED_LINKS)?;
+    let service: &StringArray = column(batch, col::SERVICE_NAME)?;
+    let res_attrs = AttrListReader::new(batch.column_by_name(col::RESOURCE_ATTRS).ok_or_else(missing)?.as_ref())?;
+    let res_dropped: &UInt32Array = column(batch, col::RESOURCE_DROPPED)?;
+    let res_schema: &StringArray = column(batch, col::RESOURCE_SCHEMA_URL)?;
+    let scope_name: &StringArray = column(batch, col::SCOPE_NAME)?;
+    let scope_version: &StringArray = column(batch, col::SCOPE_VERSION)?;
+    let scope_attrs = AttrListReader::new(batch.column_by_name(col::SCOPE_ATTRS).ok_or_else(missing)?.as_ref())?;
+    let scope_dropped: &UInt32Array = column(batch, col::SCOPE_DROPPED)?;
+    let scope_schema: &StringArray = column(batch, col::SCOPE_SCHEMA_URL)?;
+    let span_attrs = AttrListReader::new(batch.column_by_name(col::SPAN_ATTRS).ok_or_else(missing)?.as_ref())?;
+
+    let (ev_list, ev) = list_structs(batch, col::EVENTS)?;
+    let ev_time: &Int64Array = struct_child(ev, "time_unix_nano")?;
+    let ev_name: &StringArray = struct_child(ev, "name")?;
+    let ev_attrs = AttrListReader::new(ev.column_by_name("attrs").ok_or_else(missing)?.as_ref())?;
+    let ev_dropped: &UInt32Array = struct_child(ev, "dropped_attributes_count")?;
+    let (ln_list, ln) = list_structs(batch, col::LINKS)?;
+    let ln_trace: &BinaryArray = struct_child(ln, "trace_id")?;
+    let ln_span: &BinaryArray = struct_child(ln, "span_id")?;
+    let ln_state: &StringArray = struct_child(ln, "trace_state")?;
+    let ln_flags: &UInt32Array = struct_child(ln, "flags")?;
+    let ln_attrs = AttrListReader::new(ln.column_by_name("attrs").ok_or_else(missing)?.as_ref())?;
+    let ln_dropped: &UInt32Array = struct_child(ln, "dropped_attributes_count")?;
+
+    // Dedicated slots present in this batch, with the attribute they hold.
+    let mut res_slots: Vec<(&str, &StringArray)> = Vec::new();
+    let mut span_slots: Vec<(&str, &StringArray)> = Vec::new();
+    let mut span_int_slots: Vec<(&str, &Int64Array)> = Vec::new();
+    for d in dedicated {
+        let Some(c) = batch.column_by_name(&d.column) else { continue };
+        match (d.scope.as_str(), c.data_type()) {
+            ("resource", DataType::Utf8) => res_slots.push((&d.name, c.as_string::<i32>())),
+            ("span", DataType::Utf8) => span_slots.push((&d.name, c.as_string::<i32>())),
+            ("span", DataType::Int64) => span_int_slots.push((&d.name, c.as_primitive::<Int64Type>())),
+            _ => return Err(BlockError::Layout(format!("dedicated column {} has an unexpected type", d.column))),
+        }
+    }
+
+    let mut out = Vec::with_capacity(batch.num_rows());
+    let mut last_origin: Option<Arc<Origin>> = None;
+    for i in 0..batch.num_rows() {
+        let mut resource = Resource { dropped_attributes_count: res_dropped.value(i), ..Default::default() };
+        if !service.is_null(i) {
+            resource.attributes.push(kv("service.name", string_value(service.value(i))));
+        }
+        res_attrs.read_into(i, &mut resource.attributes)?;
+        for (k, a) in &res_slots {
+            if !a.is_null(i) {
+                resource.attributes.push(kv(*k, string_value(a.value(i))));
+            }
+        }
+        let origin = Origin {
+            resource,
+            resource_schema_url: opt_str(res_schema, i),
+            scope: InstrumentationScope {
+                name: opt_str(scope_name, i),
+                version: opt_str(scope_version, i),
+                attributes: scope_attrs.read(i)?,
+                dropped_attributes_count: scope_dropped.value(i),
+            },
+            scope_schema_url: opt_str(scope_schema, i),
+        };
+        let origin = match &last_origin {
+            Some(prev) if **prev == origin => prev.clone(),
+            _ => {
+                let o = Arc::new(origin);
+                last_origin = Some(o.clone());
+                o
+            }
+        };
+
+        let mut attributes = span_attrs.read(i)?;
+        for (k, a) in &span_slots {
+            if !a.is_null(i) {
+                attributes.push(kv(*k, string_value(a.value(i))));
+            }
+        }
+        for (k, a) in &span_int_slots {
+            if !a.is_null(i) {
+                attributes.push(kv(*k, int_value(a.value(i))));
+            }
+        }
+        let offs = ev_list.value_offsets();
+        let events = (offs[i] as usize..offs[i + 1] as usize)
+            .map(|j| {
+                Ok(span::Event {
+                    time_unix_nano: ev_time.value(j) as u64,
+                    name: ev_name.value(j).to_string(),
+                    attributes: ev_attrs.read(j)?,
+                    dropped_attributes_count: ev_dropped.value(j),
+                })
+            })
+            .collect::<Result<Vec<_>, BlockError>>()?;
+        let offs = ln_list.value_offsets();
+        let links = (offs[i] as usize..offs[i + 1] as usize)
+            .map(|j| {
+                Ok(span::Link {
+                    trace_id: ln_trace.value(j).to_vec(),
+                    span_id: ln_span.value(j).to_vec(),
+                    trace_state: opt_str(ln_state, j),
+                    attributes: ln_attrs.read(j)?,
+                    dropped_attributes_count: ln_dropped.value(j),
+                    flags: ln_flags.value(j),
+                })
+            })
+            .collect::<Result<Vec<_>, BlockError>>()?;
+        let st = start.value(i) as u64;
+        let span = Span {
+            trace_id: trace_id.value(i).to_vec(),
+            span_id: span_id.value(i).to_vec(),
+            trace_state: opt_str(trace_state, i),
+            parent_span_id: if parent.is_null(i) { Vec::new() } else { parent.value(i).to_vec() },
+            flags: flags.value(i),
+            name: name.value(i).to_string(),
+            kind: i32::from(kind.value(i)),
+            start_time_unix_nano: st,
+            end_time_unix_nano: st.wrapping_add(duration.value(i) as u64),
+            attributes,
+            dropped_attributes_count: dropped_attrs.value(i),
+            events,
+            dropped_events_count: dropped_events.value(i),
+            links,
+            dropped_links_count: dropped_links.value(i),
+            status: Some(Status { message: opt_str(status_message, i), code: i32::from(status_code.value(i)) }),
+        };
+        let tid = TraceId::from_bytes(trace_id.value(i)).ok_or_else(|| BlockError::Layout("zero trace ID".into()))?;
+        out.push((tid, SpanRecord { origin, span }));
+    }
+    Ok(out)
+}
+
+fn missing() -> BlockError {
+    BlockError::Layout("a list column is missing".into())
+}

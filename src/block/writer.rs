@@ -1,0 +1,618 @@
+//! Builds a block from live traces: nested-set numbering, dedicated-column choice, Parquet, bloom and meta.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, FixedSizeBinaryBuilder, Int8Builder, Int32Builder, Int64Builder, ListArray, RecordBatch, StringBuilder,
+    StructArray, UInt32Builder,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, SortingColumn};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+
+use super::attrs::AttrListBuilder;
+use super::schema::{self, RES_STR_SLOTS, SPAN_INT_SLOTS, SPAN_STR_SLOTS, col, event_fields, link_fields};
+use super::{BlockError, BlockMeta, DedicatedColumn, FORMAT, TraceBloom};
+use crate::model::{SpanRecord, TraceId};
+
+/// Tuning knobs for block building.
+#[derive(Debug, Clone)]
+pub struct BlockOptions {
+    /// Rows per Parquet row group: smaller groups mean less to read per trace lookup.
+    pub row_group_rows: usize,
+    pub zstd_level: i32,
+    /// An attribute key must occur in at least this share of spans to earn a dedicated column.
+    pub dedicated_min_share: f64,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        BlockOptions { row_group_rows: 16 * 1024, zstd_level: 3, dedicated_min_share: 0.05 }
+    }
+}
+
+/// A block ready for upload, plus its decoded footer so readers need not fetch it again.
+pub struct BuiltBlock {
+    pub meta: BlockMeta,
+    pub data: Bytes,
+    pub bloom: Bytes,
+    pub bloom_filter: TraceBloom,
+    pub parquet_meta: Arc<ParquetMetaData>,
+}
+
+/// Builds one block from traces sorted by trace ID. `raw_bytes` is the OTLP size the spans arrived as.
+pub fn build_block(
+    tenant: &str,
+    block_id: &str,
+    traces: &[(TraceId, Vec<SpanRecord>)],
+    raw_bytes: u64,
+    opts: &BlockOptions,
+) -> Result<BuiltBlock, BlockError> {
+    if traces.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(BlockError::Layout("traces must be sorted by trace ID and unique".into()));
+    }
+    let dedicated = choose_dedicated(traces, opts.dedicated_min_share);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
+        .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
+        .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
+        .set_column_dictionary_enabled(ColumnPath::from(col::SPAN_ID), false)
+        .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false)
+        .build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema::schema(), Some(props))?;
+    let mut bloom = TraceBloom::with_capacity(traces.len())?;
+    let mut rows = Rows::new(&dedicated);
+    let (mut start, mut end, mut spans) = (u64::MAX, 0u64, 0u64);
+    for (id, records) in traces {
+        bloom.insert(id);
+        let ordered = order_trace(records);
+        let t_start = ordered.iter().map(|o| records[o.idx].span.start_time_unix_nano).min().unwrap_or(0);
+        let t_end = ordered.iter().map(|o| records[o.idx].span.end_time_unix_nano).max().unwrap_or(0);
+        start = start.min(t_start);
+        end = end.max(t_end);
+        let root = ordered
+            .iter()
+            .filter(|o| records[o.idx].span.parent_span_id.is_empty())
+            .min_by_key(|o| records[o.idx].span.start_time_unix_nano)
+            .map(|o| &records[o.idx]);
+        let trace = TraceInfo {
+            id,
+            start: t_start,
+            end: t_end,
+            root_service: root.and_then(|r| crate::model::service_name(&r.origin.resource)),
+            root_name: root.map(|r| r.span.name.as_str()),
+        };
+        for o in &ordered {
+            rows.push(&trace, &records[o.idx], o);
+            spans += 1;
+            if rows.len >= opts.row_group_rows {
+                writer.write(&rows.finish()?)?;
+            }
+        }
+    }
+    if rows.len > 0 {
+        writer.write(&rows.finish()?)?;
+    }
+    let data = Bytes::from(writer.into_inner()?);
+    let parquet_meta = Arc::new(
+        ParquetMetaDataReader::new().with_page_index_policy(PageIndexPolicy::Optional).parse_and_finish(&data)?,
+    );
+    let bloom_bytes = Bytes::from(bloom.to_bytes());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let meta = BlockMeta {
+        format: FORMAT.into(),
+        schema_version: schema::SCHEMA_VERSION,
+        block_id: block_id.into(),
+        tenant: tenant.into(),
+        start_time_unix_nano: if spans == 0 { 0 } else { start },
+        end_time_unix_nano: end,
+        span_count: spans,
+        trace_count: traces.len() as u64,
+        min_trace_id: traces.first().map(|t| t.0.to_hex()).unwrap_or_default(),
+        max_trace_id: traces.last().map(|t| t.0.to_hex()).unwrap_or_default(),
+        data_size: data.len() as u64,
+        bloom_size: bloom_bytes.len() as u64,
+        row_groups: parquet_meta.num_row_groups() as u64,
+        raw_bytes,
+        compaction_level: 0,
+        created_at_unix: now,
+        dedicated_columns: dedicated.columns(),
+    };
+    Ok(BuiltBlock { meta, data, bloom: bloom_bytes, bloom_filter: bloom, parquet_meta })
+}
+
+/// Position of a span in its trace's tree, in nested-set form.
+struct Ordered {
+    idx: usize,
+    left: i32,
+    right: i32,
+    parent: i32,
+}
+
+/// Dedupes a trace's spans (same span ID and kind) and numbers them depth first, children by start time, so
+/// structural TraceQL operators (`>`, `>>`, `~`) become integer comparisons. Spans whose parent is missing, and
+/// cycles, are treated as roots.
+fn order_trace(records: &[SpanRecord]) -> Vec<Ordered> {
+    let mut seen: HashMap<(&[u8], i32), usize> = HashMap::with_capacity(records.len());
+    let mut unique: Vec<usize> = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        if seen.insert((r.span.span_id.as_slice(), r.span.kind), i).is_none() {
+            unique.push(i);
+        }
+    }
+    let by_id: HashMap<&[u8], usize> = unique.iter().map(|&i| (records[i].span.span_id.as_slice(), i)).collect();
+    let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut roots = Vec::new();
+    for &i in &unique {
+        let p = records[i].span.parent_span_id.as_slice();
+        match by_id.get(p) {
+            Some(&pi) if !p.is_empty() && pi != i => children.entry(pi).or_default().push(i),
+            _ => roots.push(i),
+        }
+    }
+    let key = |i: &usize| (records[*i].span.start_time_unix_nano, records[*i].span.span_id.clone());
+    roots.sort_by_key(key);
+    children.values_mut().for_each(|c| c.sort_by_key(key));
+
+    let mut out: Vec<Ordered> = Vec::with_capacity(unique.len());
+    let mut visited = vec![false; records.len()];
+    let mut counter = 0i32;
+    // Cycles leave spans unreachable from any root; they are picked up as extra roots afterwards.
+    let mut pending_roots: Vec<usize> = roots;
+    pending_roots.extend(unique.iter().copied());
+    for root in pending_roots {
+        if visited[root] {
+            continue;
+        }
+        // Stack of (span index, position in `out`, next child to visit).
+        let mut stack: Vec<(usize, usize, usize)> = Vec::new();
+        visited[root] = true;
+        counter += 1;
+        out.push(Ordered { idx: root, left: counter, right: 0, parent: 0 });
+        stack.push((root, out.len() - 1, 0));
+        while let Some(top) = stack.last_mut() {
+            let (node, pos, next) = *top;
+            let kids = children.get(&node).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(&child) = kids.get(next) {
+                top.2 += 1;
+                if visited[child] {
+                    continue;
+                }
+                visited[child] = true;
+                counter += 1;
+                let parent_left = out[pos].left;
+                out.push(Ordered { idx: child, left: counter, right: 0, parent: parent_left });
+                stack.push((child, out.len() - 1, 0));
+            } else {
+                counter += 1;
+                out[pos].right = counter;
+                stack.pop();
+            }
+        }
+    }
+    out
+}
+
+/// The attributes chosen for dedicated slot columns in one block.
+struct Dedicated {
+    res_str: Vec<String>,
+    span_str: Vec<String>,
+    span_int: Vec<String>,
+}
+
+impl Dedicated {
+    fn columns(&self) -> Vec<DedicatedColumn> {
+        let mk = |scope: &str, ty: &str, names: &[String], colname: fn(usize) -> String| {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| DedicatedColumn {
+                    scope: scope.into(),
+                    name: n.clone(),
+                    value_type: ty.into(),
+                    column: colname(i),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut v = mk("resource", "string", &self.res_str, schema::res_str_col);
+        v.extend(mk("span", "string", &self.span_str, schema::span_str_col));
+        v.extend(mk("span", "int", &self.span_int, schema::span_int_col));
+        v
+    }
+}
+
+/// Picks, per scope and type, the keys present in the most spans (at least `min_share` of them).
+fn choose_dedicated(traces: &[(TraceId, Vec<SpanRecord>)], min_share: f64) -> Dedicated {
+    let mut res: HashMap<&str, u64> = HashMap::new();
+    let mut span_s: HashMap<&str, u64> = HashMap::new();
+    let mut span_i: HashMap<&str, u64> = HashMap::new();
+    let mut total = 0u64;
+    for (_, records) in traces {
+        for r in records {
+            total += 1;
+            for kv in &r.origin.resource.attributes {
+                if kv.key != "service.name" && matches!(value_of(kv), Some(Value::StringValue(_))) {
+                    *res.entry(kv.key.as_str()).or_default() += 1;
+                }
+            }
+            for kv in &r.span.attributes {
+                match value_of(kv) {
+                    Some(Value::StringValue(_)) => *span_s.entry(kv.key.as_str()).or_default() += 1,
+                    Some(Value::IntValue(_)) => *span_i.entry(kv.key.as_str()).or_default() += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let min = ((total as f64) * min_share).ceil().max(1.0) as u64;
+    let top = |m: HashMap<&str, u64>, n: usize| {
+        let mut v: Vec<(&str, u64)> = m.into_iter().filter(|(_, c)| *c >= min).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.into_iter().take(n).map(|(k, _)| k.to_string()).collect::<Vec<_>>()
+    };
+    Dedicated {
+        res_str: top(res, RES_STR_SLOTS),
+        span_str: top(span_s, SPAN_STR_SLOTS),
+        span_int: top(span_i, SPAN_INT_SLOTS),
+    }
+}
+
+fn value_of(kv: &KeyValue) -> Option<&Value> {
+    kv.value.as_ref().and_then(|v| v.value.as_ref())
+}
+
+struct TraceInfo<'a> {
+    id: &'a TraceId,
+    start: u64,
+    end: u64,
+    root_service: Option<&'a str>,
+    root_name: Option<&'a str>,
+}
+
+/// Column builders for one row group's worth of spans.
+struct Rows {
+    len: usize,
+    res_keys: HashMap<String, usize>,
+    span_str_keys: HashMap<String, usize>,
+    span_int_keys: HashMap<String, usize>,
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent_span_id: FixedSizeBinaryBuilder,
+    trace_state: StringBuilder,
+    flags: UInt32Builder,
+    name: StringBuilder,
+    kind: Int8Builder,
+    start: Int64Builder,
+    duration: Int64Builder,
+    status_code: Int8Builder,
+    status_message: StringBuilder,
+    dropped_attrs: UInt32Builder,
+    dropped_events: UInt32Builder,
+    dropped_links: UInt32Builder,
+    nested_left: Int32Builder,
+    nested_right: Int32Builder,
+    nested_parent: Int32Builder,
+    service_name: StringBuilder,
+    resource_attrs: AttrListBuilder,
+    resource_dropped: UInt32Builder,
+    resource_schema_url: StringBuilder,
+    scope_name: StringBuilder,
+    scope_version: StringBuilder,
+    scope_attrs: AttrListBuilder,
+    scope_dropped: UInt32Builder,
+    scope_schema_url: StringBuilder,
+    span_attrs: AttrListBuilder,
+    events: EventsBuilder,
+    links: LinksBuilder,
+    trace_start: Int64Builder,
+    trace_end: Int64Builder,
+    root_service: StringBuilder,
+    root_name: StringBuilder,
+    res_str: Vec<StringBuilder>,
+    span_str: Vec<StringBuilder>,
+    span_int: Vec<Int64Builder>,
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl Rows {
+    fn new(d: &Dedicated) -> Self {
+        let idx = |v: &[String]| v.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+        Rows {
+            len: 0,
+            res_keys: idx(&d.res_str),
+            span_str_keys: idx(&d.span_str),
+            span_int_keys: idx(&d.span_int),
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            span_id: FixedSizeBinaryBuilder::new(8),
+            parent_span_id: FixedSizeBinaryBuilder::new(8),
+            trace_state: StringBuilder::new(),
+            flags: UInt32Builder::new(),
+            name: StringBuilder::new(),
+            kind: Int8Builder::new(),
+            start: Int64Builder::new(),
+            duration: Int64Builder::new(),
+            status_code: Int8Builder::new(),
+            status_message: StringBuilder::new(),
+            dropped_attrs: UInt32Builder::new(),
+            dropped_events: UInt32Builder::new(),
+            dropped_links: UInt32Builder::new(),
+            nested_left: Int32Builder::new(),
+            nested_right: Int32Builder::new(),
+            nested_parent: Int32Builder::new(),
+            service_name: StringBuilder::new(),
+            resource_attrs: AttrListBuilder::new(),
+            resource_dropped: UInt32Builder::new(),
+            resource_schema_url: StringBuilder::new(),
+            scope_name: StringBuilder::new(),
+            scope_version: StringBuilder::new(),
+            scope_attrs: AttrListBuilder::new(),
+            scope_dropped: UInt32Builder::new(),
+            scope_schema_url: StringBuilder::new(),
+            span_attrs: AttrListBuilder::new(),
+            events: EventsBuilder::new(),
+            links: LinksBuilder::new(),
+            trace_start: Int64Builder::new(),
+            trace_end: Int64Builder::new(),
+            root_service: StringBuilder::new(),
+            root_name: StringBuilder::new(),
+            res_str: (0..RES_STR_SLOTS).map(|_| StringBuilder::new()).collect(),
+            span_str: (0..SPAN_STR_SLOTS).map(|_| StringBuilder::new()).collect(),
+            span_int: (0..SPAN_INT_SLOTS).map(|_| Int64Builder::new()).collect(),
+        }
+    }
+
+    fn push(&mut self, t: &TraceInfo, r: &SpanRecord, o: &Ordered) {
+        let s = &r.span;
+        let origin = &r.origin;
+        self.len += 1;
+        // Lengths were validated by the receiver; a bad one here would be a bug, reported by the Arrow error.
+        let _ = self.trace_id.append_value(t.id.0);
+        let _ = self.span_id.append_value(&s.span_id);
+        if s.parent_span_id.len() == 8 {
+            let _ = self.parent_span_id.append_value(&s.parent_span_id);
+        } else {
+            self.parent_span_id.append_null();
+        }
+        self.trace_state.append_option(non_empty(&s.trace_state));
+        self.flags.append_value(s.flags);
+        self.name.append_value(&s.name);
+        self.kind.append_value(s.kind as i8);
+        self.start.append_value(s.start_time_unix_nano as i64);
+        self.duration.append_value(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64);
+        let (code, msg) = s.status.as_ref().map(|st| (st.code, st.message.as_str())).unwrap_or((0, ""));
+        self.status_code.append_value(code as i8);
+        self.status_message.append_option(non_empty(msg));
+        self.dropped_attrs.append_value(s.dropped_attributes_count);
+        self.dropped_events.append_value(s.dropped_events_count);
+        self.dropped_links.append_value(s.dropped_links_count);
+        self.nested_left.append_value(o.left);
+        self.nested_right.append_value(o.right);
+        self.nested_parent.append_value(o.parent);
+
+        // Resource: service.name and dedicated keys get columns, the rest the generic list.
+        let mut service: Option<&str> = None;
+        let mut res_slots: [Option<&str>; RES_STR_SLOTS] = [None; RES_STR_SLOTS];
+        for kv in &origin.resource.attributes {
+            if let Some(Value::StringValue(v)) = value_of(kv) {
+                if kv.key == "service.name" && service.is_none() {
+                    service = Some(v);
+                    continue;
+                }
+                if let Some(&i) = self.res_keys.get(&kv.key)
+                    && res_slots[i].is_none()
+                {
+                    res_slots[i] = Some(v);
+                    continue;
+                }
+            }
+            self.resource_attrs.push(&kv.key, kv.value.as_ref());
+        }
+        self.resource_attrs.end_row();
+        self.service_name.append_option(service);
+        for (b, v) in self.res_str.iter_mut().zip(res_slots) {
+            b.append_option(v);
+        }
+        self.resource_dropped.append_value(origin.resource.dropped_attributes_count);
+        self.resource_schema_url.append_option(non_empty(&origin.resource_schema_url));
+        self.scope_name.append_option(non_empty(&origin.scope.name));
+        self.scope_version.append_option(non_empty(&origin.scope.version));
+        for kv in &origin.scope.attributes {
+            self.scope_attrs.push(&kv.key, kv.value.as_ref());
+        }
+        self.scope_attrs.end_row();
+        self.scope_dropped.append_value(origin.scope.dropped_attributes_count);
+        self.scope_schema_url.append_option(non_empty(&origin.scope_schema_url));
+
+        let mut str_slots: [Option<&str>; SPAN_STR_SLOTS] = [None; SPAN_STR_SLOTS];
+        let mut int_slots: [Option<i64>; SPAN_INT_SLOTS] = [None; SPAN_INT_SLOTS];
+        for kv in &s.attributes {
+            match value_of(kv) {
+                Some(Value::StringValue(v)) => {
+                    if let Some(&i) = self.span_str_keys.get(&kv.key)
+                        && str_slots[i].is_none()
+                    {
+                        str_slots[i] = Some(v);
+                        continue;
+                    }
+                }
+                Some(Value::IntValue(v)) => {
+                    if let Some(&i) = self.span_int_keys.get(&kv.key)
+                        && int_slots[i].is_none()
+                    {
+                        int_slots[i] = Some(*v);
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            self.span_attrs.push(&kv.key, kv.value.as_ref());
+        }
+        self.span_attrs.end_row();
+        for (b, v) in self.span_str.iter_mut().zip(str_slots) {
+            b.append_option(v);
+        }
+        for (b, v) in self.span_int.iter_mut().zip(int_slots) {
+            b.append_option(v);
+        }
+        for e in &s.events {
+            self.events.time.append_value(e.time_unix_nano as i64);
+            self.events.name.append_value(&e.name);
+            for kv in &e.attributes {
+                self.events.attrs.push(&kv.key, kv.value.as_ref());
+            }
+            self.events.attrs.end_row();
+            self.events.dropped.append_value(e.dropped_attributes_count);
+            self.events.len += 1;
+        }
+        self.events.offsets.push(self.events.len);
+        for l in &s.links {
+            self.links.trace_id.append_value(&l.trace_id);
+            self.links.span_id.append_value(&l.span_id);
+            self.links.trace_state.append_option(non_empty(&l.trace_state));
+            self.links.flags.append_value(l.flags);
+            for kv in &l.attributes {
+                self.links.attrs.push(&kv.key, kv.value.as_ref());
+            }
+            self.links.attrs.end_row();
+            self.links.dropped.append_value(l.dropped_attributes_count);
+            self.links.len += 1;
+        }
+        self.links.offsets.push(self.links.len);
+        self.trace_start.append_value(t.start as i64);
+        self.trace_end.append_value(t.end as i64);
+        self.root_service.append_option(t.root_service);
+        self.root_name.append_option(t.root_name);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, BlockError> {
+        self.len = 0;
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent_span_id.finish()),
+            Arc::new(self.trace_state.finish()),
+            Arc::new(self.flags.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.duration.finish()),
+            Arc::new(self.status_code.finish()),
+            Arc::new(self.status_message.finish()),
+            Arc::new(self.dropped_attrs.finish()),
+            Arc::new(self.dropped_events.finish()),
+            Arc::new(self.dropped_links.finish()),
+            Arc::new(self.nested_left.finish()),
+            Arc::new(self.nested_right.finish()),
+            Arc::new(self.nested_parent.finish()),
+            Arc::new(self.service_name.finish()),
+            self.resource_attrs.finish(),
+            Arc::new(self.resource_dropped.finish()),
+            Arc::new(self.resource_schema_url.finish()),
+            Arc::new(self.scope_name.finish()),
+            Arc::new(self.scope_version.finish()),
+            self.scope_attrs.finish(),
+            Arc::new(self.scope_dropped.finish()),
+            Arc::new(self.scope_schema_url.finish()),
+            self.span_attrs.finish(),
+            self.events.finish(),
+            self.links.finish(),
+            Arc::new(self.trace_start.finish()),
+            Arc::new(self.trace_end.finish()),
+            Arc::new(self.root_service.finish()),
+            Arc::new(self.root_name.finish()),
+        ];
+        cols.extend(self.res_str.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        cols.extend(self.span_str.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        cols.extend(self.span_int.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        Ok(RecordBatch::try_new(schema::schema(), cols)?)
+    }
+}
+
+fn list_array(fields: arrow::datatypes::Fields, children: Vec<ArrayRef>, offsets: &mut Vec<i32>) -> ArrayRef {
+    let values = StructArray::new(fields.clone(), children, None);
+    let offsets = std::mem::replace(offsets, vec![0]);
+    let field = Arc::new(Field::new("item", DataType::Struct(fields), false));
+    Arc::new(ListArray::new(field, OffsetBuffer::new(offsets.into()), Arc::new(values), None))
+}
+
+struct EventsBuilder {
+    offsets: Vec<i32>,
+    len: i32,
+    time: Int64Builder,
+    name: StringBuilder,
+    attrs: AttrListBuilder,
+    dropped: UInt32Builder,
+}
+
+impl EventsBuilder {
+    fn new() -> Self {
+        EventsBuilder {
+            offsets: vec![0],
+            len: 0,
+            time: Int64Builder::new(),
+            name: StringBuilder::new(),
+            attrs: AttrListBuilder::new(),
+            dropped: UInt32Builder::new(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        self.len = 0;
+        let children: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.name.finish()),
+            self.attrs.finish(),
+            Arc::new(self.dropped.finish()),
+        ];
+        list_array(event_fields(), children, &mut self.offsets)
+    }
+}
+
+struct LinksBuilder {
+    offsets: Vec<i32>,
+    len: i32,
+    trace_id: arrow::array::BinaryBuilder,
+    span_id: arrow::array::BinaryBuilder,
+    trace_state: StringBuilder,
+    flags: UInt32Builder,
+    attrs: AttrListBuilder,
+    dropped: UInt32Builder,
+}
+
+impl LinksBuilder {
+    fn new() -> Self {
+        LinksBuilder {
+            offsets: vec![0],
+            len: 0,
+            trace_id: Default::default(),
+            span_id: Default::default(),
+            trace_state: StringBuilder::new(),
+            flags: UInt32Builder::new(),
+            attrs: AttrListBuilder::new(),
+            dropped: UInt32Builder::new(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        self.len = 0;
+        let children: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.trace_state.finish()),
+            Arc::new(self.flags.finish()),
+            self.attrs.finish(),
+            Arc::new(self.dropped.finish()),
+        ];
+        list_array(link_fields(), children, &mut self.offsets)
+    }
+}

@@ -1,0 +1,277 @@
+//! Runtime configuration: defaults, overridden by a YAML file, then environment variables, then flags.
+//!
+//! clap reads flags and `STRATA_*` variables in one place; the YAML file fills whatever neither sets, so a
+//! container can ship a file and still be tuned per deployment with environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Configuration errors, reported at start-up before anything listens.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("invalid value for {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// Where blocks are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A directory on local disk (`<data-dir>/blocks` unless `--local-path` says otherwise).
+    #[default]
+    Local,
+    /// An S3-compatible bucket (AWS S3, MinIO, ...).
+    S3,
+}
+
+/// Command-line flags; every one also reads an environment variable.
+#[derive(Debug, Parser, Default)]
+#[command(name = "strata", version, about = "Strata trace store: OTLP in, Parquet on object storage, Tempo's API out")]
+pub struct Args {
+    /// YAML configuration file; flags and environment variables override its values.
+    #[arg(long, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the WAL and, with local storage, the blocks [default: ./data]
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Query API (Tempo-compatible HTTP) listen address [default: 0.0.0.0:3200]
+    #[arg(long, env = "STRATA_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// OTLP gRPC listen address [default: 0.0.0.0:4317]
+    #[arg(long, env = "STRATA_OTLP_GRPC_ADDR")]
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    /// OTLP HTTP listen address [default: 0.0.0.0:4318]
+    #[arg(long, env = "STRATA_OTLP_HTTP_ADDR")]
+    pub otlp_http_addr: Option<SocketAddr>,
+    /// Block storage backend [default: local]
+    #[arg(long, env = "STRATA_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Directory for blocks with local storage [default: <data-dir>/blocks]
+    #[arg(long, env = "STRATA_LOCAL_PATH")]
+    pub local_path: Option<PathBuf>,
+    /// S3 endpoint URL, e.g. http://minio:9000 (empty: AWS)
+    #[arg(long, env = "STRATA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 bucket name
+    #[arg(long, env = "STRATA_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket under which tenants' blocks are written
+    #[arg(long, env = "STRATA_S3_PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// S3 region [default: $AWS_REGION or us-east-1]
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+    /// Use path-style S3 URLs (MinIO and most self-hosted servers need this) [default: true when an endpoint is set]
+    #[arg(long, env = "STRATA_S3_PATH_STYLE")]
+    pub s3_path_style: Option<bool>,
+    /// Cut the live head into a block once it holds this many spans [default: 250000]
+    #[arg(long, env = "STRATA_MAX_BLOCK_SPANS")]
+    pub max_block_spans: Option<usize>,
+    /// Cut the live head into a block once its OTLP payload reaches this many bytes [default: 64MiB]
+    #[arg(long, env = "STRATA_MAX_BLOCK_BYTES")]
+    pub max_block_bytes: Option<usize>,
+    /// Cut the live head into a block at the latest after this long, e.g. 30s, 5m [default: 2m]
+    #[arg(long, env = "STRATA_MAX_BLOCK_AGE", value_parser = humantime::parse_duration)]
+    pub max_block_age: Option<Duration>,
+    /// Largest accepted OTLP request body, in bytes (after decompression) [default: 16MiB]
+    #[arg(long, env = "STRATA_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// How long SIGTERM may spend flushing blocks before exiting, e.g. 30s [default: 30s]
+    #[arg(long, env = "STRATA_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Log filter in tracing's EnvFilter syntax [default: info]
+    #[arg(long, env = "STRATA_LOG")]
+    pub log: Option<String>,
+}
+
+/// The YAML file's shape. Every key is optional; names match the long flags with `_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<SocketAddr>,
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    pub otlp_http_addr: Option<SocketAddr>,
+    pub storage: Option<StorageKind>,
+    pub local_path: Option<PathBuf>,
+    pub s3: Option<FileS3>,
+    pub max_block_spans: Option<usize>,
+    pub max_block_bytes: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    pub max_block_age: Option<Duration>,
+    pub max_request_bytes: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    pub shutdown_timeout: Option<Duration>,
+    pub log: Option<String>,
+}
+
+/// The `s3:` section of the YAML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileS3 {
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// S3 settings; credentials come from the standard `AWS_*` environment variables.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub path_style: bool,
+}
+
+/// Storage settings after merging.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    Local { path: PathBuf },
+    S3(S3Config),
+}
+
+/// The merged configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub otlp_grpc_addr: SocketAddr,
+    pub otlp_http_addr: SocketAddr,
+    pub storage: StorageConfig,
+    pub max_block_spans: usize,
+    pub max_block_bytes: usize,
+    pub max_block_age: Duration,
+    pub max_request_bytes: usize,
+    pub shutdown_timeout: Duration,
+    pub log: String,
+}
+
+impl Config {
+    /// Merges flags/environment over the YAML file (if any) over the defaults.
+    pub fn load(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(a: Args, f: FileConfig) -> Result<Self, ConfigError> {
+        let data_dir = a.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+        let fs3 = f.s3.unwrap_or_default();
+        let kind = a.storage.or(f.storage).unwrap_or_default();
+        let storage = match kind {
+            StorageKind::Local => {
+                StorageConfig::Local { path: a.local_path.or(f.local_path).unwrap_or_else(|| data_dir.join("blocks")) }
+            }
+            StorageKind::S3 => {
+                let endpoint = a.s3_endpoint.or(fs3.endpoint).filter(|e| !e.is_empty());
+                let bucket = a.s3_bucket.or(fs3.bucket).filter(|b| !b.is_empty()).ok_or(ConfigError::Invalid {
+                    field: "s3 bucket",
+                    message: "storage is s3 but no bucket is set (STRATA_S3_BUCKET / --s3-bucket)".into(),
+                })?;
+                S3Config {
+                    path_style: a.s3_path_style.or(fs3.path_style).unwrap_or(endpoint.is_some()),
+                    endpoint,
+                    bucket,
+                    prefix: a.s3_prefix.or(fs3.prefix).unwrap_or_default().trim_matches('/').to_string(),
+                    region: a.s3_region.or(fs3.region).unwrap_or_else(|| "us-east-1".into()),
+                }
+                .into()
+            }
+        };
+        let cfg = Config {
+            data_dir,
+            http_addr: a.http_addr.or(f.http_addr).unwrap_or(([0, 0, 0, 0], 3200).into()),
+            otlp_grpc_addr: a.otlp_grpc_addr.or(f.otlp_grpc_addr).unwrap_or(([0, 0, 0, 0], 4317).into()),
+            otlp_http_addr: a.otlp_http_addr.or(f.otlp_http_addr).unwrap_or(([0, 0, 0, 0], 4318).into()),
+            storage,
+            max_block_spans: a.max_block_spans.or(f.max_block_spans).unwrap_or(250_000),
+            max_block_bytes: a.max_block_bytes.or(f.max_block_bytes).unwrap_or(64 << 20),
+            max_block_age: a.max_block_age.or(f.max_block_age).unwrap_or(Duration::from_secs(120)),
+            max_request_bytes: a.max_request_bytes.or(f.max_request_bytes).unwrap_or(16 << 20),
+            shutdown_timeout: a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
+            log: a.log.or(f.log).unwrap_or_else(|| "info".into()),
+        };
+        if cfg.max_block_spans == 0 || cfg.max_block_bytes == 0 || cfg.max_request_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "limits",
+                message: "max_block_spans, max_block_bytes and max_request_bytes must be positive".into(),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+impl From<S3Config> for StorageConfig {
+    fn from(c: S3Config) -> Self {
+        StorageConfig::S3(c)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.http_addr.port(), 3200);
+        assert_eq!(c.otlp_grpc_addr.port(), 4317);
+        assert_eq!(c.otlp_http_addr.port(), 4318);
+        assert!(matches!(c.storage, StorageConfig::Local { ref path } if path.ends_with("data/blocks")));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file: FileConfig = serde_yaml::from_str(
+            "storage: s3\ns3: {bucket: b1, prefix: /p/, endpoint: 'http://x:9000'}\nmax_block_age: 10s\nhttp_addr: 127.0.0.1:1\n",
+        )
+        .unwrap();
+        let args = Args { http_addr: Some("127.0.0.1:2".parse().unwrap()), ..Args::default() };
+        let c = Config::merge(args, file).unwrap();
+        assert_eq!(c.http_addr.port(), 2);
+        assert_eq!(c.max_block_age, Duration::from_secs(10));
+        match c.storage {
+            StorageConfig::S3(s) => {
+                assert_eq!(s.bucket, "b1");
+                assert_eq!(s.prefix, "p");
+                assert!(s.path_style);
+            }
+            other => panic!("expected s3, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn s3_without_bucket_is_an_error() {
+        let args = Args { storage: Some(StorageKind::S3), ..Args::default() };
+        assert!(Config::merge(args, FileConfig::default()).is_err());
+        assert!(serde_yaml::from_str::<FileConfig>("nonsense: 1").is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! temp
+pub mod block;
+pub mod config;
+pub mod model;
+pub mod telemetry;

@@ -1,0 +1,91 @@
+//! Self-metrics, exposed on `/metrics` in Prometheus text format.
+//!
+//! One registry for the whole process; every layer records into the `Metrics` handle it is given, so the api
+//! layer only has to encode it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label for per-protocol counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: &'static str,
+}
+
+/// Label for per-reason counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Every self-metric Strata exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<ProtocolLabel, Counter>,
+    pub spans_accepted: Family<ProtocolLabel, Counter>,
+    pub spans_rejected: Family<ReasonLabel, Counter>,
+    pub requests_failed: Family<ReasonLabel, Counter>,
+    pub wal_fsync_seconds: Histogram,
+    pub wal_bytes: Counter,
+    pub flush_seconds: Histogram,
+    pub blocks_flushed: Counter,
+    pub blocks: Gauge,
+    pub live_spans: Gauge,
+    pub object_store_errors: Counter,
+    pub trace_lookups: Counter,
+    pub trace_lookup_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("strata");
+        let m = Metrics {
+            requests: Family::default(),
+            spans_accepted: Family::default(),
+            spans_rejected: Family::default(),
+            requests_failed: Family::default(),
+            wal_fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            wal_bytes: Counter::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            blocks_flushed: Counter::default(),
+            blocks: Gauge::default(),
+            live_spans: Gauge::default(),
+            object_store_errors: Counter::default(),
+            trace_lookups: Counter::default(),
+            trace_lookup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("ingest_requests", "OTLP export requests received", m.requests.clone());
+        registry.register("ingest_spans_accepted", "Spans made durable in the WAL", m.spans_accepted.clone());
+        registry.register("ingest_spans_rejected", "Spans refused (invalid IDs, ...)", m.spans_rejected.clone());
+        registry.register("ingest_requests_failed", "OTLP requests answered with an error", m.requests_failed.clone());
+        registry.register("wal_fsync_seconds", "Duration of one WAL group write + fsync", m.wal_fsync_seconds.clone());
+        registry.register("wal_written_bytes", "Bytes appended to the WAL", m.wal_bytes.clone());
+        registry.register("flush_seconds", "Time to build and upload one block", m.flush_seconds.clone());
+        registry.register("blocks_flushed", "Blocks written to object storage", m.blocks_flushed.clone());
+        registry.register("blocks", "Blocks currently in the block index", m.blocks.clone());
+        registry.register("live_spans", "Spans held in memory, not yet in a block", m.live_spans.clone());
+        registry.register("object_store_errors", "Failed object storage operations", m.object_store_errors.clone());
+        registry.register("trace_lookups", "Trace-by-ID lookups", m.trace_lookups.clone());
+        registry.register("trace_lookup_seconds", "Trace-by-ID latency", m.trace_lookup_seconds.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
