@@ -2,4 +2,5 @@
 pub mod block;
 pub mod config;
 pub mod model;
+pub mod storage;
 pub mod telemetry;
