@@ -1,6 +1,7 @@
 //! temp
 pub mod block;
 pub mod config;
+pub mod ingest;
 pub mod model;
 pub mod storage;
 pub mod telemetry;

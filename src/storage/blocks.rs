@@ -188,8 +188,7 @@ impl BlockStore {
     /// All spans of `id` stored in the tenant's blocks. Blocks are chosen by ID range and bloom filter only, so
     /// the answer does not depend on any time range the caller had in mind.
     pub async fn find_trace(&self, tenant: &Tenant, id: TraceId) -> Result<Vec<SpanRecord>, StorageError> {
-        let candidates: Vec<Arc<BlockEntry>> =
-            self.blocks(tenant).into_iter().filter(|b| b.may_contain(&id)).collect();
+        let candidates: Vec<Arc<BlockEntry>> = self.blocks(tenant).into_iter().filter(|b| b.may_contain(&id)).collect();
         let reads = candidates.iter().map(|b| self.read_trace(tenant, b, id));
         let parts: Vec<Vec<SpanRecord>> = futures::future::try_join_all(reads).await?;
         Ok(parts.into_iter().flatten().collect())
@@ -202,9 +201,7 @@ impl BlockStore {
             .footer
             .get_or_try_init(|| {
                 let mut r = reader.clone();
-                async move {
-                    ArrowReaderMetadata::load_async(&mut r, reader_options()).await
-                }
+                async move { ArrowReaderMetadata::load_async(&mut r, reader_options()).await }
             })
             .await
             .inspect_err(|_| {
@@ -235,8 +232,8 @@ impl BlockStore {
             .with_row_filter(filter)
             .build()?;
         let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
-                self.metrics.object_store_errors.inc();
-            })?;
+            self.metrics.object_store_errors.inc();
+        })?;
         let mut out = Vec::new();
         for batch in &batches {
             out.extend(block::batch_to_spans(batch, &b.meta.dedicated_columns)?.into_iter().map(|(_, s)| s));

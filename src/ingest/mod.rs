@@ -1,0 +1,383 @@
+//! Ingest: makes accepted spans durable (WAL, group commit), keeps them queryable in memory, and cuts them into
+//! blocks that are uploaded to object storage.
+//!
+//! One WAL thread owns the current segment and the live heads. It writes and fsyncs a group of requests, then
+//! inserts their spans into the live heads, then acknowledges: so an acknowledged span is always durable and
+//! immediately findable, and a cut (segment rotation + freezing the heads) happens between groups, never inside
+//! one. Frozen heads stay queryable until their block is registered in the `BlockStore`; only then are the WAL
+//! segments they came from deleted.
+
+mod flush;
+pub mod wal;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use parking_lot::RwLock;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::block::BlockOptions;
+use crate::model::{Origin, SpanRecord, Tenant, TraceId};
+use crate::storage::BlockStore;
+use crate::telemetry::Metrics;
+
+/// Ingest errors; all of them mean "not acknowledged, try again".
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("write-ahead log unavailable: {0}")]
+    Wal(String),
+    #[error("object storage is failing; not accepting data until blocks can be uploaded again")]
+    StoreUnavailable,
+    #[error("too much data is waiting to be flushed ({0} spans); retry later")]
+    Backlog(usize),
+    #[error("server is shutting down")]
+    Shutdown,
+}
+
+/// Limits and placement for the ingester.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub wal_dir: PathBuf,
+    pub max_block_spans: usize,
+    pub max_block_bytes: usize,
+    pub max_block_age: Duration,
+    pub block: BlockOptions,
+}
+
+/// A tenant's live spans, grouped by trace.
+struct Head {
+    traces: HashMap<TraceId, Vec<SpanRecord>>,
+    spans: usize,
+    bytes: usize,
+    created: Instant,
+}
+
+impl Head {
+    fn new() -> Self {
+        Head { traces: HashMap::new(), spans: 0, bytes: 0, created: Instant::now() }
+    }
+}
+
+/// A head cut from the live set, waiting to become a block. Traces are sorted, as the block wants them.
+pub struct FrozenHead {
+    pub tenant: Tenant,
+    pub traces: Vec<(TraceId, Vec<SpanRecord>)>,
+    pub spans: usize,
+    pub bytes: usize,
+}
+
+impl FrozenHead {
+    fn find(&self, id: &TraceId) -> Option<&Vec<SpanRecord>> {
+        self.traces.binary_search_by(|t| t.0.cmp(id)).ok().map(|i| &self.traces[i].1)
+    }
+}
+
+/// All heads frozen at one WAL rotation. When all are in blocks, segments up to `seq` can go.
+pub struct Cut {
+    pub seq: u64,
+    pub heads: Vec<Arc<FrozenHead>>,
+}
+
+struct Shared {
+    live: RwLock<HashMap<Tenant, Head>>,
+    flushing: RwLock<Vec<Arc<FrozenHead>>>,
+    /// Spans in frozen heads not yet in blocks.
+    backlog: AtomicUsize,
+    store_healthy: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+enum Cmd {
+    Append {
+        tenant: Tenant,
+        header: Vec<u8>,
+        body: Bytes,
+        spans: Vec<(TraceId, SpanRecord)>,
+        ack: oneshot::Sender<Result<(), IngestError>>,
+    },
+    /// Rotate the WAL and freeze every head; replies with the cut's sequence number.
+    Cut { reply: Option<oneshot::Sender<u64>> },
+    /// Cut if some head is older than the maximum block age.
+    Tick,
+}
+
+/// The handle receivers and queriers use.
+pub struct Ingester {
+    tx: mpsc::Sender<Cmd>,
+    shared: Arc<Shared>,
+    flushed: watch::Receiver<u64>,
+    backlog_limit: usize,
+}
+
+impl Ingester {
+    /// Replays the WAL into memory, then starts the WAL thread and the flusher.
+    pub fn start(cfg: IngestConfig, blocks: Arc<BlockStore>, metrics: Arc<Metrics>) -> Result<Arc<Self>, IngestError> {
+        std::fs::create_dir_all(&cfg.wal_dir).map_err(|e| IngestError::Wal(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            live: RwLock::new(HashMap::new()),
+            flushing: RwLock::new(Vec::new()),
+            backlog: AtomicUsize::new(0),
+            store_healthy: AtomicBool::new(true),
+            metrics: metrics.clone(),
+        });
+        let seqs = wal::list_segments(&cfg.wal_dir).map_err(|e| IngestError::Wal(e.to_string()))?;
+        let mut replayed = 0usize;
+        for &seq in &seqs {
+            let records = wal::read_segment(&cfg.wal_dir, seq).map_err(|e| IngestError::Wal(e.to_string()))?;
+            let mut live = shared.live.write();
+            for rec in records {
+                let Ok(tenant) = Tenant::parse(Some(&rec.tenant)) else { continue };
+                let Ok(req) = ExportTraceServiceRequest::decode(rec.body.clone()) else { continue };
+                let spans = to_records(req);
+                replayed += spans.len();
+                insert(&mut live, tenant, spans, rec.body.len());
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(spans = replayed, segments = seqs.len(), "replayed WAL");
+        }
+        metrics.live_spans.set(replayed as i64);
+        let next = seqs.last().map_or(1, |s| s + 1);
+        let segment = wal::Segment::create(&cfg.wal_dir, next).map_err(|e| IngestError::Wal(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(4096);
+        let (cut_tx, cut_rx) = mpsc::unbounded_channel();
+        let (flushed_tx, flushed) = watch::channel(0u64);
+        let backlog_limit = cfg.max_block_spans.saturating_mul(4);
+        {
+            let shared = shared.clone();
+            let cfg = cfg.clone();
+            std::thread::Builder::new()
+                .name("strata-wal".into())
+                .spawn(move || wal_thread(rx, segment, shared, cfg, cut_tx))
+                .map_err(|e| IngestError::Wal(e.to_string()))?;
+        }
+        tokio::spawn(flush::run(cut_rx, shared.clone(), blocks, cfg.clone(), flushed_tx));
+        let ticker = tx.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                iv.tick().await;
+                if ticker.send(Cmd::Tick).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Arc::new(Ingester { tx, shared, flushed, backlog_limit }))
+    }
+
+    /// Makes a request's spans durable and live. `raw` is the request's protobuf encoding when the caller already
+    /// has it unchanged, which spares re-encoding it for the WAL.
+    pub async fn push(
+        &self,
+        tenant: Tenant,
+        req: ExportTraceServiceRequest,
+        raw: Option<Bytes>,
+    ) -> Result<(), IngestError> {
+        if !self.shared.store_healthy.load(Ordering::Relaxed) {
+            return Err(IngestError::StoreUnavailable);
+        }
+        let backlog = self.shared.backlog.load(Ordering::Relaxed);
+        if backlog > self.backlog_limit {
+            return Err(IngestError::Backlog(backlog));
+        }
+        let body = raw.unwrap_or_else(|| Bytes::from(req.encode_to_vec()));
+        let header = wal::record_header(tenant.as_str(), &body);
+        let spans = to_records(req);
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Cmd::Append { tenant, header, body, spans, ack }).await.map_err(|_| IngestError::Shutdown)?;
+        rx.await.map_err(|_| IngestError::Shutdown)?
+    }
+
+    /// Cuts everything in memory into blocks and waits until they are in object storage.
+    pub async fn flush(&self) -> Result<(), IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Cut { reply: Some(reply) }).await.map_err(|_| IngestError::Shutdown)?;
+        let seq = rx.await.map_err(|_| IngestError::Shutdown)?;
+        let mut flushed = self.flushed.clone();
+        flushed.wait_for(|done| *done >= seq).await.map_err(|_| IngestError::Shutdown)?;
+        Ok(())
+    }
+
+    /// Spans of a trace still in memory (live or waiting for upload).
+    pub fn find_trace(&self, tenant: &Tenant, id: &TraceId) -> Vec<SpanRecord> {
+        let mut out = Vec::new();
+        if let Some(spans) = self.shared.live.read().get(tenant).and_then(|h| h.traces.get(id)) {
+            out.extend(spans.iter().cloned());
+        }
+        for f in self.shared.flushing.read().iter().filter(|f| &f.tenant == tenant) {
+            if let Some(spans) = f.find(id) {
+                out.extend(spans.iter().cloned());
+            }
+        }
+        out
+    }
+
+    /// Whether uploads currently succeed (for readiness and error reporting).
+    pub fn store_healthy(&self) -> bool {
+        self.shared.store_healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Moves a request's spans into records that share their resource and scope.
+pub fn to_records(req: ExportTraceServiceRequest) -> Vec<(TraceId, SpanRecord)> {
+    let mut out = Vec::new();
+    for rs in req.resource_spans {
+        let resource = rs.resource.unwrap_or_default();
+        for ss in rs.scope_spans {
+            let origin = Arc::new(Origin {
+                resource: resource.clone(),
+                resource_schema_url: rs.schema_url.clone(),
+                scope: ss.scope.unwrap_or_default(),
+                scope_schema_url: ss.schema_url,
+            });
+            for span in ss.spans {
+                if let Some(id) = TraceId::from_bytes(&span.trace_id) {
+                    out.push((id, SpanRecord { origin: origin.clone(), span }));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn insert(live: &mut HashMap<Tenant, Head>, tenant: Tenant, spans: Vec<(TraceId, SpanRecord)>, bytes: usize) {
+    let head = live.entry(tenant).or_insert_with(Head::new);
+    head.spans += spans.len();
+    head.bytes += bytes;
+    for (id, rec) in spans {
+        head.traces.entry(id).or_default().push(rec);
+    }
+}
+
+fn wal_thread(
+    mut rx: mpsc::Receiver<Cmd>,
+    mut segment: wal::Segment,
+    shared: Arc<Shared>,
+    cfg: IngestConfig,
+    cuts: mpsc::UnboundedSender<Cut>,
+) {
+    let mut pending: Vec<Cmd> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        pending.push(first);
+        while pending.len() < 1024 {
+            match rx.try_recv() {
+                Ok(c) => pending.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut group: Vec<Cmd> = Vec::new();
+        for cmd in pending.drain(..) {
+            match cmd {
+                Cmd::Append { .. } => group.push(cmd),
+                Cmd::Cut { reply } => {
+                    commit(&mut segment, &mut group, &shared);
+                    let seq = cut(&mut segment, &shared, &cfg, &cuts);
+                    if let Some(r) = reply {
+                        let _ = r.send(seq);
+                    }
+                }
+                Cmd::Tick => {
+                    commit(&mut segment, &mut group, &shared);
+                    let old = shared.live.read().values().any(|h| h.created.elapsed() >= cfg.max_block_age);
+                    if old {
+                        cut(&mut segment, &shared, &cfg, &cuts);
+                    }
+                }
+            }
+        }
+        commit(&mut segment, &mut group, &shared);
+        let full =
+            shared.live.read().values().any(|h| h.spans >= cfg.max_block_spans || h.bytes >= cfg.max_block_bytes);
+        if full {
+            cut(&mut segment, &shared, &cfg, &cuts);
+        }
+    }
+    tracing::debug!("WAL thread stopped");
+}
+
+/// Writes a group of appends with one fsync, then makes them live and acknowledges them.
+fn commit(segment: &mut wal::Segment, group: &mut Vec<Cmd>, shared: &Shared) {
+    if group.is_empty() {
+        return;
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(group.len() * 2);
+    for c in group.iter() {
+        if let Cmd::Append { header, body, .. } = c {
+            parts.push(header);
+            parts.push(body);
+        }
+    }
+    let started = Instant::now();
+    let res = segment.append(&parts);
+    shared.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+    match res {
+        Ok(n) => {
+            shared.metrics.wal_bytes.inc_by(n);
+            let mut live = shared.live.write();
+            let mut acks = Vec::with_capacity(group.len());
+            let mut added = 0usize;
+            for c in group.drain(..) {
+                if let Cmd::Append { tenant, body, spans, ack, .. } = c {
+                    added += spans.len();
+                    insert(&mut live, tenant, spans, body.len());
+                    acks.push(ack);
+                }
+            }
+            drop(live);
+            shared.metrics.live_spans.inc_by(added as i64);
+            for ack in acks {
+                let _ = ack.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "WAL write failed; rejecting the requests");
+            for c in group.drain(..) {
+                if let Cmd::Append { ack, .. } = c {
+                    let _ = ack.send(Err(IngestError::Wal(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Rotates the WAL and freezes every head. Returns the sequence of the segment that was closed.
+fn cut(segment: &mut wal::Segment, shared: &Shared, cfg: &IngestConfig, cuts: &mpsc::UnboundedSender<Cut>) -> u64 {
+    let closed = segment.seq;
+    match wal::Segment::create(&cfg.wal_dir, closed + 1) {
+        Ok(next) => *segment = next,
+        Err(e) => {
+            // Keep appending to the current segment; the cut still happens, its segment is deleted later.
+            tracing::error!(error = %e, "cannot create a new WAL segment");
+        }
+    }
+    let heads: Vec<Arc<FrozenHead>> = {
+        let mut live = shared.live.write();
+        let taken = std::mem::take(&mut *live);
+        let mut flushing = shared.flushing.write();
+        let mut frozen = Vec::with_capacity(taken.len());
+        for (tenant, head) in taken {
+            let mut traces: Vec<(TraceId, Vec<SpanRecord>)> = head.traces.into_iter().collect();
+            traces.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let f = Arc::new(FrozenHead { tenant, traces, spans: head.spans, bytes: head.bytes });
+            shared.backlog.fetch_add(f.spans, Ordering::Relaxed);
+            flushing.push(f.clone());
+            frozen.push(f);
+        }
+        frozen
+    };
+    // The segment is still appended to if rotation failed, so it must not be deleted with this cut.
+    let seq = if segment.seq == closed { closed.saturating_sub(1) } else { closed };
+    if cuts.send(Cut { seq, heads }).is_err() {
+        tracing::error!("flusher stopped; frozen data stays in the WAL");
+    }
+    seq
+}
