@@ -1,0 +1,169 @@
+//! Query: answers questions about stored traces from every place spans can be (live heads, frozen heads waiting
+//! for upload, blocks in object storage) as one consistent view.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+
+use crate::ingest::Ingester;
+use crate::model::{Origin, SpanRecord, Tenant, TraceId, kv, service_name};
+use crate::storage::{BlockStore, StorageError};
+use crate::telemetry::Metrics;
+
+/// Query-layer errors.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("reading blocks: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// A trace as returned to clients, with what it took to assemble it.
+pub struct TraceResult {
+    pub resource_spans: Vec<ResourceSpans>,
+    pub span_count: usize,
+}
+
+/// The read side of Strata.
+pub struct Querier {
+    ingester: Arc<Ingester>,
+    blocks: Arc<BlockStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Querier {
+    pub fn new(ingester: Arc<Ingester>, blocks: Arc<BlockStore>, metrics: Arc<Metrics>) -> Self {
+        Querier { ingester, blocks, metrics }
+    }
+
+    /// Every fragment of a trace, wherever it sits, merged into one trace with duplicate spans removed.
+    /// `None` when no span of it is stored.
+    pub async fn trace_by_id(&self, tenant: &Tenant, id: TraceId) -> Result<Option<TraceResult>, QueryError> {
+        let started = Instant::now();
+        self.metrics.trace_lookups.inc();
+        let mut records = self.ingester.find_trace(tenant, &id);
+        records.extend(self.blocks.find_trace(tenant, id).await?);
+        self.metrics.trace_lookup_seconds.observe(started.elapsed().as_secs_f64());
+        if records.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(merge_trace(records)))
+    }
+}
+
+/// Groups spans by resource and scope, dedupes them (same span ID and kind: a retried export or a fragment
+/// stored twice), and fills in what Grafana requires on every element.
+pub fn merge_trace(records: Vec<SpanRecord>) -> TraceResult {
+    let mut seen: HashSet<(Vec<u8>, i32)> = HashSet::with_capacity(records.len());
+    // Origins compared by content; the pointer cache avoids re-encoding the common shared origin.
+    let mut key_of: HashMap<*const Origin, Vec<u8>> = HashMap::new();
+    let mut groups: Vec<(Arc<Origin>, Vec<Span>)> = Vec::new();
+    let mut group_of: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut count = 0;
+    for rec in records {
+        if !seen.insert((rec.span.span_id.clone(), rec.span.kind)) {
+            continue;
+        }
+        count += 1;
+        let key = key_of.entry(Arc::as_ptr(&rec.origin)).or_insert_with(|| origin_key(&rec.origin)).clone();
+        let gi = *group_of.entry(key).or_insert_with(|| {
+            groups.push((rec.origin.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[gi].1.push(rec.span);
+    }
+    // One ResourceSpans per distinct resource, one ScopeSpans per scope inside it.
+    let mut out: Vec<ResourceSpans> = Vec::new();
+    let mut res_index: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (origin, mut spans) in groups {
+        spans.sort_by(|a, b| a.start_time_unix_nano.cmp(&b.start_time_unix_nano).then(a.span_id.cmp(&b.span_id)));
+        for s in &mut spans {
+            if s.status.is_none() {
+                s.status = Some(Status::default());
+            }
+        }
+        let mut resource = origin.resource.clone();
+        if service_name(&resource).is_none() {
+            resource.attributes.insert(
+                0,
+                kv("service.name", Some(AnyValue { value: Some(Value::StringValue("unknown_service".into())) })),
+            );
+        }
+        let rkey = [resource.encode_to_vec(), origin.resource_schema_url.as_bytes().to_vec()].concat();
+        let ri = *res_index.entry(rkey).or_insert_with(|| {
+            out.push(ResourceSpans {
+                resource: Some(resource),
+                scope_spans: Vec::new(),
+                schema_url: origin.resource_schema_url.clone(),
+            });
+            out.len() - 1
+        });
+        out[ri].scope_spans.push(ScopeSpans {
+            scope: Some(origin.scope.clone()),
+            spans,
+            schema_url: origin.scope_schema_url.clone(),
+        });
+    }
+    TraceResult { resource_spans: out, span_count: count }
+}
+
+fn origin_key(o: &Origin) -> Vec<u8> {
+    let mut k = encode_resource(&o.resource);
+    k.extend_from_slice(&(o.resource_schema_url.len() as u32).to_le_bytes());
+    k.extend_from_slice(o.resource_schema_url.as_bytes());
+    k.extend_from_slice(&encode_scope(&o.scope));
+    k.extend_from_slice(o.scope_schema_url.as_bytes());
+    k
+}
+
+fn encode_resource(r: &Resource) -> Vec<u8> {
+    let mut v = r.encode_to_vec();
+    v.splice(0..0, (v.len() as u32).to_le_bytes());
+    v
+}
+
+fn encode_scope(s: &InstrumentationScope) -> Vec<u8> {
+    let mut v = s.encode_to_vec();
+    v.splice(0..0, (v.len() as u32).to_le_bytes());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(origin: &Arc<Origin>, id: u8, kind: i32) -> SpanRecord {
+        SpanRecord {
+            origin: origin.clone(),
+            span: Span { span_id: vec![id; 8], kind, start_time_unix_nano: u64::from(id), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn merges_fragments_and_dedupes() {
+        let svc = |name: &str| Origin {
+            resource: Resource {
+                attributes: vec![kv("service.name", Some(AnyValue { value: Some(Value::StringValue(name.into())) }))],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let a1 = Arc::new(svc("a"));
+        let a2 = Arc::new(svc("a")); // same content, different allocation (e.g. from another block)
+        let b = Arc::new(svc("b"));
+        let t = merge_trace(vec![rec(&a1, 1, 2), rec(&b, 2, 3), rec(&a2, 3, 2), rec(&a2, 1, 2), rec(&a2, 1, 3)]);
+        assert_eq!(t.span_count, 4);
+        assert_eq!(t.resource_spans.len(), 2);
+        let a = &t.resource_spans[0];
+        assert_eq!(a.scope_spans.len(), 1);
+        assert_eq!(a.scope_spans[0].spans.len(), 3);
+        assert!(a.scope_spans[0].spans.iter().all(|s| s.status.is_some()));
+        let anon = merge_trace(vec![rec(&Arc::new(Origin::default()), 9, 1)]);
+        let r = anon.resource_spans[0].resource.as_ref().unwrap();
+        assert_eq!(service_name(r), Some("unknown_service"));
+    }
+}
