@@ -3,6 +3,8 @@
 //! Spans travel as OTLP protobuf structures until they are written into a block, so nothing is lost between the
 //! receiver and the Parquet writer; `SpanRecord` only adds the shared resource and scope they belong to.
 
+pub mod protojson;
+
 use std::fmt;
 use std::sync::Arc;
 

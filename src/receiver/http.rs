@@ -89,7 +89,11 @@ fn error(format: Format, status: StatusCode, message: String) -> Response {
     resp
 }
 
-async fn export(State(st): State<AppState>, headers: HeaderMap, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+async fn export(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let format = match mime.as_str() {
@@ -127,10 +131,12 @@ async fn export(State(st): State<AppState>, headers: HeaderMap, body: Result<Byt
         Some(Err(_)) => return fail("bad_tenant", StatusCode::BAD_REQUEST, "X-Scope-OrgID is not valid text".into()),
     };
     let request = match format {
-        Format::Protobuf => ExportTraceServiceRequest::decode(body.clone())
-            .map_err(|e| format!("malformed OTLP protobuf: {e}")),
-        Format::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&body)
-            .map_err(|e| format!("malformed OTLP JSON: {e}")),
+        Format::Protobuf => {
+            ExportTraceServiceRequest::decode(body.clone()).map_err(|e| format!("malformed OTLP protobuf: {e}"))
+        }
+        Format::Json => {
+            serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| format!("malformed OTLP JSON: {e}"))
+        }
     };
     let request = match request {
         Ok(r) => r,
@@ -146,12 +152,16 @@ async fn export(State(st): State<AppState>, headers: HeaderMap, body: Result<Byt
         return fail("unavailable", StatusCode::SERVICE_UNAVAILABLE, ingest_error_message(&e));
     }
     st.metrics.spans_accepted.get_or_create(&protocol).inc_by(accepted);
-    let partial_success =
-        (v.rejected > 0).then(|| ExportTracePartialSuccess { rejected_spans: v.rejected as i64, error_message: v.message });
+    let partial_success = (v.rejected > 0)
+        .then(|| ExportTracePartialSuccess { rejected_spans: v.rejected as i64, error_message: v.message });
     let resp = ExportTraceServiceResponse { partial_success };
     let bytes = match format {
         Format::Protobuf => resp.encode_to_vec(),
-        Format::Json => serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec()),
+        Format::Json => {
+            let mut v = serde_json::to_value(&resp).unwrap_or_default();
+            crate::model::protojson::strip_defaults(&mut v);
+            serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec())
+        }
     };
     (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], bytes).into_response()
 }

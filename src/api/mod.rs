@@ -1,0 +1,209 @@
+//! The query API on :3200, shaped like Grafana Tempo's so Grafana's Tempo data source works unchanged, plus
+//! operations endpoints (`/ready`, `/metrics`, `/flush`).
+
+mod json;
+pub mod tempopb;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prost::Message;
+
+use crate::ingest::Ingester;
+use crate::model::{Tenant, TraceId};
+use crate::query::{Querier, TraceResult};
+use crate::telemetry::Metrics;
+
+/// The Tempo-compatible version Strata reports. Kept below 2.2.0 until gRPC streaming is served, because older
+/// Grafana switches streaming on from 2.2.0.
+pub const TEMPO_COMPAT_VERSION: &str = "2.1.0";
+
+#[derive(Clone)]
+struct Api {
+    querier: Arc<Querier>,
+    ingester: Arc<Ingester>,
+    metrics: Arc<Metrics>,
+}
+
+/// Builds the query API router.
+pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/api/echo", get(|| async { "echo" }))
+        .route("/api/status/buildinfo", get(buildinfo))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/flush", post(flush))
+        .route("/api/traces/{id}", get(trace_v1))
+        .route("/api/v2/traces/{id}", get(trace_v2))
+        .with_state(Api { querier, ingester, metrics })
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.into()).into_response()
+}
+
+async fn buildinfo() -> Response {
+    axum::Json(serde_json::json!({
+        "version": TEMPO_COMPAT_VERSION,
+        "revision": format!("strata-{}", env!("CARGO_PKG_VERSION")),
+        "branch": "main",
+        "buildUser": "strata",
+        "buildDate": "",
+        "goVersion": "",
+    }))
+    .into_response()
+}
+
+async fn ready(State(api): State<Api>) -> Response {
+    if api.ingester.store_healthy() {
+        text(StatusCode::OK, "ready")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "object storage is failing")
+    }
+}
+
+async fn metrics_text(State(api): State<Api>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        api.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn flush(State(api): State<Api>) -> Response {
+    match api.ingester.flush().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn tenant(headers: &HeaderMap) -> Result<Tenant, Response> {
+    let raw = headers.get("x-scope-orgid").map(|v| v.to_str().unwrap_or("\u{0}"));
+    Tenant::parse(raw).map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// Parses a time parameter: unix seconds (integer or fractional), unix nanoseconds, or RFC 3339.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        // Anything past year ~5000 in seconds is really nanoseconds (or ms/us: scale by magnitude).
+        return Some(match n {
+            0..=99_999_999_999 => n * 1_000_000_000,
+            100_000_000_000..=99_999_999_999_999 => n * 1_000_000,
+            100_000_000_000_000..=99_999_999_999_999_999 => n * 1_000,
+            _ => n,
+        });
+    }
+    if let Ok(f) = s.parse::<f64>() {
+        return (f.is_finite() && f >= 0.0).then(|| (f * 1e9) as u64);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+}
+
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/protobuf") || a.contains("application/x-protobuf"))
+}
+
+/// Shared front half of both trace endpoints: validate input, run the lookup.
+async fn lookup(
+    api: &Api,
+    headers: &HeaderMap,
+    id: &str,
+    params: &HashMap<String, String>,
+) -> Result<TraceResult, Response> {
+    let tenant = tenant(headers)?;
+    let id = TraceId::from_hex(id).map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid trace ID: {e}")))?;
+    // start/end are accepted and checked, but not used to narrow the search: blocks are found by trace ID (bloom
+    // filters), so a trace is found even when the caller's time range misses it.
+    let mut range = [None, None];
+    for (i, key) in ["start", "end"].iter().enumerate() {
+        if let Some(v) = params.get(*key).filter(|v| !v.is_empty()) {
+            range[i] = Some(
+                parse_time(v).ok_or_else(|| text(StatusCode::BAD_REQUEST, format!("invalid {key} parameter {v:?}")))?,
+            );
+        }
+    }
+    if let [Some(s), Some(e)] = range
+        && s > e
+    {
+        return Err(text(StatusCode::BAD_REQUEST, "invalid time range: start is after end"));
+    }
+    match api.querier.trace_by_id(&tenant, id).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(text(StatusCode::NOT_FOUND, "trace not found")),
+        Err(e) => {
+            tracing::error!(error = %e, trace = %id, "trace lookup failed");
+            Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("trace lookup failed: {e}")))
+        }
+    }
+}
+
+async fn trace_v1(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let t = match lookup(&api, &headers, &id, &params).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if wants_protobuf(&headers) {
+        let body = tempopb::Trace { resource_spans: t.resource_spans }.encode_to_vec();
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], body).into_response();
+    }
+    axum::Json(serde_json::json!({ "batches": json::resource_spans_json(&t.resource_spans) })).into_response()
+}
+
+async fn trace_v2(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let t = match lookup(&api, &headers, &id, &params).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if wants_protobuf(&headers) {
+        let resp = tempopb::TraceByIdResponse {
+            trace: Some(tempopb::Trace { resource_spans: t.resource_spans }),
+            metrics: Some(tempopb::TraceByIdMetrics::default()),
+            status: 0,
+            message: String::new(),
+        };
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], resp.encode_to_vec())
+            .into_response();
+    }
+    axum::Json(serde_json::json!({
+        "trace": { "resourceSpans": json::resource_spans_json(&t.resource_spans) },
+        "metrics": {},
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn time_parameters() {
+        assert_eq!(parse_time("1700000000"), Some(1_700_000_000_000_000_000));
+        assert_eq!(parse_time("1700000000000000000"), Some(1_700_000_000_000_000_000));
+        assert_eq!(parse_time("1700000000.5"), Some(1_700_000_000_500_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000_000_000));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}

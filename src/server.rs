@@ -1,0 +1,121 @@
+//! Wires the layers into the all-in-one server and runs it until a shutdown signal, then flushes.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::block::BlockOptions;
+use crate::config::Config;
+use crate::ingest::{IngestConfig, IngestError, Ingester};
+use crate::query::Querier;
+use crate::receiver;
+use crate::storage::{BlockStore, StorageError, open_store};
+use crate::telemetry::Metrics;
+
+/// Start-up and run-time failures of the server as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("ingest: {0}")]
+    Ingest(#[from] IngestError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{what} server failed: {message}")]
+    Serve { what: &'static str, message: String },
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Runs Strata until `shutdown` resolves, then stops taking data, flushes everything to object storage (bounded
+/// by the configured timeout) and returns.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = open_store(&cfg.storage)?;
+    let blocks = Arc::new(BlockStore::open(store, metrics.clone()).await?);
+    let ingester = Ingester::start(
+        IngestConfig {
+            wal_dir: cfg.data_dir.join("wal"),
+            max_block_spans: cfg.max_block_spans,
+            max_block_bytes: cfg.max_block_bytes,
+            max_block_age: cfg.max_block_age,
+            block: BlockOptions::default(),
+        },
+        blocks.clone(),
+        metrics.clone(),
+    )?;
+    let querier = Arc::new(Querier::new(ingester.clone(), blocks.clone(), metrics.clone()));
+
+    let api_listener = bind(cfg.http_addr).await?;
+    let http_listener = bind(cfg.otlp_http_addr).await?;
+    let grpc_listener = bind(cfg.otlp_grpc_addr).await?;
+    tracing::info!(
+        api = %cfg.http_addr, otlp_http = %cfg.otlp_http_addr, otlp_grpc = %cfg.otlp_grpc_addr,
+        storage = ?cfg.storage, data_dir = %cfg.data_dir.display(), "strata is running"
+    );
+
+    // Receivers stop first (no new data), the API last (queries work while flushing).
+    let (stop_rx_tx, stop_receivers) = watch::channel(false);
+    let (stop_api_tx, stop_api) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let api_app = crate::api::router(querier, ingester.clone(), metrics.clone());
+    let api_task =
+        tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stop_api.clone())).into_future());
+    let otlp_http_app = receiver::http::router(ingester.clone(), metrics.clone(), cfg.max_request_bytes);
+    let http_task = tokio::spawn(
+        axum::serve(http_listener, otlp_http_app).with_graceful_shutdown(wait(stop_receivers.clone())).into_future(),
+    );
+    let grpc_svc = receiver::grpc::GrpcReceiver::service(ingester.clone(), metrics.clone(), cfg.max_request_bytes);
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(receiver::grpc::too_large_as_resource_exhausted))
+            .add_service(grpc_svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                wait(stop_receivers.clone()),
+            ),
+    );
+
+    tokio::pin!(shutdown);
+    let early: Option<ServerError> = tokio::select! {
+        _ = &mut shutdown => None,
+        r = api_task_watch(&api_task) => Some(r),
+    };
+    tracing::info!("shutting down: stopping receivers, flushing blocks");
+    let _ = stop_rx_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = http_task.await;
+        let _ = grpc_task.await;
+    })
+    .await;
+    match tokio::time::timeout(cfg.shutdown_timeout, ingester.flush()).await {
+        Ok(Ok(())) => tracing::info!("all data flushed to object storage"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "flush on shutdown failed; the WAL keeps the data for the next start")
+        }
+        Err(_) => tracing::error!("flush on shutdown timed out; the WAL keeps the data for the next start"),
+    }
+    let _ = stop_api_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api_task).await;
+    match early {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Resolves only if the API server stops on its own (a serve error), which is then a reason to exit.
+async fn api_task_watch(task: &tokio::task::JoinHandle<std::io::Result<()>>) -> ServerError {
+    loop {
+        if task.is_finished() {
+            return ServerError::Serve { what: "query API", message: "stopped unexpectedly".into() };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
