@@ -75,7 +75,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let grpc_svc = receiver::grpc::GrpcReceiver::service(ingester.clone(), metrics.clone(), cfg.max_request_bytes);
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(receiver::grpc::too_large_as_resource_exhausted))
+            .layer(tower::util::MapResponseLayer::new(receiver::grpc::fix_status_codes))
             .add_service(grpc_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

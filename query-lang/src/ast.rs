@@ -254,7 +254,11 @@ pub enum ScalarExpr {
     Aggregate(Aggregate),
     /// A constant; arithmetic between constants is folded by the parser.
     Literal(Literal),
-    Binary { op: ArithOp, lhs: Box<ScalarExpr>, rhs: Box<ScalarExpr> },
+    Binary {
+        op: ArithOp,
+        lhs: Box<ScalarExpr>,
+        rhs: Box<ScalarExpr>,
+    },
     /// `(pipeline | aggregate)`: an aggregate over a sub-pipeline (parses, not yet executable).
     Pipeline(Box<ScalarPipeline>),
 }
@@ -735,9 +739,10 @@ impl Intrinsic {
     pub fn static_type(self) -> Type {
         match self {
             Intrinsic::Duration | Intrinsic::TraceDuration | Intrinsic::EventTimeSinceStart => Type::Duration,
-            Intrinsic::ChildCount | Intrinsic::NestedSetLeft | Intrinsic::NestedSetRight | Intrinsic::NestedSetParent => {
-                Type::Int
-            }
+            Intrinsic::ChildCount
+            | Intrinsic::NestedSetLeft
+            | Intrinsic::NestedSetRight
+            | Intrinsic::NestedSetParent => Type::Int,
             Intrinsic::Status => Type::Status,
             Intrinsic::Kind => Type::Kind,
             Intrinsic::Parent => Type::Nil,
@@ -905,7 +910,12 @@ pub enum MetricsOp {
     QuantileOverTime(Field, Vec<f64>),
     HistogramOverTime(Field),
     /// `compare({filter}, topN, start, end)`; `topN` defaults to 10, start/end to 0 (= query range).
-    Compare { filter: SpansetFilter, top_n: i64, start: i64, end: i64 },
+    Compare {
+        filter: SpansetFilter,
+        top_n: i64,
+        start: i64,
+        end: i64,
+    },
 }
 
 impl MetricsOp {

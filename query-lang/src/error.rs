@@ -38,8 +38,7 @@ impl ParseError {
         let line_start = query[..offset].rfind('\n').map_or(0, |i| i + 1);
         let line_end = query[offset..].find('\n').map_or(query.len(), |i| offset + i);
         let line_text = &query[line_start..line_end];
-        let pad: String =
-            query[line_start..offset].chars().map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+        let pad: String = query[line_start..offset].chars().map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
         format!("{self}\n  {line_text}\n  {pad}^")
     }
 }

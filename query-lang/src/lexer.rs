@@ -53,7 +53,11 @@ pub enum Tok {
     Duration(i64),
     Ident(String),
     /// A user attribute with its scope.
-    Attr { scope: Scope, parent: bool, name: String },
+    Attr {
+        scope: Scope,
+        parent: bool,
+        name: String,
+    },
     /// `span:id` and friends: the full text, e.g. `span:id`.
     ScopedIntrinsic(String),
     Eof,
@@ -441,7 +445,9 @@ impl<'a> Lexer<'a> {
                             let v = u32::from_str_radix(&digits, 8)
                                 .ok()
                                 .filter(|v| *v < 0x80 && digits.len() == 3)
-                                .ok_or_else(|| self.err(at, "invalid octal escape (\\000 to \\177)", format!("{digits:?}")))?;
+                                .ok_or_else(|| {
+                                    self.err(at, "invalid octal escape (\\000 to \\177)", format!("{digits:?}"))
+                                })?;
                             self.pos += 2;
                             char::from_u32(v).unwrap_or('\0')
                         }

@@ -69,18 +69,30 @@ impl TraceService for GrpcReceiver {
     }
 }
 
-/// tonic answers an over-limit message with OUT_OF_RANGE; OTLP clients expect RESOURCE_EXHAUSTED for "too
-/// large", so the status is rewritten on the way out.
-pub fn too_large_as_resource_exhausted(
-    mut resp: http::Response<tonic::body::Body>,
-) -> http::Response<tonic::body::Body> {
-    let out_of_range = resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
-    let too_large = resp
-        .headers()
-        .get("grpc-message")
-        .is_some_and(|m| m.to_str().is_ok_and(|s| s.contains("message length too large")));
-    if out_of_range && too_large {
-        resp.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
-    resp
+/// tonic reports an over-limit message as OUT_OF_RANGE and an undecodable one as INTERNAL; OTLP clients expect
+/// RESOURCE_EXHAUSTED for "too large" and INVALID_ARGUMENT for malformed input (the latter tells them not to
+/// retry). The status is rewritten on the way out, in the headers (trailers-only replies) or the trailers.
+pub fn fix_status_codes(resp: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = resp.into_parts();
+    fix_status(&mut parts.headers);
+    let body = body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            fix_status(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    http::Response::from_parts(parts, tonic::body::Body::new(body))
+}
+
+fn fix_status(h: &mut http::HeaderMap) {
+    let code = h.get("grpc-status").map(|v| v.as_bytes().to_vec());
+    let message = h.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("").replace("%20", " ");
+    let new = match code.as_deref() {
+        Some(b"11") if message.contains("message length too large") => "8",
+        Some(b"13") if message.contains("decode") => "3",
+        _ => return,
+    };
+    h.insert("grpc-status", http::HeaderValue::from_static(new));
 }

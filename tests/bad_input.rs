@@ -1,0 +1,187 @@
+//! Every class of bad input gets its exact status code, and the server keeps running and keeps good data.
+
+mod common;
+
+use std::io::Write;
+
+use common::{Server, http, request};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+
+fn post(server: &Server, ct: &str, body: Vec<u8>) -> reqwest::blocking::Response {
+    http().post(format!("{}/v1/traces", server.otlp_http)).header("Content-Type", ct).body(body).send().expect("post")
+}
+
+#[test]
+fn http_bad_input_classes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Server::start(&dir.path().join("data"), &[("STRATA_MAX_REQUEST_BYTES", "20000")]);
+
+    // Malformed protobuf and JSON: 400 with a message.
+    let r = post(&server, "application/x-protobuf", vec![0xff, 0xff, 0xff, 0x0f, 0x01]);
+    assert_eq!(r.status(), 400);
+    let st = r.bytes().expect("body");
+    assert!(!st.is_empty(), "400 carries a google.rpc.Status");
+    let r = post(&server, "application/json", b"{\"resourceSpans\": [ {".to_vec());
+    assert_eq!(r.status(), 400);
+    assert!(r.text().expect("text").contains("malformed OTLP JSON"));
+    let r = post(&server, "application/json", b"{\"resourceSpans\": 5}".to_vec());
+    assert_eq!(r.status(), 400);
+
+    // Unknown content type: 415.
+    assert_eq!(post(&server, "text/plain", b"hello".to_vec()).status(), 415);
+    assert_eq!(post(&server, "", b"hello".to_vec()).status(), 415);
+
+    // Too large, plain and gzip-compressed (the limit applies after decompression): 413.
+    let big = request(1, 40, 10, "big").encode_to_vec();
+    assert!(big.len() > 20000);
+    assert_eq!(post(&server, "application/x-protobuf", big.clone()).status(), 413);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&big).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    assert!(gz.len() < 20000, "compressed body is under the limit");
+    let r = http()
+        .post(format!("{}/v1/traces", server.otlp_http))
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "gzip")
+        .body(gz)
+        .send()
+        .expect("post");
+    assert_eq!(r.status(), 413);
+
+    // A small gzip request is fine.
+    let small = request(100, 1, 2, "gz").encode_to_vec();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&small).expect("gzip");
+    let r = http()
+        .post(format!("{}/v1/traces", server.otlp_http))
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "gzip")
+        .body(gz.finish().expect("gzip"))
+        .send()
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert!(server.trace(None, &common::trace_id(100)).is_some());
+
+    // Invalid IDs: those spans rejected and counted, the rest kept.
+    let mut req = request(200, 1, 3, "ids");
+    let spans = &mut req.resource_spans[0].scope_spans[0].spans;
+    let mut bad_trace = spans[0].clone();
+    bad_trace.trace_id = vec![0; 16];
+    let mut short_trace = spans[0].clone();
+    short_trace.trace_id = vec![1; 5];
+    let mut bad_span = spans[0].clone();
+    bad_span.span_id = vec![0; 8];
+    spans.extend([bad_trace, short_trace, bad_span]);
+    let r = post(&server, "application/x-protobuf", req.encode_to_vec());
+    assert_eq!(r.status(), 200);
+    let resp = ExportTraceServiceResponse::decode(r.bytes().expect("body")).expect("response");
+    let ps = resp.partial_success.expect("partial success");
+    assert_eq!(ps.rejected_spans, 3);
+    assert!(ps.error_message.contains("trace ID"), "{}", ps.error_message);
+    assert_eq!(server.trace(None, &common::trace_id(200)).map(|r| common::span_count(&r)), Some(3));
+
+    // Bad tenant: 400. Bad trace IDs on the query API: 400; unknown: 404.
+    let r = http()
+        .post(format!("{}/v1/traces", server.otlp_http))
+        .header("Content-Type", "application/x-protobuf")
+        .header("X-Scope-OrgID", "../../etc")
+        .body(request(300, 1, 1, "t").encode_to_vec())
+        .send()
+        .expect("post");
+    assert_eq!(r.status(), 400);
+    for bad in ["zz", "0123456789abcdef0123456789abcdef0", "0000"] {
+        let r = http().get(format!("{}/api/traces/{bad}", server.api)).send().expect("get");
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(r.text().expect("text").contains("invalid trace ID"));
+    }
+    let r = http().get(format!("{}/api/v2/traces/abc?start=yesterday", server.api)).send().expect("get");
+    assert_eq!(r.status(), 400);
+    let r = http().get(format!("{}/api/v2/traces/abcdef", server.api)).send().expect("get");
+    assert_eq!(r.status(), 404);
+
+    // Still alive and serving.
+    assert_eq!(http().get(format!("{}/ready", server.api)).send().expect("ready").status(), 200);
+    let metrics = http().get(format!("{}/metrics", server.api)).send().expect("metrics").text().expect("text");
+    assert!(metrics.contains("strata_ingest_spans_rejected_total{reason=\"invalid_id\"} 3"), "{metrics}");
+}
+
+#[test]
+fn grpc_bad_input_classes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Server::start(&dir.path().join("data"), &[("STRATA_MAX_REQUEST_BYTES", "20000")]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut client = TraceServiceClient::connect(server.grpc.clone()).await.expect("connect");
+        // Too large: RESOURCE_EXHAUSTED.
+        let err = client.export(request(1, 40, 10, "big")).await.expect_err("too large");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        // Bad tenant: INVALID_ARGUMENT.
+        let mut req = tonic::Request::new(request(2, 1, 1, "t"));
+        req.metadata_mut().insert("x-scope-orgid", "a/b".parse().expect("meta"));
+        let err = client.export(req).await.expect_err("bad tenant");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        // Invalid IDs: partial success.
+        let mut req = request(3, 1, 2, "ids");
+        let mut bad = req.resource_spans[0].scope_spans[0].spans[0].clone();
+        bad.span_id = vec![1; 3];
+        req.resource_spans[0].scope_spans[0].spans.push(bad);
+        let resp = client.export(req).await.expect("export").into_inner();
+        assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
+        // Malformed protobuf body: INVALID_ARGUMENT.
+        let mut raw = tonic::client::Grpc::new(
+            tonic::transport::Channel::from_shared(server.grpc.clone()).expect("uri").connect().await.expect("connect"),
+        );
+        raw.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+        let err = raw
+            .unary::<_, ExportTraceServiceResponse, _>(
+                tonic::Request::new(vec![0xffu8, 0xff, 0xff, 0x0f, 0x01]),
+                path,
+                RawCodec,
+            )
+            .await
+            .expect_err("malformed");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    });
+    assert_eq!(server.trace(None, &common::trace_id(3)).map(|r| common::span_count(&r)), Some(2));
+}
+
+/// Sends raw bytes as a gRPC message and decodes an OTLP response, to put malformed protobuf on the wire.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RespDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RespDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = RespDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RespDecoder {
+        RespDecoder
+    }
+}
