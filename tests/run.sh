@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the tests need (from the package registries), then runs every check and test.
+# Usage: tests/run.sh            (from anywhere; a fresh machine needs nothing else)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Reuse one build cache outside the clone, so repeated runs on a machine build incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# S3 tests need a real S3 server: moto, from PyPI.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "== installing moto (S3 test server)"
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]==5.2.1"
+  hash -r
+fi
+if ! command -v moto_server >/dev/null 2>&1; then
+  bin_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+  export PATH="$bin_dir:$PATH"
+fi
+export STRATA_REQUIRE_S3=1
+
+# TraceQL corpus (Tempo's, kept outside the repo); the parser test skips when it is not given.
+corpus="$(pwd)/../shared/traceql/test_examples.yaml"
+if [ -z "${TRACEQL_CORPUS:-}" ] && [ -f "$corpus" ]; then
+  export TRACEQL_CORPUS="$corpus"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+if [ -x deploy/validate.sh ]; then
+  echo "== deploy/validate.sh"
+  deploy/validate.sh
+fi
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --retries 0
+else
+  cargo test --workspace --no-fail-fast
+fi
