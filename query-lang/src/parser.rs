@@ -715,6 +715,11 @@ impl<'a> Parser<'a> {
         let agg =
             |op, expr, depth| Ok(It { item: Item::Agg(ScalarExpr::Aggregate(Aggregate { op, expr })), start, depth });
         match w {
+            "minInt" | "maxInt" => {
+                self.bump();
+                let v = if w == "minInt" { i64::MIN } else { i64::MAX };
+                Ok(It { item: Item::Lit(Literal::Int(v), true), start, depth: 1 })
+            }
             "count" => {
                 self.bump();
                 open(self)?;
@@ -908,7 +913,7 @@ impl<'a> Parser<'a> {
             let scope = s.split(':').next().unwrap_or("");
             let known: Vec<&str> =
                 Intrinsic::ALL.iter().filter_map(|i| i.scoped_name()).filter(|n| n.starts_with(scope)).collect();
-            self.err_here(format!("unknown intrinsic '{s}'; known {scope}: intrinsics are {}", known.join(", ")))
+            self.err_here(format!("unknown intrinsic '{s}'; known '{scope}:' intrinsics: {}", known.join(", ")))
         })
     }
 
