@@ -83,9 +83,22 @@ async fn flush(State(api): State<Api>) -> Response {
     }
 }
 
-fn tenant(headers: &HeaderMap) -> Result<Tenant, Response> {
+/// An error answer: status and a plain-text message.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        text(self.0, self.1)
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn tenant(headers: &HeaderMap) -> Result<Tenant, ApiError> {
     let raw = headers.get("x-scope-orgid").map(|v| v.to_str().unwrap_or("\u{0}"));
-    Tenant::parse(raw).map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))
+    Tenant::parse(raw).map_err(|e| bad_request(e.to_string()))
 }
 
 /// Parses a time parameter: unix seconds (integer or fractional), unix nanoseconds, or RFC 3339.
@@ -101,7 +114,7 @@ pub fn parse_time(s: &str) -> Option<u64> {
         });
     }
     if let Ok(f) = s.parse::<f64>() {
-        return (f.is_finite() && f >= 0.0).then(|| (f * 1e9) as u64);
+        return (f.is_finite() && f >= 0.0).then_some((f * 1e9) as u64);
     }
     humantime::parse_rfc3339_weak(s)
         .ok()
@@ -122,30 +135,28 @@ async fn lookup(
     headers: &HeaderMap,
     id: &str,
     params: &HashMap<String, String>,
-) -> Result<TraceResult, Response> {
+) -> Result<TraceResult, ApiError> {
     let tenant = tenant(headers)?;
-    let id = TraceId::from_hex(id).map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid trace ID: {e}")))?;
+    let id = TraceId::from_hex(id).map_err(|e| bad_request(format!("invalid trace ID: {e}")))?;
     // start/end are accepted and checked, but not used to narrow the search: blocks are found by trace ID (bloom
     // filters), so a trace is found even when the caller's time range misses it.
     let mut range = [None, None];
     for (i, key) in ["start", "end"].iter().enumerate() {
         if let Some(v) = params.get(*key).filter(|v| !v.is_empty()) {
-            range[i] = Some(
-                parse_time(v).ok_or_else(|| text(StatusCode::BAD_REQUEST, format!("invalid {key} parameter {v:?}")))?,
-            );
+            range[i] = Some(parse_time(v).ok_or_else(|| bad_request(format!("invalid {key} parameter {v:?}")))?);
         }
     }
     if let [Some(s), Some(e)] = range
         && s > e
     {
-        return Err(text(StatusCode::BAD_REQUEST, "invalid time range: start is after end"));
+        return Err(bad_request("invalid time range: start is after end"));
     }
     match api.querier.trace_by_id(&tenant, id).await {
         Ok(Some(t)) => Ok(t),
-        Ok(None) => Err(text(StatusCode::NOT_FOUND, "trace not found")),
+        Ok(None) => Err(ApiError(StatusCode::NOT_FOUND, "trace not found".into())),
         Err(e) => {
             tracing::error!(error = %e, trace = %id, "trace lookup failed");
-            Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("trace lookup failed: {e}")))
+            Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("trace lookup failed: {e}")))
         }
     }
 }
@@ -158,7 +169,7 @@ async fn trace_v1(
 ) -> Response {
     let t = match lookup(&api, &headers, &id, &params).await {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if wants_protobuf(&headers) {
         let body = tempopb::Trace { resource_spans: t.resource_spans }.encode_to_vec();
@@ -175,7 +186,7 @@ async fn trace_v2(
 ) -> Response {
     let t = match lookup(&api, &headers, &id, &params).await {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if wants_protobuf(&headers) {
         let resp = tempopb::TraceByIdResponse {

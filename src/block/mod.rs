@@ -87,3 +87,155 @@ impl BlockMeta {
         Ok(serde_json::from_slice(bytes)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, Int32Array};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+    use crate::model::{Origin, SpanRecord, TraceId, kv};
+
+    fn sv(s: &str) -> Option<AnyValue> {
+        Some(AnyValue { value: Some(Value::StringValue(s.into())) })
+    }
+
+    fn sort_attrs(s: &mut Span) {
+        s.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+
+    /// A trace: root -> (a -> a1), b; plus an orphan whose parent never arrived, and a duplicate of `b`.
+    fn trace(n: u8, origin: &Arc<Origin>) -> (TraceId, Vec<SpanRecord>) {
+        let tid = TraceId([n; 16]);
+        let mk = |id: u8, parent: Option<u8>, start: u64, name: &str| Span {
+            trace_id: tid.0.to_vec(),
+            span_id: vec![id; 8],
+            parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+            name: name.into(),
+            kind: 2,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 100,
+            attributes: vec![
+                kv("http.method", sv("GET")),
+                kv("http.status_code", Some(AnyValue { value: Some(Value::IntValue(200)) })),
+                kv("rare", sv(&format!("x{id}"))),
+            ],
+            events: vec![span::Event {
+                time_unix_nano: start + 1,
+                name: "ev".into(),
+                attributes: vec![kv("k", sv("v"))],
+                dropped_attributes_count: 1,
+            }],
+            links: vec![span::Link {
+                trace_id: vec![9; 16],
+                span_id: vec![8; 8],
+                trace_state: "a=b".into(),
+                attributes: vec![kv("l", sv("m"))],
+                dropped_attributes_count: 0,
+                flags: 1,
+            }],
+            status: Some(Status { code: 2, message: "bad".into() }),
+            ..Default::default()
+        };
+        let spans = vec![
+            mk(1, None, 10, "root"),
+            mk(2, Some(1), 20, "a"),
+            mk(3, Some(2), 30, "a1"),
+            mk(4, Some(1), 40, "b"),
+            mk(5, Some(77), 50, "orphan"),
+            mk(4, Some(1), 40, "b"),
+        ];
+        (tid, spans.into_iter().map(|span| SpanRecord { origin: origin.clone(), span }).collect())
+    }
+
+    #[test]
+    fn block_round_trips_spans_and_numbers_the_tree() {
+        let origin = Arc::new(Origin {
+            resource: Resource {
+                attributes: vec![kv("service.name", sv("shop")), kv("k8s.namespace", sv("prod")), kv("n", None)],
+                dropped_attributes_count: 0,
+                ..Default::default()
+            },
+            scope: opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+                name: "lib".into(),
+                version: "1.0".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let traces: Vec<_> = (1..=3).map(|n| trace(n, &origin)).collect();
+        let built = build_block("t", "b1", &traces, 1234, &BlockOptions { row_group_rows: 4, ..Default::default() })
+            .expect("build");
+        assert_eq!(built.meta.span_count, 15, "duplicates removed");
+        assert_eq!(built.meta.trace_count, 3);
+        assert_eq!(built.meta.min_trace_id, TraceId([1; 16]).to_hex());
+        assert!(built.meta.row_groups > 1);
+        let names: Vec<&str> = built.meta.dedicated_columns.iter().map(|d| d.name.as_str()).collect();
+        assert!(
+            names.contains(&"http.method") && names.contains(&"http.status_code") && names.contains(&"k8s.namespace")
+        );
+        assert!(!names.contains(&"service.name"));
+        assert!(built.bloom_filter.may_contain(&TraceId([2; 16])));
+
+        // Read one trace back through the row filter, as the storage layer does.
+        let target = TraceId([2; 16]);
+        let b = ParquetRecordBatchReaderBuilder::try_new(built.data.clone()).expect("reader");
+        let filter = trace_id_filter(b.parquet_schema(), target);
+        let batches: Vec<_> =
+            b.with_row_filter(filter).build().expect("build").collect::<Result<_, _>>().expect("read");
+        let mut got: Vec<SpanRecord> = Vec::new();
+        for batch in &batches {
+            let left: &Int32Array =
+                batch.column_by_name(schema::col::NESTED_LEFT).unwrap().as_any().downcast_ref().unwrap();
+            assert!(left.len() <= 5);
+            got.extend(batch_to_spans(batch, &built.meta.dedicated_columns).expect("decode").into_iter().map(
+                |(id, s)| {
+                    assert_eq!(id, target);
+                    s
+                },
+            ));
+        }
+        let mut want: Vec<Span> = trace(2, &origin).1.into_iter().take(5).map(|r| r.span).collect();
+        let mut got_spans: Vec<Span> = got.iter().map(|r| r.span.clone()).collect();
+        want.iter_mut().for_each(sort_attrs);
+        got_spans.iter_mut().for_each(sort_attrs);
+        want.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+        got_spans.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+        assert_eq!(got_spans, want);
+        let mut res = got[0].origin.resource.attributes.clone();
+        res.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut want_res = origin.resource.attributes.clone();
+        want_res.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(res, want_res);
+        assert_eq!(got[0].origin.scope, origin.scope);
+    }
+
+    #[test]
+    fn nested_set_numbers_follow_the_tree() {
+        let origin = Arc::new(Origin::default());
+        let traces = vec![trace(1, &origin)];
+        let built = build_block("t", "b", &traces, 0, &BlockOptions::default()).expect("build");
+        let batches: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(built.data)
+            .expect("reader")
+            .build()
+            .expect("build")
+            .collect::<Result<_, _>>()
+            .expect("read");
+        let b = &batches[0];
+        let col = |n: &str| -> Vec<i32> {
+            let a: &Int32Array = b.column_by_name(n).unwrap().as_any().downcast_ref().unwrap();
+            a.values().to_vec()
+        };
+        let names: Vec<String> = batch_to_spans(b, &[]).unwrap().into_iter().map(|(_, s)| s.span.name).collect();
+        // Depth first, children by start time; the orphan is its own root after the real one.
+        assert_eq!(names, ["root", "a", "a1", "b", "orphan"]);
+        assert_eq!(col(schema::col::NESTED_LEFT), [1, 2, 3, 6, 9]);
+        assert_eq!(col(schema::col::NESTED_RIGHT), [8, 5, 4, 7, 10]);
+        assert_eq!(col(schema::col::NESTED_PARENT), [0, 1, 2, 1, 0]);
+    }
+}

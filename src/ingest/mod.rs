@@ -366,7 +366,7 @@ fn cut(segment: &mut wal::Segment, shared: &Shared, cfg: &IngestConfig, cuts: &m
         let mut frozen = Vec::with_capacity(taken.len());
         for (tenant, head) in taken {
             let mut traces: Vec<(TraceId, Vec<SpanRecord>)> = head.traces.into_iter().collect();
-            traces.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            traces.sort_unstable_by_key(|t| t.0);
             let f = Arc::new(FrozenHead { tenant, traces, spans: head.spans, bytes: head.bytes });
             shared.backlog.fetch_add(f.spans, Ordering::Relaxed);
             flushing.push(f.clone());

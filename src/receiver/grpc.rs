@@ -64,7 +64,7 @@ impl TraceService for GrpcReceiver {
             .map_err(|e| self.fail("unavailable", Status::unavailable(ingest_error_message(&e))))?;
         self.metrics.spans_accepted.get_or_create(&PROTOCOL).inc_by(accepted);
         let partial_success = (v.rejected > 0)
-            .then(|| ExportTracePartialSuccess { rejected_spans: v.rejected as i64, error_message: v.message });
+            .then_some(ExportTracePartialSuccess { rejected_spans: v.rejected as i64, error_message: v.message });
         Ok(Response::new(ExportTraceServiceResponse { partial_success }))
     }
 }

@@ -153,7 +153,7 @@ async fn export(
     }
     st.metrics.spans_accepted.get_or_create(&protocol).inc_by(accepted);
     let partial_success = (v.rejected > 0)
-        .then(|| ExportTracePartialSuccess { rejected_spans: v.rejected as i64, error_message: v.message });
+        .then_some(ExportTracePartialSuccess { rejected_spans: v.rejected as i64, error_message: v.message });
     let resp = ExportTraceServiceResponse { partial_success };
     let bytes = match format {
         Format::Protobuf => resp.encode_to_vec(),
