@@ -35,7 +35,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
 /// by the configured timeout) and returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(&cfg.storage)?;
+    let store = open_store(&cfg.storage, &metrics)?;
     let blocks = Arc::new(BlockStore::open(store, metrics.clone()).await?);
     let ingester = Ingester::start(
         IngestConfig {

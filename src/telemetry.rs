@@ -36,6 +36,8 @@ pub struct Metrics {
     pub blocks: Gauge,
     pub live_spans: Gauge,
     pub object_store_errors: Counter,
+    pub object_gets: Counter,
+    pub object_puts: Counter,
     pub trace_lookups: Counter,
     pub trace_lookup_seconds: Histogram,
 }
@@ -55,6 +57,8 @@ impl Metrics {
             blocks: Gauge::default(),
             live_spans: Gauge::default(),
             object_store_errors: Counter::default(),
+            object_gets: Counter::default(),
+            object_puts: Counter::default(),
             trace_lookups: Counter::default(),
             trace_lookup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             registry: Registry::default(),
@@ -70,6 +74,8 @@ impl Metrics {
         registry.register("blocks", "Blocks currently in the block index", m.blocks.clone());
         registry.register("live_spans", "Spans held in memory, not yet in a block", m.live_spans.clone());
         registry.register("object_store_errors", "Failed object storage operations", m.object_store_errors.clone());
+        registry.register("object_store_gets", "GET requests to object storage", m.object_gets.clone());
+        registry.register("object_store_puts", "PUT requests to object storage", m.object_puts.clone());
         registry.register("trace_lookups", "Trace-by-ID lookups", m.trace_lookups.clone());
         registry.register("trace_lookup_seconds", "Trace-by-ID latency", m.trace_lookup_seconds.clone());
         Metrics { registry, ..m }

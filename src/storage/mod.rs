@@ -5,9 +5,11 @@
 //! trace lookup touches object storage only for the row group that holds the trace.
 
 mod blocks;
+mod counting;
 mod file;
 
 pub use blocks::{BlockEntry, BlockStore};
+pub use counting::CountingStore;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 
 use crate::config::StorageConfig;
+use crate::telemetry::Metrics;
 
 /// Storage-layer errors.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +38,14 @@ pub enum StorageError {
     LocalDir { path: String, source: std::io::Error },
 }
 
-/// Opens the configured object store. S3 credentials come from the usual `AWS_*` environment variables.
-pub fn open_store(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
+/// Opens the configured object store, with request counting. S3 credentials come from the usual `AWS_*`
+/// environment variables.
+pub fn open_store(cfg: &StorageConfig, metrics: &Metrics) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let store = open_backend(cfg)?;
+    Ok(Arc::new(CountingStore::new(store, metrics.object_gets.clone(), metrics.object_puts.clone())))
+}
+
+fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
     match cfg {
         StorageConfig::Local { path } => {
             std::fs::create_dir_all(path)

@@ -1,0 +1,301 @@
+//! Ingest and lookup benchmark against the real `strata` binary (built with the bench/release profile).
+//!
+//! `cargo bench --bench ingest -- --traces 100000` generates realistic microservice traces, pre-builds the OTLP
+//! requests, sends them from one core, flushes, and reports: spans/s, server CPU per span (ingest, and including
+//! block build and upload), peak server RSS, stored bytes per span against the raw OTLP protobuf size, and
+//! trace-by-ID latency after a restart (cold caches) and warm. `--s3` runs the storage part against a moto S3
+//! server and reports object reads per lookup once blooms and footers are cached.
+
+#[path = "common/gen.rs"]
+mod generator;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Traces to send (about 7.5 spans each).
+    #[arg(long, default_value_t = 100_000)]
+    traces: usize,
+    /// Traces per export request.
+    #[arg(long, default_value_t = 100)]
+    per_request: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// `http` (OTLP/HTTP protobuf) or `grpc`.
+    #[arg(long, default_value = "http")]
+    protocol: String,
+    /// Trace-by-ID lookups to time.
+    #[arg(long, default_value_t = 300)]
+    lookups: usize,
+    /// Store blocks in a moto S3 server (moto_server must be on PATH) instead of local disk.
+    #[arg(long)]
+    s3: bool,
+    /// Accepted for `cargo bench` compatibility.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+struct Proc {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn start(data: &Path, ports: (u16, u16, u16), env: &[(String, String)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.env("STRATA_DATA_DIR", data)
+        .env("STRATA_HTTP_ADDR", format!("127.0.0.1:{}", ports.0))
+        .env("STRATA_OTLP_HTTP_ADDR", format!("127.0.0.1:{}", ports.1))
+        .env("STRATA_OTLP_GRPC_ADDR", format!("127.0.0.1:{}", ports.2))
+        .env("STRATA_MAX_BLOCK_AGE", "1h")
+        .env("STRATA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start strata");
+    let api = format!("http://127.0.0.1:{}", ports.0);
+    let t = Instant::now();
+    while reqwest::blocking::get(format!("{api}/api/echo")).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(60), "strata did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Proc { child, api }
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // Fields after the command: state(skipped: not numeric) ppid pgrp ... utime is field 14 overall.
+    let utime = f.get(10).copied().unwrap_or(0.0);
+    let stime = f.get(11).copied().unwrap_or(0.0);
+    (utime + stime) / clk_tck()
+}
+
+fn status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| {
+                    let m = e.metadata().ok();
+                    if m.as_ref().is_some_and(|m| m.is_dir()) { dir_size(&e.path()) } else { m.map_or(0, |m| m.len()) }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn metric(api: &str, name: &str) -> f64 {
+    reqwest::blocking::get(format!("{api}/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn lookups(api: &str, ids: &[[u8; 16]], n: usize) -> Vec<f64> {
+    let client = reqwest::blocking::Client::new();
+    let step = (ids.len() / n.max(1)).max(1);
+    let mut ms: Vec<f64> = ids
+        .iter()
+        .step_by(step)
+        .take(n)
+        .map(|id| {
+            let t = Instant::now();
+            let r = client
+                .get(format!("{api}/api/v2/traces/{}", hex::encode(id)))
+                .header("Accept", "application/protobuf")
+                .send()
+                .expect("lookup");
+            assert_eq!(r.status(), 200, "trace {} not found", hex::encode(id));
+            let _ = r.bytes();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    ms
+}
+
+fn main() {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let _moto = if args.s3 {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (pip install 'moto[server]')");
+        let ep = format!("http://127.0.0.1:{port}");
+        let t = Instant::now();
+        while reqwest::blocking::Client::new().put(format!("{ep}/bench")).send().is_err() {
+            assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (k, v) in [
+            ("STRATA_STORAGE", "s3"),
+            ("STRATA_S3_ENDPOINT", ep.as_str()),
+            ("STRATA_S3_BUCKET", "bench"),
+            ("AWS_ACCESS_KEY_ID", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            env.push((k.into(), v.into()));
+        }
+        Some(Proc { child, api: ep })
+    } else {
+        None
+    };
+
+    eprintln!("generating {} traces...", args.traces);
+    let (reqs, ids) = generator::requests(42, args.traces, args.per_request);
+    let spans: usize = reqs.iter().flat_map(|r| &r.resource_spans).flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    let bodies: Vec<bytes::Bytes> = reqs.iter().map(|r| bytes::Bytes::from(r.encode_to_vec())).collect();
+    let raw: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+    eprintln!("{spans} spans in {} requests, {raw} bytes of OTLP protobuf", reqs.len());
+
+    let ports = (free_port(), free_port(), free_port());
+    let server = start(&data, ports, &env);
+    let pid = server.child.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    // One client core: a current-thread runtime keeps `concurrency` requests in flight.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let otlp_http = format!("http://127.0.0.1:{}/v1/traces", ports.1);
+    let grpc = format!("http://127.0.0.1:{}", ports.2);
+    let failures: usize = rt.block_on(async {
+        if args.protocol == "grpc" {
+            let client = TraceServiceClient::connect(grpc).await.expect("grpc connect");
+            futures::stream::iter(reqs.into_iter())
+                .map(|r| {
+                    let mut c = client.clone();
+                    async move { c.export(r).await.is_err() as usize }
+                })
+                .buffer_unordered(args.concurrency)
+                .fold(0, |a, b| async move { a + b })
+                .await
+        } else {
+            let client = reqwest::Client::new();
+            futures::stream::iter(bodies.iter().cloned())
+                .map(|b| {
+                    let c = client.clone();
+                    let url = otlp_http.clone();
+                    async move {
+                        let r = c.post(url).header("Content-Type", "application/x-protobuf").body(b).send().await;
+                        (!r.is_ok_and(|r| r.status().is_success())) as usize
+                    }
+                })
+                .buffer_unordered(args.concurrency)
+                .fold(0, |a, b| async move { a + b })
+                .await
+        }
+    });
+    let ingest_secs = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(pid);
+    let r = reqwest::blocking::Client::new().post(format!("{}/flush", server.api)).timeout(Duration::from_secs(600)).send().expect("flush");
+    assert!(r.status().is_success(), "flush failed");
+    let total_secs = t0.elapsed().as_secs_f64();
+    let cpu2 = cpu_seconds(pid);
+    let hwm_mb = status_kb(pid, "VmHWM") as f64 / 1024.0;
+    assert_eq!(failures, 0, "{failures} requests failed");
+
+    let stored = if args.s3 {
+        // Sum of object sizes the server wrote, from block metas.
+        let idx = reqwest::blocking::get(format!("{}/metrics", server.api)).ok();
+        let _ = idx;
+        let metas: serde_json::Value = reqwest::blocking::get(format!(
+            "{}/bench/single-tenant/index.json",
+            _moto.as_ref().map(|m| m.api.clone()).unwrap_or_default()
+        ))
+        .and_then(|r| r.json())
+        .unwrap_or_default();
+        metas["blocks"]
+            .as_array()
+            .map(|a| a.iter().map(|m| m["dataSize"].as_u64().unwrap_or(0) + m["bloomSize"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0)
+    } else {
+        dir_size(&data.join("blocks"))
+    };
+    let blocks = metric(&server.api, "strata_blocks ");
+
+    // Lookups after a restart: blooms load at start-up, footers on first use.
+    drop(server);
+    let server = start(&data, ports, &env);
+    let cold = lookups(&server.api, &ids, args.lookups);
+    let gets0 = metric(&server.api, "strata_object_store_gets_total");
+    let warm = lookups(&server.api, &ids, args.lookups);
+    let gets1 = metric(&server.api, "strata_object_store_gets_total");
+    let reads_per_lookup = (gets1 - gets0) / warm.len().max(1) as f64;
+
+    let us_ingest = (cpu1 - cpu0) * 1e6 / spans as f64;
+    let us_total = (cpu2 - cpu0) * 1e6 / spans as f64;
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| data set | {} traces, {spans} spans, {raw} B OTLP protobuf ({:.0} B/span), {} per request |", args.traces, raw as f64 / spans as f64, args.per_request);
+    println!("| storage | {} |", if args.s3 { "S3 (moto, loopback)" } else { "local disk" });
+    println!("| protocol / concurrency | {} / {} |", args.protocol, args.concurrency);
+    println!("| ingest wall time | {ingest_secs:.2} s ({:.0} spans/s) |", spans as f64 / ingest_secs);
+    println!("| ingest + flush wall time | {total_secs:.2} s |");
+    println!("| server CPU per span, ingest path | {us_ingest:.2} us |");
+    println!("| server CPU per span, incl. block build + upload | {us_total:.2} us |");
+    println!("| server peak RSS | {hwm_mb:.0} MB |");
+    println!("| blocks | {blocks} |");
+    println!("| stored bytes | {stored} B, {:.1} B/span, {:.3}x raw OTLP |", stored as f64 / spans as f64, stored as f64 / raw as f64);
+    println!("| trace by ID after restart (cold), {} lookups | p50 {:.2} ms, p99 {:.2} ms |", cold.len(), percentile(&cold, 0.5), percentile(&cold, 0.99));
+    println!("| trace by ID warm, {} lookups | p50 {:.2} ms, p99 {:.2} ms |", warm.len(), percentile(&warm, 0.5), percentile(&warm, 0.99));
+    println!("| object reads per warm lookup | {reads_per_lookup:.2} |");
+}
