@@ -528,8 +528,7 @@ impl<'a> Parser<'a> {
     fn outer(&mut self, min_bp: u8) -> Result<It, ParseError> {
         self.enter()?;
         let mut lhs = self.outer_prefix()?;
-        loop {
-            let Some((l_bp, r_bp)) = outer_bp(self.peek()) else { break };
+        while let Some((l_bp, r_bp)) = outer_bp(self.peek()) {
             if l_bp < min_bp {
                 break;
             }
@@ -933,8 +932,7 @@ impl<'a> Parser<'a> {
     pub(crate) fn field_expr(&mut self, min_bp: u8) -> Result<(FieldExpr, u32), ParseError> {
         self.enter()?;
         let (mut lhs, mut depth) = self.field_prefix(min_bp)?;
-        loop {
-            let Some(op) = field_op(self.peek()) else { break };
+        while let Some(op) = field_op(self.peek()) {
             let (l_bp, r_bp) = binding_power(op.precedence(), op == BinaryOp::Pow);
             if l_bp < min_bp {
                 break;

@@ -436,11 +436,11 @@ fn write_literal(out: &mut String, l: &Literal) {
 fn write_float(out: &mut String, f: f64) {
     let s = format!("{f:?}");
     // Debug gives e.g. `1e300`, `1.5`, `0.1`; exponent forms need a mantissa dot for clarity.
-    if s.contains('e') && !s.contains('.') {
-        if let Some((m, e)) = s.split_once('e') {
-            let _ = write!(out, "{m}.0e{e}");
-            return;
-        }
+    if !s.contains('.')
+        && let Some((m, e)) = s.split_once('e')
+    {
+        let _ = write!(out, "{m}.0e{e}");
+        return;
     }
     out.push_str(&s);
 }
@@ -459,7 +459,7 @@ fn write_duration(out: &mut String, ns: i64) {
         (1, "ns"),
     ];
     for (size, unit) in UNITS {
-        if v % size == 0 && (v > 0 || unit == "ns") {
+        if v.is_multiple_of(size) && (v > 0 || unit == "ns") {
             let _ = write!(out, "{}{unit}", v / size);
             return;
         }

@@ -48,7 +48,8 @@ fn number(negative: bool) -> BoxedStrategy<Literal> {
         any::<i64>().prop_map(Literal::Int),
         finite_f64().prop_map(Literal::Float),
         (i64::MIN + 1..i64::MAX).prop_map(Literal::Duration),
-        prop::sample::select(vec![0i64, 1_000, 1_000_000, 60_000_000_000, 5_400_000_000_000]).prop_map(Literal::Duration),
+        prop::sample::select(vec![0i64, 1_000, 1_000_000, 60_000_000_000, 5_400_000_000_000])
+            .prop_map(Literal::Duration),
     ];
     if negative {
         lits.boxed()
@@ -115,7 +116,10 @@ fn cmp_op() -> impl Strategy<Value = CmpOp> + Clone {
 fn aggregate() -> impl Strategy<Value = Aggregate> + Clone {
     prop_oneof![
         Just(Aggregate { op: AggregateOp::Count, expr: None }),
-        (prop::sample::select(vec![AggregateOp::Avg, AggregateOp::Min, AggregateOp::Max, AggregateOp::Sum]), field_expr())
+        (
+            prop::sample::select(vec![AggregateOp::Avg, AggregateOp::Min, AggregateOp::Max, AggregateOp::Sum]),
+            field_expr()
+        )
             .prop_map(|(op, e)| Aggregate { op, expr: Some(e) }),
     ]
 }
@@ -141,8 +145,11 @@ fn scalar_filter(pipeline: BoxedStrategy<Pipeline>) -> BoxedStrategy<ScalarFilte
     let wsp = (pipeline, aggregate())
         .prop_map(|(pipeline, aggregate)| ScalarExpr::Pipeline(Box::new(ScalarPipeline { pipeline, aggregate })))
         .prop_recursive(2, 4, 2, |inner| {
-            (arith_op(), inner.clone(), inner)
-                .prop_map(|(op, l, r)| ScalarExpr::Binary { op, lhs: Box::new(l), rhs: Box::new(r) })
+            (arith_op(), inner.clone(), inner).prop_map(|(op, l, r)| ScalarExpr::Binary {
+                op,
+                lhs: Box::new(l),
+                rhs: Box::new(r),
+            })
         });
     prop_oneof![
         3 => (cmp_op(), agg_expr(), prop_oneof![agg_expr(), lit.clone()]),
@@ -172,8 +179,11 @@ fn pipeline() -> BoxedStrategy<Pipeline> {
             }),
         ];
         let spanset = operand.prop_recursive(2, 6, 2, |e| {
-            (prop::sample::select(SpansetOp::ALL.to_vec()), e.clone(), e)
-                .prop_map(|(op, l, r)| SpansetExpr::Op { op, lhs: Box::new(l), rhs: Box::new(r) })
+            (prop::sample::select(SpansetOp::ALL.to_vec()), e.clone(), e).prop_map(|(op, l, r)| SpansetExpr::Op {
+                op,
+                lhs: Box::new(l),
+                rhs: Box::new(r),
+            })
         });
         let stage = prop_oneof![
             4 => spanset.prop_map(|e| match e {
@@ -227,8 +237,9 @@ fn second_stages(min: usize) -> impl Strategy<Value = Vec<SecondStage>> {
 }
 
 fn metrics() -> BoxedStrategy<MetricsExpr> {
-    let leaf = (pipeline(), metrics_function(), second_stages(0))
-        .prop_map(|(pipeline, function, stages)| MetricsExpr::Pipeline(Box::new(MetricsPipeline { pipeline, function, stages })));
+    let leaf = (pipeline(), metrics_function(), second_stages(0)).prop_map(|(pipeline, function, stages)| {
+        MetricsExpr::Pipeline(Box::new(MetricsPipeline { pipeline, function, stages }))
+    });
     leaf.prop_recursive(3, 8, 2, |inner| {
         let op = prop::sample::select(vec![ArithOp::Add, ArithOp::Sub, ArithOp::Mul, ArithOp::Div]);
         let scalar = prop_oneof![any::<i64>().prop_map(Literal::Int), finite_f64().prop_map(Literal::Float)]
