@@ -137,48 +137,46 @@ fn read_back(server: &Server, e: &Emitted, service: &str) {
     }
 }
 
-#[test]
-fn sdk_grpc_exporter_with_gzip() {
+/// Runs the SDK against a fresh server through one of the exporters and reads the trace back.
+fn sdk_round_trip(service: &str, build: impl FnOnce(&Server) -> SpanExporter) {
     let dir = tempfile::tempdir().expect("tmp");
     let server = Server::start(&dir.path().join("data"), &[]);
+    let e = emit(provider(build(&server), service));
+    read_back(&server, &e, service);
+}
+
+#[test]
+fn sdk_grpc_exporter_with_gzip() {
+    // tonic needs a runtime to be current while the SDK exports.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let _guard = rt.enter();
-    let exporter = SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(server.grpc.clone())
-        .with_compression(opentelemetry_otlp::Compression::Gzip)
-        .build()
-        .expect("grpc exporter");
-    let e = emit(provider(exporter, "grpc-svc"));
-    read_back(&server, &e, "grpc-svc");
+    sdk_round_trip("grpc-svc", |s| {
+        SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(s.grpc.clone())
+            .with_compression(opentelemetry_otlp::Compression::Gzip)
+            .build()
+            .expect("grpc exporter")
+    });
 }
 
 #[test]
 fn sdk_http_protobuf_exporter() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = Server::start(&dir.path().join("data"), &[]);
-    let exporter = SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(format!("{}/v1/traces", server.otlp_http))
-        .build()
-        .expect("http exporter");
-    let e = emit(provider(exporter, "http-svc"));
-    read_back(&server, &e, "http-svc");
+    sdk_round_trip("http-svc", |s| http_exporter(s, Protocol::HttpBinary));
 }
 
 #[test]
 fn sdk_http_json_exporter() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = Server::start(&dir.path().join("data"), &[]);
-    let exporter = SpanExporter::builder()
+    sdk_round_trip("json-svc", |s| http_exporter(s, Protocol::HttpJson));
+}
+
+fn http_exporter(s: &Server, protocol: Protocol) -> SpanExporter {
+    SpanExporter::builder()
         .with_http()
-        .with_protocol(Protocol::HttpJson)
-        .with_endpoint(format!("{}/v1/traces", server.otlp_http))
+        .with_protocol(protocol)
+        .with_endpoint(format!("{}/v1/traces", s.otlp_http))
         .build()
-        .expect("http json exporter");
-    let e = emit(provider(exporter, "json-svc"));
-    read_back(&server, &e, "json-svc");
+        .expect("http exporter")
 }
 
 #[test]

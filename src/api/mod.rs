@@ -161,24 +161,33 @@ async fn lookup(
     }
 }
 
+/// Which of Tempo's two trace-by-ID shapes to answer with.
+#[derive(Clone, Copy)]
+enum TraceApi {
+    V1,
+    V2,
+}
+
 async fn trace_v1(
-    State(api): State<Api>,
+    state: State<Api>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    id: Path<String>,
+    params: Query<HashMap<String, String>>,
 ) -> Response {
-    let t = match lookup(&api, &headers, &id, &params).await {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
-    };
-    if wants_protobuf(&headers) {
-        let body = tempopb::Trace { resource_spans: t.resource_spans }.encode_to_vec();
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], body).into_response();
-    }
-    axum::Json(serde_json::json!({ "batches": json::resource_spans_json(&t.resource_spans) })).into_response()
+    trace_by_id(TraceApi::V1, state, headers, id, params).await
 }
 
 async fn trace_v2(
+    state: State<Api>,
+    headers: HeaderMap,
+    id: Path<String>,
+    params: Query<HashMap<String, String>>,
+) -> Response {
+    trace_by_id(TraceApi::V2, state, headers, id, params).await
+}
+
+async fn trace_by_id(
+    version: TraceApi,
     State(api): State<Api>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -188,20 +197,25 @@ async fn trace_v2(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    let trace = tempopb::Trace { resource_spans: t.resource_spans };
     if wants_protobuf(&headers) {
-        let resp = tempopb::TraceByIdResponse {
-            trace: Some(tempopb::Trace { resource_spans: t.resource_spans }),
-            metrics: Some(tempopb::TraceByIdMetrics::default()),
-            status: 0,
-            message: String::new(),
+        let body = match version {
+            TraceApi::V1 => trace.encode_to_vec(),
+            TraceApi::V2 => tempopb::TraceByIdResponse {
+                trace: Some(trace),
+                metrics: Some(tempopb::TraceByIdMetrics::default()),
+                status: 0,
+                message: String::new(),
+            }
+            .encode_to_vec(),
         };
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], resp.encode_to_vec())
-            .into_response();
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], body).into_response();
     }
-    axum::Json(serde_json::json!({
-        "trace": { "resourceSpans": json::resource_spans_json(&t.resource_spans) },
-        "metrics": {},
-    }))
+    let spans = json::resource_spans_json(&trace.resource_spans);
+    axum::Json(match version {
+        TraceApi::V1 => serde_json::json!({ "batches": spans }),
+        TraceApi::V2 => serde_json::json!({ "trace": { "resourceSpans": spans }, "metrics": {} }),
+    })
     .into_response()
 }
 
