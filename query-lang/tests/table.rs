@@ -404,6 +404,12 @@ fn never_panics_on_odd_input() {
     assert!(parse(&deep).is_err());
     let long = format!("{{ {} }}", vec![".a = 1"; 5_000].join(" && "));
     assert!(parse(&long).is_err(), "a 5000-deep left chain is refused to protect later recursion");
-    let ok = format!("{{ {} }}", vec![".a = 1"; 200].join(" && "));
-    assert!(parse(&ok).is_ok());
+    // The deepest accepted trees still validate, print and drop on a 2 MiB test thread.
+    let ok = format!("{{ {} }}", vec![".a = 1"; 480].join(" && "));
+    let q = parse(&ok).expect("480 conditions");
+    assert_eq!(validate(&q), Ok(()));
+    assert_eq!(parse(&print(&q)).as_ref(), Ok(&q));
+    let _ = parse_lenient(&ok);
+    let nested = format!("{{ {}.a = 1{} }}", "(".repeat(95), ")".repeat(95));
+    assert!(parse(&nested).is_ok());
 }
