@@ -72,10 +72,10 @@ pub struct Args {
     /// Use path-style S3 URLs (MinIO and most self-hosted servers need this) [default: true when an endpoint is set]
     #[arg(long, env = "STRATA_S3_PATH_STYLE")]
     pub s3_path_style: Option<bool>,
-    /// Cut the live head into a block once it holds this many spans [default: 250000]
+    /// Cut the live head into a block once it holds this many spans [default: 100000]
     #[arg(long, env = "STRATA_MAX_BLOCK_SPANS")]
     pub max_block_spans: Option<usize>,
-    /// Cut the live head into a block once its OTLP payload reaches this many bytes [default: 64MiB]
+    /// Cut the live head into a block once its OTLP payload reaches this many bytes [default: 32MiB]
     #[arg(long, env = "STRATA_MAX_BLOCK_BYTES")]
     pub max_block_bytes: Option<usize>,
     /// Cut the live head into a block at the latest after this long, e.g. 30s, 5m [default: 2m]
@@ -207,8 +207,8 @@ impl Config {
             otlp_grpc_addr: a.otlp_grpc_addr.or(f.otlp_grpc_addr).unwrap_or(([0, 0, 0, 0], 4317).into()),
             otlp_http_addr: a.otlp_http_addr.or(f.otlp_http_addr).unwrap_or(([0, 0, 0, 0], 4318).into()),
             storage,
-            max_block_spans: a.max_block_spans.or(f.max_block_spans).unwrap_or(250_000),
-            max_block_bytes: a.max_block_bytes.or(f.max_block_bytes).unwrap_or(64 << 20),
+            max_block_spans: a.max_block_spans.or(f.max_block_spans).unwrap_or(100_000),
+            max_block_bytes: a.max_block_bytes.or(f.max_block_bytes).unwrap_or(32 << 20),
             max_block_age: a.max_block_age.or(f.max_block_age).unwrap_or(Duration::from_secs(120)),
             max_request_bytes: a.max_request_bytes.or(f.max_request_bytes).unwrap_or(16 << 20),
             shutdown_timeout: a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(Duration::from_secs(30)),

@@ -5,6 +5,11 @@ use clap::Parser;
 use strata::config::{Args, Config};
 use tracing_subscriber::EnvFilter;
 
+// Spans arrive as many small allocations that live until their block is built and then die together; mimalloc
+// handles that pattern with far less CPU and fragmentation than the system allocator (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cfg = Config::load(Args::parse()).context("loading configuration")?;
     tracing_subscriber::fmt()

@@ -1,6 +1,6 @@
 //! Builds a block from live traces: nested-set numbering, dedicated-column choice, Parquet, bloom and meta.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -20,7 +20,7 @@ use parquet::schema::types::ColumnPath;
 use super::attrs::AttrListBuilder;
 use super::schema::{self, RES_STR_SLOTS, SPAN_INT_SLOTS, SPAN_STR_SLOTS, col, event_fields, link_fields};
 use super::{BlockError, BlockMeta, DedicatedColumn, FORMAT, TraceBloom};
-use crate::model::{SpanRecord, TraceId};
+use crate::model::{Origin, SpanRecord, TraceId};
 
 /// Tuning knobs for block building.
 #[derive(Debug, Clone)]
@@ -157,9 +157,12 @@ fn order_trace(records: &[SpanRecord]) -> Vec<Ordered> {
             _ => roots.push(i),
         }
     }
-    let key = |i: &usize| (records[*i].span.start_time_unix_nano, records[*i].span.span_id.clone());
-    roots.sort_by_key(key);
-    children.values_mut().for_each(|c| c.sort_by_key(key));
+    let order = |a: &usize, b: &usize| {
+        let (x, y) = (&records[*a].span, &records[*b].span);
+        x.start_time_unix_nano.cmp(&y.start_time_unix_nano).then_with(|| x.span_id.cmp(&y.span_id))
+    };
+    roots.sort_by(order);
+    children.values_mut().for_each(|c| c.sort_by(order));
 
     let mut out: Vec<Ordered> = Vec::with_capacity(unique.len());
     let mut visited = vec![false; records.len()];
@@ -234,20 +237,25 @@ fn choose_dedicated(traces: &[(TraceId, Vec<SpanRecord>)], min_share: f64) -> De
     let mut span_s: HashMap<&str, u64> = HashMap::new();
     let mut span_i: HashMap<&str, u64> = HashMap::new();
     let mut total = 0u64;
+    // Resource attributes are shared by every span of an origin: count origins, then their attributes once.
+    let mut origins: HashMap<*const Origin, (&Origin, u64)> = HashMap::new();
     for (_, records) in traces {
         for r in records {
             total += 1;
-            for kv in &r.origin.resource.attributes {
-                if kv.key != "service.name" && matches!(value_of(kv), Some(Value::StringValue(_))) {
-                    *res.entry(kv.key.as_str()).or_default() += 1;
-                }
-            }
+            origins.entry(Arc::as_ptr(&r.origin)).or_insert((&r.origin, 0)).1 += 1;
             for kv in &r.span.attributes {
                 match value_of(kv) {
                     Some(Value::StringValue(_)) => *span_s.entry(kv.key.as_str()).or_default() += 1,
                     Some(Value::IntValue(_)) => *span_i.entry(kv.key.as_str()).or_default() += 1,
                     _ => {}
                 }
+            }
+        }
+    }
+    for (origin, n) in origins.into_values() {
+        for kv in &origin.resource.attributes {
+            if kv.key != "service.name" && matches!(value_of(kv), Some(Value::StringValue(_))) {
+                *res.entry(kv.key.as_str()).or_default() += n;
             }
         }
     }
@@ -277,8 +285,16 @@ struct TraceInfo<'a> {
 }
 
 /// Column builders for one row group's worth of spans.
+/// Where each resource attribute of one origin goes: computed once per origin, not once per span.
+struct ResourceSplit {
+    service: Option<usize>,
+    slots: [Option<usize>; RES_STR_SLOTS],
+    generic: Vec<usize>,
+}
+
 struct Rows {
     len: usize,
+    res_split: HashMap<*const Origin, ResourceSplit>,
     res_keys: HashMap<String, usize>,
     span_str_keys: HashMap<String, usize>,
     span_int_keys: HashMap<String, usize>,
@@ -329,6 +345,7 @@ impl Rows {
         let idx = |v: &[String]| v.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
         Rows {
             len: 0,
+            res_split: HashMap::new(),
             res_keys: idx(&d.res_str),
             span_str_keys: idx(&d.span_str),
             span_int_keys: idx(&d.span_int),
@@ -400,27 +417,38 @@ impl Rows {
         self.nested_parent.append_value(o.parent);
 
         // Resource: service.name and dedicated keys get columns, the rest the generic list.
-        let mut service: Option<&str> = None;
-        let mut res_slots: [Option<&str>; RES_STR_SLOTS] = [None; RES_STR_SLOTS];
-        for kv in &origin.resource.attributes {
-            if let Some(Value::StringValue(v)) = value_of(kv) {
-                if kv.key == "service.name" && service.is_none() {
-                    service = Some(v);
-                    continue;
+        let res_keys = &self.res_keys;
+        let split = self.res_split.entry(Arc::as_ptr(origin)).or_insert_with(|| {
+            let mut sp = ResourceSplit { service: None, slots: [None; RES_STR_SLOTS], generic: Vec::new() };
+            for (idx, kv) in origin.resource.attributes.iter().enumerate() {
+                if let Some(Value::StringValue(_)) = value_of(kv) {
+                    if kv.key == "service.name" && sp.service.is_none() {
+                        sp.service = Some(idx);
+                        continue;
+                    }
+                    if let Some(&i) = res_keys.get(&kv.key)
+                        && sp.slots[i].is_none()
+                    {
+                        sp.slots[i] = Some(idx);
+                        continue;
+                    }
                 }
-                if let Some(&i) = self.res_keys.get(&kv.key)
-                    && res_slots[i].is_none()
-                {
-                    res_slots[i] = Some(v);
-                    continue;
-                }
+                sp.generic.push(idx);
             }
-            self.resource_attrs.push(&kv.key, kv.value.as_ref());
+            sp
+        });
+        let attrs = &origin.resource.attributes;
+        let str_at = |i: Option<usize>| match i.and_then(|i| value_of(&attrs[i])) {
+            Some(Value::StringValue(v)) => Some(v.as_str()),
+            _ => None,
+        };
+        for &i in &split.generic {
+            self.resource_attrs.push(&attrs[i].key, attrs[i].value.as_ref());
         }
         self.resource_attrs.end_row();
-        self.service_name.append_option(service);
-        for (b, v) in self.res_str.iter_mut().zip(res_slots) {
-            b.append_option(v);
+        self.service_name.append_option(str_at(split.service));
+        for (b, i) in self.res_str.iter_mut().zip(split.slots) {
+            b.append_option(str_at(i));
         }
         self.resource_dropped.append_value(origin.resource.dropped_attributes_count);
         self.resource_schema_url.append_option(non_empty(&origin.resource_schema_url));

@@ -24,7 +24,8 @@ pub(super) async fn run(
         for head in &cut.heads {
             flush_head(head, &shared, &blocks, &cfg).await;
             shared.flushing.write().retain(|f| !Arc::ptr_eq(f, head));
-            shared.backlog.fetch_sub(head.spans, Ordering::Relaxed);
+            shared.backlog.fetch_sub(head.bytes, Ordering::Relaxed);
+            shared.drained.notify_waiters();
             shared.metrics.live_spans.dec_by(head.spans as i64);
         }
         let dir = cfg.wal_dir.clone();

@@ -34,11 +34,14 @@ pub enum IngestError {
     Wal(String),
     #[error("object storage is failing; not accepting data until blocks can be uploaded again")]
     StoreUnavailable,
-    #[error("too much data is waiting to be flushed ({0} spans); retry later")]
+    #[error("too much data is waiting to be flushed ({0} bytes); retry later")]
     Backlog(usize),
     #[error("server is shutting down")]
     Shutdown,
 }
+
+/// How long a request may wait for the flush backlog to drain before it is refused.
+const BACKLOG_WAIT: Duration = Duration::from_secs(30);
 
 /// Limits and placement for the ingester.
 #[derive(Debug, Clone)]
@@ -87,8 +90,10 @@ pub struct Cut {
 struct Shared {
     live: RwLock<HashMap<Tenant, Head>>,
     flushing: RwLock<Vec<Arc<FrozenHead>>>,
-    /// Spans in frozen heads not yet in blocks.
+    /// OTLP bytes in frozen heads not yet in blocks: what bounds memory while blocks are built and uploaded.
     backlog: AtomicUsize,
+    /// Signalled whenever a frozen head leaves the backlog.
+    drained: tokio::sync::Notify,
     store_healthy: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -123,6 +128,7 @@ impl Ingester {
             live: RwLock::new(HashMap::new()),
             flushing: RwLock::new(Vec::new()),
             backlog: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
             store_healthy: AtomicBool::new(true),
             metrics: metrics.clone(),
         });
@@ -148,7 +154,8 @@ impl Ingester {
         let (tx, rx) = mpsc::channel(4096);
         let (cut_tx, cut_rx) = mpsc::unbounded_channel();
         let (flushed_tx, flushed) = watch::channel(0u64);
-        let backlog_limit = cfg.max_block_spans.saturating_mul(4);
+        // One head may be building while the next fills; a second finished head waits for the first.
+        let backlog_limit = cfg.max_block_bytes.saturating_mul(3) / 2;
         {
             let shared = shared.clone();
             let cfg = cfg.clone();
@@ -179,13 +186,7 @@ impl Ingester {
         req: ExportTraceServiceRequest,
         raw: Option<Bytes>,
     ) -> Result<(), IngestError> {
-        if !self.shared.store_healthy.load(Ordering::Relaxed) {
-            return Err(IngestError::StoreUnavailable);
-        }
-        let backlog = self.shared.backlog.load(Ordering::Relaxed);
-        if backlog > self.backlog_limit {
-            return Err(IngestError::Backlog(backlog));
-        }
+        self.wait_for_backlog().await?;
         let body = raw.unwrap_or_else(|| Bytes::from(req.encode_to_vec()));
         let header = wal::record_header(tenant.as_str(), &body);
         let spans = to_records(req);
@@ -195,6 +196,27 @@ impl Ingester {
         let (ack, rx) = oneshot::channel();
         self.tx.send(Cmd::Append { tenant, header, body, spans, ack }).await.map_err(|_| IngestError::Shutdown)?;
         rx.await.map_err(|_| IngestError::Shutdown)?
+    }
+
+    /// Backpressure: while more than the allowed amount of data waits for upload, requests wait (bounded), so a
+    /// burst slows clients down instead of growing memory without limit. A failing store is reported at once.
+    async fn wait_for_backlog(&self) -> Result<(), IngestError> {
+        let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
+        loop {
+            if !self.shared.store_healthy.load(Ordering::Relaxed) {
+                return Err(IngestError::StoreUnavailable);
+            }
+            let notified = self.shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let backlog = self.shared.backlog.load(Ordering::Relaxed);
+            if backlog <= self.backlog_limit {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(IngestError::Backlog(backlog));
+            }
+        }
     }
 
     /// Cuts everything in memory into blocks and waits until they are in object storage.
@@ -368,7 +390,7 @@ fn cut(segment: &mut wal::Segment, shared: &Shared, cfg: &IngestConfig, cuts: &m
             let mut traces: Vec<(TraceId, Vec<SpanRecord>)> = head.traces.into_iter().collect();
             traces.sort_unstable_by_key(|t| t.0);
             let f = Arc::new(FrozenHead { tenant, traces, spans: head.spans, bytes: head.bytes });
-            shared.backlog.fetch_add(f.spans, Ordering::Relaxed);
+            shared.backlog.fetch_add(f.bytes, Ordering::Relaxed);
             flushing.push(f.clone());
             frozen.push(f);
         }
