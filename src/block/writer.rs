@@ -138,39 +138,41 @@ struct Ordered {
 
 /// Dedupes a trace's spans (same span ID and kind) and numbers them depth first, children by start time, so
 /// structural TraceQL operators (`>`, `>>`, `~`) become integer comparisons. Spans whose parent is missing, and
-/// cycles, are treated as roots.
+/// cycles, are treated as roots. Sorting instead of hashing: traces are small, and this allocates three vectors.
 fn order_trace(records: &[SpanRecord]) -> Vec<Ordered> {
-    let mut seen: HashMap<(&[u8], i32), usize> = HashMap::with_capacity(records.len());
-    let mut unique: Vec<usize> = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        if seen.insert((r.span.span_id.as_slice(), r.span.kind), i).is_none() {
-            unique.push(i);
+    let span = |i: usize| &records[i].span;
+    // Unique spans, sorted by span ID (then kind) for parent look-ups by binary search.
+    let mut by_id: Vec<usize> = (0..records.len()).collect();
+    by_id.sort_by(|&a, &b| span(a).span_id.cmp(&span(b).span_id).then(span(a).kind.cmp(&span(b).kind)).then(a.cmp(&b)));
+    by_id.dedup_by(|a, b| span(*a).span_id == span(*b).span_id && span(*a).kind == span(*b).kind);
+    let parent_of = |i: usize| -> Option<usize> {
+        let p = span(i).parent_span_id.as_slice();
+        if p.is_empty() {
+            return None;
         }
-    }
-    let by_id: HashMap<&[u8], usize> = unique.iter().map(|&i| (records[i].span.span_id.as_slice(), i)).collect();
-    let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
-    let mut roots = Vec::new();
-    for &i in &unique {
-        let p = records[i].span.parent_span_id.as_slice();
-        match by_id.get(p) {
-            Some(&pi) if !p.is_empty() && pi != i => children.entry(pi).or_default().push(i),
-            _ => roots.push(i),
-        }
-    }
-    let order = |a: &usize, b: &usize| {
-        let (x, y) = (&records[*a].span, &records[*b].span);
-        x.start_time_unix_nano.cmp(&y.start_time_unix_nano).then_with(|| x.span_id.cmp(&y.span_id))
+        let at = by_id.partition_point(|&j| span(j).span_id.as_slice() < p);
+        by_id.get(at).copied().filter(|&j| span(j).span_id == p && j != i)
     };
-    roots.sort_by(order);
-    children.values_mut().for_each(|c| c.sort_by(order));
+    // (parent, span) pairs sorted by parent then start time: each span's children are one contiguous run.
+    const ROOT: usize = usize::MAX;
+    let mut edges: Vec<(usize, usize)> = by_id.iter().map(|&i| (parent_of(i).unwrap_or(ROOT), i)).collect();
+    let order = |a: &(usize, usize), b: &(usize, usize)| {
+        let (x, y) = (span(a.1), span(b.1));
+        a.0.cmp(&b.0).then(x.start_time_unix_nano.cmp(&y.start_time_unix_nano)).then_with(|| x.span_id.cmp(&y.span_id))
+    };
+    edges.sort_by(order);
+    let children = |p: usize| -> &[(usize, usize)] {
+        let lo = edges.partition_point(|e| e.0 < p);
+        let hi = edges.partition_point(|e| e.0 <= p);
+        &edges[lo..hi]
+    };
 
-    let mut out: Vec<Ordered> = Vec::with_capacity(unique.len());
+    let mut out: Vec<Ordered> = Vec::with_capacity(by_id.len());
     let mut visited = vec![false; records.len()];
     let mut counter = 0i32;
-    // Cycles leave spans unreachable from any root; they are picked up as extra roots afterwards.
-    let mut pending_roots: Vec<usize> = roots;
-    pending_roots.extend(unique.iter().copied());
-    for root in pending_roots {
+    // Real roots first; spans only reachable through a cycle are picked up as extra roots afterwards.
+    let roots: Vec<usize> = children(ROOT).iter().map(|e| e.1).chain(edges.iter().map(|e| e.1)).collect();
+    for root in roots {
         if visited[root] {
             continue;
         }
@@ -182,8 +184,7 @@ fn order_trace(records: &[SpanRecord]) -> Vec<Ordered> {
         stack.push((root, out.len() - 1, 0));
         while let Some(top) = stack.last_mut() {
             let (node, pos, next) = *top;
-            let kids = children.get(&node).map(Vec::as_slice).unwrap_or(&[]);
-            if let Some(&child) = kids.get(next) {
+            if let Some(&(_, child)) = children(node).get(next) {
                 top.2 += 1;
                 if visited[child] {
                     continue;
@@ -296,8 +297,8 @@ struct Rows {
     len: usize,
     res_split: HashMap<*const Origin, ResourceSplit>,
     res_keys: HashMap<String, usize>,
-    span_str_keys: HashMap<String, usize>,
-    span_int_keys: HashMap<String, usize>,
+    /// Span attribute key -> (string slot, int slot) of the dedicated columns.
+    span_keys: HashMap<String, (Option<usize>, Option<usize>)>,
     trace_id: FixedSizeBinaryBuilder,
     span_id: FixedSizeBinaryBuilder,
     parent_span_id: FixedSizeBinaryBuilder,
@@ -347,8 +348,12 @@ impl Rows {
             len: 0,
             res_split: HashMap::new(),
             res_keys: idx(&d.res_str),
-            span_str_keys: idx(&d.span_str),
-            span_int_keys: idx(&d.span_int),
+            span_keys: {
+                let mut m: HashMap<String, (Option<usize>, Option<usize>)> = HashMap::new();
+                d.span_str.iter().enumerate().for_each(|(i, k)| m.entry(k.clone()).or_default().0 = Some(i));
+                d.span_int.iter().enumerate().for_each(|(i, k)| m.entry(k.clone()).or_default().1 = Some(i));
+                m
+            },
             trace_id: FixedSizeBinaryBuilder::new(16),
             span_id: FixedSizeBinaryBuilder::new(8),
             parent_span_id: FixedSizeBinaryBuilder::new(8),
@@ -464,26 +469,12 @@ impl Rows {
         let mut str_slots: [Option<&str>; SPAN_STR_SLOTS] = [None; SPAN_STR_SLOTS];
         let mut int_slots: [Option<i64>; SPAN_INT_SLOTS] = [None; SPAN_INT_SLOTS];
         for kv in &s.attributes {
-            match value_of(kv) {
-                Some(Value::StringValue(v)) => {
-                    if let Some(&i) = self.span_str_keys.get(&kv.key)
-                        && str_slots[i].is_none()
-                    {
-                        str_slots[i] = Some(v);
-                        continue;
-                    }
-                }
-                Some(Value::IntValue(v)) => {
-                    if let Some(&i) = self.span_int_keys.get(&kv.key)
-                        && int_slots[i].is_none()
-                    {
-                        int_slots[i] = Some(*v);
-                        continue;
-                    }
-                }
-                _ => {}
+            let slots = self.span_keys.get(&kv.key).copied().unwrap_or_default();
+            match (value_of(kv), slots) {
+                (Some(Value::StringValue(v)), (Some(i), _)) if str_slots[i].is_none() => str_slots[i] = Some(v),
+                (Some(Value::IntValue(v)), (_, Some(i))) if int_slots[i].is_none() => int_slots[i] = Some(*v),
+                _ => self.span_attrs.push(&kv.key, kv.value.as_ref()),
             }
-            self.span_attrs.push(&kv.key, kv.value.as_ref());
         }
         self.span_attrs.end_row();
         for (b, v) in self.span_str.iter_mut().zip(str_slots) {
