@@ -35,7 +35,11 @@ fn main() {
     }
     let traces: Vec<(TraceId, Vec<SpanRecord>)> = traces.into_iter().collect();
     let spans: usize = traces.iter().map(|t| t.1.len()).sum();
-    println!("{} traces, {spans} spans, raw OTLP protobuf {raw} B ({:.0} B/span)\n", traces.len(), raw as f64 / spans as f64);
+    println!(
+        "{} traces, {spans} spans, raw OTLP protobuf {raw} B ({:.0} B/span)\n",
+        traces.len(),
+        raw as f64 / spans as f64
+    );
     println!("| variant | bytes/span | x raw OTLP | build ms | row groups |");
     println!("|---|---|---|---|---|");
     let base = BlockOptions::default();

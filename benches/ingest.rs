@@ -203,7 +203,8 @@ fn main() {
 
     eprintln!("generating {} traces...", args.traces);
     let (reqs, ids) = generator::requests(42, args.traces, args.per_request);
-    let spans: usize = reqs.iter().flat_map(|r| &r.resource_spans).flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    let spans: usize =
+        reqs.iter().flat_map(|r| &r.resource_spans).flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let bodies: Vec<bytes::Bytes> = reqs.iter().map(|r| bytes::Bytes::from(r.encode_to_vec())).collect();
     let raw: u64 = bodies.iter().map(|b| b.len() as u64).sum();
     eprintln!("{spans} spans in {} requests, {raw} bytes of OTLP protobuf", reqs.len());
@@ -246,23 +247,22 @@ fn main() {
     });
     let ingest_secs = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_seconds(pid);
-    let r = reqwest::blocking::Client::new().post(format!("{}/flush", server.api)).timeout(Duration::from_secs(600)).send().expect("flush");
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/flush", server.api))
+        .timeout(Duration::from_secs(600))
+        .send()
+        .expect("flush");
     assert!(r.status().is_success(), "flush failed");
     let total_secs = t0.elapsed().as_secs_f64();
     let cpu2 = cpu_seconds(pid);
     let hwm_mb = status_kb(pid, "VmHWM") as f64 / 1024.0;
     assert_eq!(failures, 0, "{failures} requests failed");
 
-    let stored = if args.s3 {
-        // Sum of object sizes the server wrote, from block metas.
-        let idx = reqwest::blocking::get(format!("{}/metrics", server.api)).ok();
-        let _ = idx;
-        let metas: serde_json::Value = reqwest::blocking::get(format!(
-            "{}/bench/single-tenant/index.json",
-            _moto.as_ref().map(|m| m.api.clone()).unwrap_or_default()
-        ))
-        .and_then(|r| r.json())
-        .unwrap_or_default();
+    // Local disk: everything under the block directory. S3: the block sizes recorded in the tenant's index.
+    let stored = if let Some(moto) = &_moto {
+        let metas: serde_json::Value = reqwest::blocking::get(format!("{}/bench/single-tenant/index.json", moto.api))
+            .and_then(|r| r.json())
+            .unwrap_or_default();
         metas["blocks"]
             .as_array()
             .map(|a| a.iter().map(|m| m["dataSize"].as_u64().unwrap_or(0) + m["bloomSize"].as_u64().unwrap_or(0)).sum())
@@ -285,7 +285,12 @@ fn main() {
     let us_total = (cpu2 - cpu0) * 1e6 / spans as f64;
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| data set | {} traces, {spans} spans, {raw} B OTLP protobuf ({:.0} B/span), {} per request |", args.traces, raw as f64 / spans as f64, args.per_request);
+    println!(
+        "| data set | {} traces, {spans} spans, {raw} B OTLP protobuf ({:.0} B/span), {} per request |",
+        args.traces,
+        raw as f64 / spans as f64,
+        args.per_request
+    );
     println!("| storage | {} |", if args.s3 { "S3 (moto, loopback)" } else { "local disk" });
     println!("| protocol / concurrency | {} / {} |", args.protocol, args.concurrency);
     println!("| ingest wall time | {ingest_secs:.2} s ({:.0} spans/s) |", spans as f64 / ingest_secs);
@@ -294,8 +299,22 @@ fn main() {
     println!("| server CPU per span, incl. block build + upload | {us_total:.2} us |");
     println!("| server peak RSS | {hwm_mb:.0} MB |");
     println!("| blocks | {blocks} |");
-    println!("| stored bytes | {stored} B, {:.1} B/span, {:.3}x raw OTLP |", stored as f64 / spans as f64, stored as f64 / raw as f64);
-    println!("| trace by ID after restart (cold), {} lookups | p50 {:.2} ms, p99 {:.2} ms |", cold.len(), percentile(&cold, 0.5), percentile(&cold, 0.99));
-    println!("| trace by ID warm, {} lookups | p50 {:.2} ms, p99 {:.2} ms |", warm.len(), percentile(&warm, 0.5), percentile(&warm, 0.99));
+    println!(
+        "| stored bytes | {stored} B, {:.1} B/span, {:.3}x raw OTLP |",
+        stored as f64 / spans as f64,
+        stored as f64 / raw as f64
+    );
+    println!(
+        "| trace by ID after restart (cold), {} lookups | p50 {:.2} ms, p99 {:.2} ms |",
+        cold.len(),
+        percentile(&cold, 0.5),
+        percentile(&cold, 0.99)
+    );
+    println!(
+        "| trace by ID warm, {} lookups | p50 {:.2} ms, p99 {:.2} ms |",
+        warm.len(),
+        percentile(&warm, 0.5),
+        percentile(&warm, 0.99)
+    );
     println!("| object reads per warm lookup | {reads_per_lookup:.2} |");
 }

@@ -133,7 +133,16 @@ impl Builder<'_> {
     }
 
     /// A call from `from` to `to`: a client span in the caller and a server span in the callee.
-    fn call(&mut self, from: usize, to: usize, parent: [u8; 8], start: u64, dur: u64, route: &str, error: bool) -> [u8; 8] {
+    fn call(
+        &mut self,
+        from: usize,
+        to: usize,
+        parent: [u8; 8],
+        start: u64,
+        dur: u64,
+        route: &str,
+        error: bool,
+    ) -> [u8; 8] {
         let status = if error { 503 } else { 200 };
         let client = self.span(
             from,
@@ -250,7 +259,9 @@ pub fn trace(rng: &mut Rng, now: u64) -> ([u8; 16], Vec<(usize, Span)>) {
             "inventory.skus",
             Some(AnyValue {
                 value: Some(Value::ArrayValue(ArrayValue {
-                    values: (0..items.max(1)).map(|n| AnyValue { value: Some(Value::StringValue(format!("SKU-{n:04}"))) }).collect(),
+                    values: (0..items.max(1))
+                        .map(|n| AnyValue { value: Some(Value::StringValue(format!("SKU-{n:04}"))) })
+                        .collect(),
                 })),
             }),
         ));
