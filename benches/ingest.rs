@@ -221,7 +221,7 @@ fn main() {
     let failures: usize = rt.block_on(async {
         if args.protocol == "grpc" {
             let client = TraceServiceClient::connect(grpc).await.expect("grpc connect");
-            futures::stream::iter(reqs.into_iter())
+            futures::stream::iter(reqs)
                 .map(|r| {
                     let mut c = client.clone();
                     async move { c.export(r).await.is_err() as usize }

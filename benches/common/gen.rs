@@ -69,9 +69,9 @@ fn resource(svc: usize, pod: u64) -> Resource {
             kv("k8s.pod.name", s(&format!("{name}-7f9c8d-{pod:05}"))),
             kv("k8s.deployment.name", s(name)),
             kv("telemetry.sdk.name", s("opentelemetry")),
-            kv("telemetry.sdk.language", s(if svc % 2 == 0 { "go" } else { "java" })),
+            kv("telemetry.sdk.language", s(if svc.is_multiple_of(2) { "go" } else { "java" })),
             kv("telemetry.sdk.version", s("1.28.0")),
-            kv("process.runtime.name", s(if svc % 2 == 0 { "go" } else { "OpenJDK Runtime Environment" })),
+            kv("process.runtime.name", s(if svc.is_multiple_of(2) { "go" } else { "OpenJDK Runtime Environment" })),
         ],
         dropped_attributes_count: 0,
         ..Default::default()
@@ -133,6 +133,7 @@ impl Builder<'_> {
     }
 
     /// A call from `from` to `to`: a client span in the caller and a server span in the callee.
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &mut self,
         from: usize,

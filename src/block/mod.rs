@@ -13,7 +13,7 @@ pub mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use bloom::TraceBloom;
-pub use reader::{batch_to_spans, trace_id_filter};
+pub use reader::{batch_to_spans, only_trace, page_selection, trace_id_filter};
 pub use writer::{BlockOptions, BuiltBlock, build_block};
 
 /// Object names inside a block's folder.

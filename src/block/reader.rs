@@ -11,13 +11,48 @@ use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter, RowSelection, RowSelector};
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::schema::types::SchemaDescriptor;
 
 use super::attrs::{AttrListReader, int_value, string_value};
 use super::schema::col;
 use super::{BlockError, DedicatedColumn};
 use crate::model::{Origin, SpanRecord, TraceId, kv};
+
+/// The pages of `groups` that can hold `id`, from the `trace_id` column's page index (min/max per page). Reading
+/// with this selection fetches just those pages of every column, in one coalesced request; `None` when the file
+/// has no page index (then whole row groups are read).
+pub fn page_selection(md: &ParquetMetaData, groups: &[usize], id: &TraceId) -> Option<RowSelection> {
+    let (col_index, off_index) = (md.column_index()?, md.offset_index()?);
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    for &g in groups {
+        let rows = md.row_group(g).num_rows() as usize;
+        let ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(ci) = col_index.get(g)?.first()? else { return None };
+        let pages = off_index.get(g)?.first()?.page_locations();
+        for (p, loc) in pages.iter().enumerate() {
+            let start = loc.first_row_index as usize;
+            let end = pages.get(p + 1).map_or(rows, |n| n.first_row_index as usize);
+            let hit = match (ci.min_value(p), ci.max_value(p)) {
+                (Some(lo), Some(hi)) => lo <= &id.0[..] && &id.0[..] <= hi,
+                _ => false,
+            };
+            let n = end.saturating_sub(start);
+            selectors.push(if hit { RowSelector::select(n) } else { RowSelector::skip(n) });
+        }
+    }
+    Some(RowSelection::from(selectors))
+}
+
+/// Keeps the rows of `id` in a batch read by page selection.
+pub fn only_trace(batch: &RecordBatch, id: &TraceId) -> Result<RecordBatch, BlockError> {
+    let target = FixedSizeBinaryArray::new_scalar(id.0);
+    let col =
+        batch.column_by_name(col::TRACE_ID).ok_or_else(|| BlockError::Layout("trace_id column missing".into()))?;
+    let mask = arrow::compute::kernels::cmp::eq(col, &target)?;
+    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+}
 
 /// A Parquet row filter keeping only rows of `id`; combined with row-group pruning on the sorted `trace_id`
 /// statistics and the page index, only the pages holding the trace are decoded.

@@ -28,13 +28,15 @@ pub struct BlockOptions {
     /// Rows per Parquet row group: smaller groups mean less to read per trace lookup.
     pub row_group_rows: usize,
     pub zstd_level: i32,
+    /// Rows per data page: a trace lookup reads only the pages that may hold the trace.
+    pub page_rows: usize,
     /// An attribute key must occur in at least this share of spans to earn a dedicated column.
     pub dedicated_min_share: f64,
 }
 
 impl Default for BlockOptions {
     fn default() -> Self {
-        BlockOptions { row_group_rows: 16 * 1024, zstd_level: 3, dedicated_min_share: 0.05 }
+        BlockOptions { row_group_rows: 16 * 1024, zstd_level: 3, page_rows: 1024, dedicated_min_share: 0.05 }
     }
 }
 
@@ -62,6 +64,7 @@ pub fn build_block(
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
         .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
+        .set_data_page_row_count_limit(opts.page_rows.max(1))
         .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
         .set_column_dictionary_enabled(ColumnPath::from(col::SPAN_ID), false)
         .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false)

@@ -226,17 +226,24 @@ impl BlockStore {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let filter = block::trace_id_filter(footer.metadata().file_metadata().schema_descr(), id);
-        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
-            .with_row_groups(groups)
-            .with_row_filter(filter)
-            .build()?;
+        // With the page index, only the pages that may hold the trace are fetched, all columns in one request, and
+        // filtered in memory; without it, a row filter on trace_id narrows the decoding instead.
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone());
+        let builder = match block::page_selection(footer.metadata(), &groups, &id) {
+            Some(sel) => builder.with_row_groups(groups).with_row_selection(sel),
+            None => {
+                let filter = block::trace_id_filter(footer.metadata().file_metadata().schema_descr(), id);
+                builder.with_row_groups(groups).with_row_filter(filter)
+            }
+        };
+        let stream = builder.build()?;
         let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
             self.metrics.object_store_errors.inc();
         })?;
         let mut out = Vec::new();
         for batch in &batches {
-            out.extend(block::batch_to_spans(batch, &b.meta.dedicated_columns)?.into_iter().map(|(_, s)| s));
+            let batch = block::only_trace(batch, &id)?;
+            out.extend(block::batch_to_spans(&batch, &b.meta.dedicated_columns)?.into_iter().map(|(_, s)| s));
         }
         Ok(out)
     }
