@@ -44,12 +44,13 @@ fn main() {
     println!("|---|---|---|---|---|");
     let base = BlockOptions::default();
     let variants: Vec<(&str, BlockOptions)> = vec![
-        ("default (zstd 3, 16k rows/group, 1k rows/page, dedicated on)", base.clone()),
+        ("default (zstd 3, 16k rows/group, 4k rows/page, dedicated on)", base.clone()),
         ("zstd 1", BlockOptions { zstd_level: 1, ..base.clone() }),
         ("zstd 6", BlockOptions { zstd_level: 6, ..base.clone() }),
         ("zstd 9", BlockOptions { zstd_level: 9, ..base.clone() }),
         ("4k rows/group", BlockOptions { row_group_rows: 4096, ..base.clone() }),
         ("64k rows/group", BlockOptions { row_group_rows: 65536, ..base.clone() }),
+        ("1k rows/page", BlockOptions { page_rows: 1024, ..base.clone() }),
         ("20k rows/page (Parquet default)", BlockOptions { page_rows: 20_000, ..base.clone() }),
         ("no dedicated columns", BlockOptions { dedicated_min_share: 2.0, ..base.clone() }),
     ];

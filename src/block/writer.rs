@@ -36,7 +36,7 @@ pub struct BlockOptions {
 
 impl Default for BlockOptions {
     fn default() -> Self {
-        BlockOptions { row_group_rows: 16 * 1024, zstd_level: 3, page_rows: 1024, dedicated_min_share: 0.05 }
+        BlockOptions { row_group_rows: 16 * 1024, zstd_level: 3, page_rows: 4096, dedicated_min_share: 0.05 }
     }
 }
 
