@@ -185,3 +185,63 @@ impl tonic::codec::Codec for RawCodec {
         RespDecoder
     }
 }
+
+/// A tmpfs mount that is unmounted on drop; None when this machine does not allow mounting (not root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(path.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_wal_disk_answers_503_and_recovers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let Some(disk) = SmallDisk::mount(&data, "1m") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root) to fill the WAL disk");
+        return;
+    };
+    let blocks = dir.path().join("blocks");
+    let mut server = Server::start(&data, &[("STRATA_LOCAL_PATH", blocks.to_str().expect("utf-8 path"))]);
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for t in 0..400u64 {
+        match server.post_otlp(None, &request(t * 10, 10, 5, "disk")) {
+            200 => acked.push(t * 10),
+            503 => {
+                refused = true;
+                break;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(refused, "the WAL disk never filled up");
+    assert!(!acked.is_empty());
+    // Still alive, and everything acknowledged is there.
+    assert_eq!(http().get(format!("{}/api/echo", server.api)).send().expect("echo").status(), 200);
+    for t in &acked {
+        assert_eq!(server.trace(None, &common::trace_id(*t)).map(|r| common::span_count(&r)), Some(5), "trace {t}");
+    }
+    // Flushing moves the data into blocks (another disk) and frees the WAL: ingest works again.
+    server.flush();
+    assert_eq!(server.post_otlp(None, &request(9_000_000, 1, 1, "disk")), 200);
+    for t in acked.iter().step_by(7) {
+        assert_eq!(server.trace(None, &common::trace_id(*t)).map(|r| common::span_count(&r)), Some(5), "trace {t}");
+    }
+    server.kill9();
+    drop(disk);
+}
