@@ -445,21 +445,30 @@ impl BinaryOp {
         matches!(self, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Mod | BinaryOp::Pow)
     }
 
+    /// Comparison and regex operators: the ones a pushed-down `field op literal` condition can use.
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Eq
+                | BinaryOp::Neq
+                | BinaryOp::Lt
+                | BinaryOp::Lte
+                | BinaryOp::Gt
+                | BinaryOp::Gte
+                | BinaryOp::Regex
+                | BinaryOp::NotRegex
+        )
+    }
+
     /// Precedence level, higher binds tighter (Tempo: `&& ||` < comparisons < `+ -` < `* / %` < `^`).
     pub fn precedence(self) -> u8 {
         match self {
             BinaryOp::And | BinaryOp::Or => 1,
-            BinaryOp::Eq
-            | BinaryOp::Neq
-            | BinaryOp::Lt
-            | BinaryOp::Lte
-            | BinaryOp::Gt
-            | BinaryOp::Gte
-            | BinaryOp::Regex
-            | BinaryOp::NotRegex => 2,
             BinaryOp::Add | BinaryOp::Sub => 3,
             BinaryOp::Mul | BinaryOp::Div | BinaryOp::Mod => 5,
             BinaryOp::Pow => 6,
+            // Everything else is a comparison (`is_comparison`).
+            _ => 2,
         }
     }
 

@@ -128,14 +128,7 @@ fn collect(e: &FieldExpr, out: &mut Vec<Condition>) {
             collect(lhs, out);
             collect(rhs, out);
         }
-        BinaryOp::Eq
-        | BinaryOp::Neq
-        | BinaryOp::Lt
-        | BinaryOp::Lte
-        | BinaryOp::Gt
-        | BinaryOp::Gte
-        | BinaryOp::Regex
-        | BinaryOp::NotRegex => match (&**lhs, &**rhs) {
+        op if op.is_comparison() => match (&**lhs, &**rhs) {
             (FieldExpr::Field(f), FieldExpr::Literal(l)) => {
                 out.push(Condition { field: f.clone(), op: *op, value: l.clone() });
             }
