@@ -21,6 +21,8 @@ pub enum ServerError {
     Storage(#[from] StorageError),
     #[error("ingest: {0}")]
     Ingest(#[from] IngestError),
+    #[error("query engine: {0}")]
+    Query(#[from] crate::query::QueryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{what} server failed: {message}")]
@@ -48,7 +50,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         blocks.clone(),
         metrics.clone(),
     )?;
-    let querier = Arc::new(Querier::new(ingester.clone(), blocks.clone(), metrics.clone()));
+    let querier = Arc::new(Querier::new(ingester.clone(), blocks.clone(), metrics.clone())?);
 
     let api_listener = bind(cfg.http_addr).await?;
     let http_listener = bind(cfg.otlp_http_addr).await?;

@@ -2,6 +2,7 @@
 //! operations endpoints (`/ready`, `/metrics`, `/flush`).
 
 mod json;
+mod search;
 pub mod tempopb;
 
 use std::collections::HashMap;
@@ -28,6 +29,20 @@ struct Api {
     querier: Arc<Querier>,
     ingester: Arc<Ingester>,
     metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+/// Bounds on what one query may ask for.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest `limit` (and `spss`) a search accepts.
+    pub max_search_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_search_limit: 1_000_000 }
+    }
 }
 
 /// Builds the query API router.
@@ -40,7 +55,8 @@ pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metri
         .route("/flush", post(flush))
         .route("/api/traces/{id}", get(trace_v1))
         .route("/api/v2/traces/{id}", get(trace_v2))
-        .with_state(Api { querier, ingester, metrics })
+        .route("/api/search", get(search::search))
+        .with_state(Api { querier, ingester, metrics, limits: Limits::default() })
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -106,15 +122,15 @@ pub fn parse_time(s: &str) -> Option<u64> {
     let s = s.trim();
     if let Ok(n) = s.parse::<u64>() {
         // Anything past year ~5000 in seconds is really nanoseconds (or ms/us: scale by magnitude).
-        return Some(match n {
-            0..=99_999_999_999 => n * 1_000_000_000,
-            100_000_000_000..=99_999_999_999_999 => n * 1_000_000,
-            100_000_000_000_000..=99_999_999_999_999_999 => n * 1_000,
-            _ => n,
-        });
+        return match n {
+            0..=99_999_999_999 => n.checked_mul(1_000_000_000),
+            100_000_000_000..=99_999_999_999_999 => n.checked_mul(1_000_000),
+            100_000_000_000_000..=99_999_999_999_999_999 => n.checked_mul(1_000),
+            _ => Some(n),
+        };
     }
     if let Ok(f) = s.parse::<f64>() {
-        return (f.is_finite() && f >= 0.0).then_some((f * 1e9) as u64);
+        return (f.is_finite() && f >= 0.0 && f * 1e9 < u64::MAX as f64).then_some((f * 1e9) as u64);
     }
     humantime::parse_rfc3339_weak(s)
         .ok()
@@ -140,17 +156,7 @@ async fn lookup(
     let id = TraceId::from_hex(id).map_err(|e| bad_request(format!("invalid trace ID: {e}")))?;
     // start/end are accepted and checked, but not used to narrow the search: blocks are found by trace ID (bloom
     // filters), so a trace is found even when the caller's time range misses it.
-    let mut range = [None, None];
-    for (i, key) in ["start", "end"].iter().enumerate() {
-        if let Some(v) = params.get(*key).filter(|v| !v.is_empty()) {
-            range[i] = Some(parse_time(v).ok_or_else(|| bad_request(format!("invalid {key} parameter {v:?}")))?);
-        }
-    }
-    if let [Some(s), Some(e)] = range
-        && s > e
-    {
-        return Err(bad_request("invalid time range: start is after end"));
-    }
+    search::time_range(params)?;
     match api.querier.trace_by_id(&tenant, id).await {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(ApiError(StatusCode::NOT_FOUND, "trace not found".into())),
@@ -230,5 +236,7 @@ mod tests {
         assert_eq!(parse_time("1700000000.5"), Some(1_700_000_000_500_000_000));
         assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000_000_000));
         assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("99999999999"), None, "seconds past u64 nanoseconds overflow cleanly");
+        assert_eq!(parse_time("1e300"), None);
     }
 }

@@ -13,8 +13,8 @@ pub mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use bloom::TraceBloom;
-pub use reader::{batch_to_spans, only_trace, page_selection, trace_id_filter};
-pub use writer::{BlockOptions, BuiltBlock, build_block};
+pub use reader::{batch_to_spans, only_trace, only_traces, page_selection, page_selection_any, trace_id_filter};
+pub use writer::{BlockOptions, BuiltBlock, build_block, traces_to_batches};
 
 /// Object names inside a block's folder.
 pub const DATA_OBJECT: &str = "data.parquet";

@@ -25,6 +25,11 @@ use crate::model::{Origin, SpanRecord, TraceId, kv};
 /// with this selection fetches just those pages of every column, in one coalesced request; `None` when the file
 /// has no page index (then whole row groups are read).
 pub fn page_selection(md: &ParquetMetaData, groups: &[usize], id: &TraceId) -> Option<RowSelection> {
+    page_selection_any(md, groups, std::slice::from_ref(id))
+}
+
+/// Like [`page_selection`], for the pages that can hold any of `ids` (sorted ascending).
+pub fn page_selection_any(md: &ParquetMetaData, groups: &[usize], ids: &[TraceId]) -> Option<RowSelection> {
     let (col_index, off_index) = (md.column_index()?, md.offset_index()?);
     let mut selectors: Vec<RowSelector> = Vec::new();
     for &g in groups {
@@ -35,7 +40,10 @@ pub fn page_selection(md: &ParquetMetaData, groups: &[usize], id: &TraceId) -> O
             let start = loc.first_row_index as usize;
             let end = pages.get(p + 1).map_or(rows, |n| n.first_row_index as usize);
             let hit = match (ci.min_value(p), ci.max_value(p)) {
-                (Some(lo), Some(hi)) => lo <= &id.0[..] && &id.0[..] <= hi,
+                (Some(lo), Some(hi)) => {
+                    let at = ids.partition_point(|id| &id.0[..] < lo);
+                    ids.get(at).is_some_and(|id| &id.0[..] <= hi)
+                }
                 _ => false,
             };
             let n = end.saturating_sub(start);
@@ -51,6 +59,14 @@ pub fn only_trace(batch: &RecordBatch, id: &TraceId) -> Result<RecordBatch, Bloc
     let col =
         batch.column_by_name(col::TRACE_ID).ok_or_else(|| BlockError::Layout("trace_id column missing".into()))?;
     let mask = arrow::compute::kernels::cmp::eq(col, &target)?;
+    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+}
+
+/// Keeps the rows whose trace is one of `ids` (sorted ascending).
+pub fn only_traces(batch: &RecordBatch, ids: &[TraceId]) -> Result<RecordBatch, BlockError> {
+    let col: &FixedSizeBinaryArray = column(batch, col::TRACE_ID)?;
+    let mask: arrow::array::BooleanArray =
+        (0..col.len()).map(|i| Some(ids.binary_search_by(|id| id.0[..].cmp(col.value(i))).is_ok())).collect();
     Ok(arrow::compute::filter_record_batch(batch, &mask)?)
 }
 

@@ -71,38 +71,13 @@ pub fn build_block(
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema::schema(), Some(props))?;
     let mut bloom = TraceBloom::with_capacity(traces.len())?;
-    let mut rows = Rows::new(&dedicated);
-    let (mut start, mut end, mut spans) = (u64::MAX, 0u64, 0u64);
-    for (id, records) in traces {
+    for (id, _) in traces {
         bloom.insert(id);
-        let ordered = order_trace(records);
-        let t_start = ordered.iter().map(|o| records[o.idx].span.start_time_unix_nano).min().unwrap_or(0);
-        let t_end = ordered.iter().map(|o| records[o.idx].span.end_time_unix_nano).max().unwrap_or(0);
-        start = start.min(t_start);
-        end = end.max(t_end);
-        let root = ordered
-            .iter()
-            .filter(|o| records[o.idx].span.parent_span_id.is_empty())
-            .min_by_key(|o| records[o.idx].span.start_time_unix_nano)
-            .map(|o| &records[o.idx]);
-        let trace = TraceInfo {
-            id,
-            start: t_start,
-            end: t_end,
-            root_service: root.and_then(|r| crate::model::service_name(&r.origin.resource)),
-            root_name: root.map(|r| r.span.name.as_str()),
-        };
-        for o in &ordered {
-            rows.push(&trace, &records[o.idx], o);
-            spans += 1;
-            if rows.len >= opts.row_group_rows {
-                writer.write(&rows.finish()?)?;
-            }
-        }
     }
-    if rows.len > 0 {
-        writer.write(&rows.finish()?)?;
-    }
+    let (start, end, spans) =
+        write_rows(traces.iter().map(|(id, r)| (id, r.as_slice())), &dedicated, opts.row_group_rows, |b| {
+            Ok(writer.write(&b)?)
+        })?;
     let data = Bytes::from(writer.into_inner()?);
     let parquet_meta = Arc::new(
         ParquetMetaDataReader::new().with_page_index_policy(PageIndexPolicy::Optional).parse_and_finish(&data)?,
@@ -129,6 +104,63 @@ pub fn build_block(
         dedicated_columns: dedicated.columns(),
     };
     Ok(BuiltBlock { meta, data, bloom: bloom_bytes, bloom_filter: bloom, parquet_meta })
+}
+
+/// Turns traces into record batches of the block schema, without dedicated columns: how data still in memory
+/// is handed to the querier, through the same row builder as blocks so both read alike.
+pub fn traces_to_batches<'a>(
+    traces: impl IntoIterator<Item = (&'a TraceId, &'a [SpanRecord])>,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>, BlockError> {
+    let mut out = Vec::new();
+    let none = Dedicated { res_str: Vec::new(), span_str: Vec::new(), span_int: Vec::new() };
+    write_rows(traces, &none, batch_rows, |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Builds the rows of every trace (tree-ordered, trace-level columns filled in), handing a batch to `sink` every
+/// `batch_rows` rows. Returns the earliest start, latest end and number of spans written.
+fn write_rows<'a>(
+    traces: impl IntoIterator<Item = (&'a TraceId, &'a [SpanRecord])>,
+    dedicated: &Dedicated,
+    batch_rows: usize,
+    mut sink: impl FnMut(RecordBatch) -> Result<(), BlockError>,
+) -> Result<(u64, u64, u64), BlockError> {
+    let mut rows = Rows::new(dedicated);
+    let (mut start, mut end, mut spans) = (u64::MAX, 0u64, 0u64);
+    for (id, records) in traces {
+        let ordered = order_trace(records);
+        let t_start = ordered.iter().map(|o| records[o.idx].span.start_time_unix_nano).min().unwrap_or(0);
+        let t_end = ordered.iter().map(|o| records[o.idx].span.end_time_unix_nano).max().unwrap_or(0);
+        start = start.min(t_start);
+        end = end.max(t_end);
+        let root = ordered
+            .iter()
+            .filter(|o| records[o.idx].span.parent_span_id.is_empty())
+            .min_by_key(|o| records[o.idx].span.start_time_unix_nano)
+            .map(|o| &records[o.idx]);
+        let trace = TraceInfo {
+            id,
+            start: t_start,
+            end: t_end,
+            root_service: root.and_then(|r| crate::model::service_name(&r.origin.resource)),
+            root_name: root.map(|r| r.span.name.as_str()),
+        };
+        for o in &ordered {
+            rows.push(&trace, &records[o.idx], o);
+            spans += 1;
+            if rows.len >= batch_rows.max(1) {
+                sink(rows.finish()?)?;
+            }
+        }
+    }
+    if rows.len > 0 {
+        sink(rows.finish()?)?;
+    }
+    Ok((start, end, spans))
 }
 
 /// Position of a span in its trace's tree, in nested-set form.

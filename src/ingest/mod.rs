@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::RwLock;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::block::BlockOptions;
+use crate::block::{BlockError, BlockOptions, traces_to_batches};
 use crate::model::{Origin, SpanRecord, Tenant, TraceId};
 use crate::storage::BlockStore;
 use crate::telemetry::Metrics;
@@ -39,6 +40,9 @@ pub enum IngestError {
     #[error("server is shutting down")]
     Shutdown,
 }
+
+/// Rows per record batch when live data is handed to searches.
+const SEARCH_BATCH_ROWS: usize = 8192;
 
 /// How long a request may wait for the flush backlog to drain before it is refused.
 const BACKLOG_WAIT: Duration = Duration::from_secs(30);
@@ -73,6 +77,8 @@ pub struct FrozenHead {
     pub traces: Vec<(TraceId, Vec<SpanRecord>)>,
     pub spans: usize,
     pub bytes: usize,
+    /// The head as record batches for searches, built on first use: a frozen head no longer changes.
+    batches: std::sync::OnceLock<Vec<RecordBatch>>,
 }
 
 impl FrozenHead {
@@ -243,6 +249,27 @@ impl Ingester {
         out
     }
 
+    /// The tenant's spans still in memory as record batches of the block schema (built by the block writer's
+    /// row builder), so searches run the same plan over them as over blocks. The live head is converted on each
+    /// call; frozen heads once.
+    pub fn search_batches(&self, tenant: &Tenant) -> Result<Vec<RecordBatch>, BlockError> {
+        let mut out = Vec::new();
+        // Live first, then frozen: a head frozen in between is then seen twice (deduplicated later), never missed.
+        if let Some(head) = self.shared.live.read().get(tenant) {
+            out.extend(traces_to_batches(head.traces.iter().map(|(id, r)| (id, r.as_slice())), SEARCH_BATCH_ROWS)?);
+        }
+        let frozen: Vec<Arc<FrozenHead>> =
+            self.shared.flushing.read().iter().filter(|f| &f.tenant == tenant).cloned().collect();
+        for f in frozen {
+            if f.batches.get().is_none() {
+                let b = traces_to_batches(f.traces.iter().map(|(id, r)| (id, r.as_slice())), SEARCH_BATCH_ROWS)?;
+                let _ = f.batches.set(b);
+            }
+            out.extend(f.batches.get().into_iter().flatten().cloned());
+        }
+        Ok(out)
+    }
+
     /// Whether uploads currently succeed (for readiness and error reporting).
     pub fn store_healthy(&self) -> bool {
         self.shared.store_healthy.load(Ordering::Relaxed)
@@ -389,7 +416,13 @@ fn cut(segment: &mut wal::Segment, shared: &Shared, cfg: &IngestConfig, cuts: &m
         for (tenant, head) in taken {
             let mut traces: Vec<(TraceId, Vec<SpanRecord>)> = head.traces.into_iter().collect();
             traces.sort_unstable_by_key(|t| t.0);
-            let f = Arc::new(FrozenHead { tenant, traces, spans: head.spans, bytes: head.bytes });
+            let f = Arc::new(FrozenHead {
+                tenant,
+                traces,
+                spans: head.spans,
+                bytes: head.bytes,
+                batches: std::sync::OnceLock::new(),
+            });
             shared.backlog.fetch_add(f.bytes, Ordering::Relaxed);
             flushing.push(f.clone());
             frozen.push(f);

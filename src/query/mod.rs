@@ -1,5 +1,13 @@
 //! Query: answers questions about stored traces from every place spans can be (live heads, frozen heads waiting
-//! for upload, blocks in object storage) as one consistent view.
+//! for upload, blocks in object storage) as one consistent view: trace by ID, and TraceQL search on DataFusion
+//! (`search`: plan and orchestration, `prune`: TraceQL to DataFusion predicates, `table`: DataFusion tables over
+//! blocks, `eval`: the exact per-trace operator). Semantics: `SEMANTICS.md`; design: `DESIGN.md`.
+
+pub mod eval;
+pub mod prune;
+pub mod search;
+pub mod table;
+pub mod udf;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,6 +28,10 @@ use crate::telemetry::Metrics;
 pub enum QueryError {
     #[error("reading blocks: {0}")]
     Storage(#[from] StorageError),
+    #[error("reading data in memory: {0}")]
+    Memory(#[from] crate::block::BlockError),
+    #[error("query engine: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
 }
 
 /// A trace as returned to clients, with what it took to assemble it.
@@ -33,11 +45,22 @@ pub struct Querier {
     ingester: Arc<Ingester>,
     blocks: Arc<BlockStore>,
     metrics: Arc<Metrics>,
+    engine: search::SearchEngine,
 }
 
 impl Querier {
-    pub fn new(ingester: Arc<Ingester>, blocks: Arc<BlockStore>, metrics: Arc<Metrics>) -> Self {
-        Querier { ingester, blocks, metrics }
+    pub fn new(ingester: Arc<Ingester>, blocks: Arc<BlockStore>, metrics: Arc<Metrics>) -> Result<Self, QueryError> {
+        let engine = search::SearchEngine::new(ingester.clone(), blocks.clone())?;
+        Ok(Querier { ingester, blocks, metrics, engine })
+    }
+
+    /// A TraceQL search over everything the tenant has stored, newest traces first.
+    pub async fn search(
+        &self,
+        tenant: &Tenant,
+        req: &search::SearchRequest,
+    ) -> Result<search::SearchResult, QueryError> {
+        self.engine.search(tenant, req).await
     }
 
     /// Every fragment of a trace, wherever it sits, merged into one trace with duplicate spans removed.

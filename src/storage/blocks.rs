@@ -62,6 +62,11 @@ fn block_path(tenant: &str, block: &str, object: &str) -> Path {
     Path::from_iter([tenant, block, object])
 }
 
+/// Where a block's Parquet data lives in the object store.
+pub fn data_path(tenant: &Tenant, block: &str) -> Path {
+    block_path(tenant.as_str(), block, DATA_OBJECT)
+}
+
 impl BlockStore {
     /// Loads every tenant's block list: `index.json` plus a listing to catch blocks it does not name yet
     /// (a crash between writing a block's meta and the index). Listing happens here only, never per query.
@@ -195,6 +200,17 @@ impl BlockStore {
     }
 
     async fn read_trace(&self, tenant: &Tenant, b: &BlockEntry, id: TraceId) -> Result<Vec<SpanRecord>, StorageError> {
+        Ok(self.read_traces(tenant, b, &[id]).await?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// All spans of the traces `ids` (sorted ascending) held by one block, in one read: row groups and pages
+    /// whose trace-ID range holds none of them are skipped.
+    pub async fn read_traces(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        ids: &[TraceId],
+    ) -> Result<Vec<(TraceId, SpanRecord)>, StorageError> {
         let path = block_path(tenant.as_str(), &b.meta.block_id, DATA_OBJECT);
         let reader = ObjectFile::new(self.store.clone(), path, b.meta.data_size);
         let footer = b
@@ -208,7 +224,11 @@ impl BlockStore {
                 self.metrics.object_store_errors.inc();
             })?
             .clone();
-        // Rows are sorted by trace ID, so row-group statistics narrow the read to (usually) one group.
+        // Rows are sorted by trace ID, so row-group statistics narrow the read to the groups that may hold them.
+        let holds_any = |lo: &[u8], hi: &[u8]| {
+            let at = ids.partition_point(|id| &id.0[..] < lo);
+            ids.get(at).is_some_and(|id| &id.0[..] <= hi)
+        };
         let groups: Vec<usize> = footer
             .metadata()
             .row_groups()
@@ -216,7 +236,7 @@ impl BlockStore {
             .enumerate()
             .filter(|(_, rg)| match rg.column(0).statistics() {
                 Some(s) => match (s.min_bytes_opt(), s.max_bytes_opt()) {
-                    (Some(lo), Some(hi)) => lo <= &id.0[..] && &id.0[..] <= hi,
+                    (Some(lo), Some(hi)) => holds_any(lo, hi),
                     _ => true,
                 },
                 None => true,
@@ -226,15 +246,12 @@ impl BlockStore {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        // With the page index, only the pages that may hold the trace are fetched, all columns in one request, and
-        // filtered in memory; without it, a row filter on trace_id narrows the decoding instead.
+        // With the page index, only the pages that may hold the traces are fetched, all columns in coalesced
+        // requests, and filtered in memory; without it, whole row groups are read and filtered.
         let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone());
-        let builder = match block::page_selection(footer.metadata(), &groups, &id) {
+        let builder = match block::page_selection_any(footer.metadata(), &groups, ids) {
             Some(sel) => builder.with_row_groups(groups).with_row_selection(sel),
-            None => {
-                let filter = block::trace_id_filter(footer.metadata().file_metadata().schema_descr(), id);
-                builder.with_row_groups(groups).with_row_filter(filter)
-            }
+            None => builder.with_row_groups(groups),
         };
         let stream = builder.build()?;
         let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
@@ -242,9 +259,14 @@ impl BlockStore {
         })?;
         let mut out = Vec::new();
         for batch in &batches {
-            let batch = block::only_trace(batch, &id)?;
-            out.extend(block::batch_to_spans(&batch, &b.meta.dedicated_columns)?.into_iter().map(|(_, s)| s));
+            let batch = block::only_traces(batch, ids)?;
+            out.extend(block::batch_to_spans(&batch, &b.meta.dedicated_columns)?);
         }
         Ok(out)
+    }
+
+    /// The object store blocks live in, for query engines that read them directly.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
     }
 }

@@ -8,7 +8,7 @@ mod blocks;
 mod counting;
 mod file;
 
-pub use blocks::{BlockEntry, BlockStore};
+pub use blocks::{BlockEntry, BlockStore, data_path};
 pub use counting::CountingStore;
 
 use std::sync::Arc;

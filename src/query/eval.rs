@@ -1,0 +1,824 @@
+//! Exact evaluation of a TraceQL search over one whole trace: the per-trace operator of the search plan.
+//!
+//! DataFusion narrows a search to candidate traces (see `prune`); this module then sees every span of each
+//! candidate, from every place it is stored, and applies the rules in `SEMANTICS.md` exactly: typed comparisons,
+//! arrays, `nil`, structural operators over the whole trace's tree (so split traces and negated forms are exact),
+//! and pipelines. Tree relations use parent span IDs rather than per-block nested-set numbers, because a trace
+//! split across blocks has no single numbering.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use query_lang::{
+    AggregateOp, Attribute, BinaryOp, CmpOp, Field, FieldExpr, Intrinsic, Kind, Literal, Pipeline, ScalarExpr,
+    ScalarFilter, Scope, SpansetExpr, SpansetOp, Stage, Status, UnaryOp,
+};
+use regex::Regex;
+
+use crate::model::{SpanRecord, TraceId, service_name};
+
+/// What Tempo reports as the root service of a trace whose root span has not arrived.
+pub const NO_ROOT_SERVICE: &str = "<root span not yet received>";
+
+/// One trace with its spans deduplicated and its tree resolved.
+pub struct TraceData {
+    pub id: TraceId,
+    pub spans: Vec<SpanRecord>,
+    parent: Vec<Option<usize>>,
+    child_count: Vec<u32>,
+    pub root: Option<usize>,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl TraceData {
+    /// Builds the trace from its fragments. Duplicates (same span ID and kind) keep their first copy.
+    pub fn new(id: TraceId, records: Vec<SpanRecord>) -> Self {
+        let mut seen: HashMap<(Vec<u8>, i32), ()> = HashMap::with_capacity(records.len());
+        let spans: Vec<SpanRecord> =
+            records.into_iter().filter(|r| seen.insert((r.span.span_id.clone(), r.span.kind), ()).is_none()).collect();
+        // Span ID -> index; with several kinds under one ID, the lowest kind is the parent.
+        let mut by_id: HashMap<&[u8], usize> = HashMap::with_capacity(spans.len());
+        for (i, r) in spans.iter().enumerate() {
+            by_id
+                .entry(r.span.span_id.as_slice())
+                .and_modify(|j| {
+                    if r.span.kind < spans[*j].span.kind {
+                        *j = i;
+                    }
+                })
+                .or_insert(i);
+        }
+        let parent: Vec<Option<usize>> = spans
+            .iter()
+            .map(|r| {
+                if r.span.parent_span_id.is_empty() {
+                    None
+                } else {
+                    by_id.get(r.span.parent_span_id.as_slice()).copied()
+                }
+            })
+            .collect();
+        let mut child_count = vec![0u32; spans.len()];
+        for p in parent.iter().flatten() {
+            child_count[*p] += 1;
+        }
+        let root = (0..spans.len()).filter(|&i| spans[i].span.parent_span_id.is_empty()).min_by(|&a, &b| {
+            let (x, y) = (&spans[a].span, &spans[b].span);
+            x.start_time_unix_nano.cmp(&y.start_time_unix_nano).then_with(|| x.span_id.cmp(&y.span_id))
+        });
+        let start = spans.iter().map(|r| r.span.start_time_unix_nano).min().unwrap_or(0);
+        let end = spans.iter().map(|r| r.span.end_time_unix_nano).max().unwrap_or(0);
+        TraceData { id, spans, parent, child_count, root, start, end }
+    }
+
+    pub fn duration(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    pub fn root_service(&self) -> Option<&str> {
+        self.root.map(|r| service_name(&self.spans[r].origin.resource).unwrap_or(""))
+    }
+
+    pub fn root_name(&self) -> Option<&str> {
+        self.root.map(|r| self.spans[r].span.name.as_str())
+    }
+
+    /// Ancestors of `i`, nearest first, stopping at a span already visited.
+    fn ancestors(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut visited = vec![i];
+        let mut cur = self.parent[i];
+        std::iter::from_fn(move || {
+            let p = cur?;
+            if visited.contains(&p) {
+                return None;
+            }
+            visited.push(p);
+            cur = self.parent[p];
+            Some(p)
+        })
+    }
+}
+
+/// A value read from a span.
+#[derive(Debug, Clone)]
+enum V<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Dur(i64),
+    Status(Status),
+    Kind(Kind),
+}
+
+/// The result of evaluating a field expression on a span.
+#[derive(Debug, Clone)]
+enum E<'a> {
+    Absent,
+    /// Present but comparable to nothing (bytes, key-value lists, empty values).
+    Opaque,
+    One(V<'a>),
+    Many(Vec<V<'a>>),
+}
+
+impl<'a> E<'a> {
+    fn values(&self) -> &[V<'a>] {
+        match self {
+            E::One(v) => std::slice::from_ref(v),
+            E::Many(v) => v,
+            _ => &[],
+        }
+    }
+}
+
+fn scalar(v: &AnyValue) -> Option<V<'_>> {
+    Some(match v.value.as_ref()? {
+        Value::StringValue(s) => V::Str(Cow::Borrowed(s)),
+        Value::IntValue(i) => V::Int(*i),
+        Value::DoubleValue(d) => V::Float(*d),
+        Value::BoolValue(b) => V::Bool(*b),
+        _ => return None,
+    })
+}
+
+fn any_value(v: Option<&AnyValue>) -> E<'_> {
+    let Some(v) = v else { return E::Opaque };
+    match &v.value {
+        Some(Value::ArrayValue(a)) => E::Many(a.values.iter().filter_map(scalar).collect()),
+        _ => scalar(v).map_or(E::Opaque, E::One),
+    }
+}
+
+fn lookup<'a>(attrs: &'a [KeyValue], key: &str) -> E<'a> {
+    attrs.iter().find(|kv| kv.key == key).map_or(E::Absent, |kv| any_value(kv.value.as_ref()))
+}
+
+/// Values of `key` over several attribute lists (events, links): absent when none has it.
+fn lookup_many<'a>(lists: impl Iterator<Item = &'a [KeyValue]>, key: &str) -> E<'a> {
+    let mut found = false;
+    let mut out = Vec::new();
+    for attrs in lists {
+        match lookup(attrs, key) {
+            E::Absent => {}
+            E::Opaque => found = true,
+            E::One(v) => {
+                found = true;
+                out.push(v);
+            }
+            E::Many(v) => {
+                found = true;
+                out.extend(v);
+            }
+        }
+    }
+    match (found, out.is_empty()) {
+        (false, _) => E::Absent,
+        (true, true) => E::Opaque,
+        (true, false) => E::Many(out),
+    }
+}
+
+fn status_of(code: i32) -> Status {
+    match code {
+        1 => Status::Ok,
+        2 => Status::Error,
+        _ => Status::Unset,
+    }
+}
+
+fn kind_of(k: i32) -> Kind {
+    match k {
+        1 => Kind::Internal,
+        2 => Kind::Server,
+        3 => Kind::Client,
+        4 => Kind::Producer,
+        5 => Kind::Consumer,
+        _ => Kind::Unspecified,
+    }
+}
+
+fn literal(l: &Literal) -> E<'_> {
+    match l {
+        Literal::String(s) => E::One(V::Str(Cow::Borrowed(s))),
+        Literal::Int(i) => E::One(V::Int(*i)),
+        Literal::Float(f) => E::One(V::Float(*f)),
+        Literal::Duration(d) => E::One(V::Dur(*d)),
+        Literal::Bool(b) => E::One(V::Bool(*b)),
+        Literal::Status(s) => E::One(V::Status(*s)),
+        Literal::Kind(k) => E::One(V::Kind(*k)),
+        Literal::Nil => E::Absent,
+    }
+}
+
+/// A compiled search: the pipeline plus what evaluating it needs (regexes, returned attributes).
+pub struct Evaluator {
+    pipeline: Pipeline,
+    regexes: parking_lot::Mutex<HashMap<String, Option<Regex>>>,
+    /// Attributes shown on returned spans: (key as shown, attribute).
+    pub shown: Vec<(String, Attribute)>,
+}
+
+/// One spanset of a matched trace: indices into `TraceData::spans`, plus `by()` values.
+#[derive(Debug, Clone, Default)]
+pub struct SpanSet {
+    pub spans: Vec<usize>,
+    pub by: Vec<(String, AnyValue)>,
+}
+
+impl Evaluator {
+    /// Prepares a validated search pipeline.
+    pub fn new(pipeline: Pipeline) -> Self {
+        let mut shown: Vec<(String, Attribute)> = Vec::new();
+        collect_shown(&pipeline, &mut shown);
+        Evaluator { pipeline, regexes: parking_lot::Mutex::new(HashMap::new()), shown }
+    }
+
+    /// The spansets the query yields for this trace; empty when the trace does not match.
+    pub fn evaluate(&self, t: &TraceData) -> Vec<SpanSet> {
+        let all = SpanSet { spans: (0..t.spans.len()).collect(), by: Vec::new() };
+        let mut out = self.pipeline_sets(&self.pipeline, vec![all], t);
+        for s in &mut out {
+            s.spans.sort_by(|&a, &b| span_order(t, a, b));
+        }
+        out.sort_by(|a, b| match (a.spans.first(), b.spans.first()) {
+            (Some(&x), Some(&y)) => span_order(t, x, y),
+            _ => std::cmp::Ordering::Equal,
+        });
+        out
+    }
+
+    /// The attributes shown for span `i`: each shown attribute the span has, as an OTLP value.
+    pub fn shown_attributes(&self, t: &TraceData, i: usize) -> Vec<KeyValue> {
+        let mut out = Vec::new();
+        for (key, attr) in &self.shown {
+            let v = match self.attribute(t, i, attr) {
+                E::One(v) => to_any(&v),
+                E::Many(vs) => AnyValue {
+                    value: Some(Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                        values: vs.iter().map(to_any).collect(),
+                    })),
+                },
+                _ => continue,
+            };
+            out.push(crate::model::kv(key.clone(), Some(v)));
+        }
+        out
+    }
+
+    fn pipeline_sets(&self, p: &Pipeline, mut sets: Vec<SpanSet>, t: &TraceData) -> Vec<SpanSet> {
+        for stage in &p.stages {
+            sets = match stage {
+                Stage::Spanset(e) => sets.into_iter().flat_map(|s| self.spanset(e, &s, t)).collect(),
+                Stage::ScalarFilter(f) => sets.into_iter().filter(|s| self.scalar_filter(f, s, t)).collect(),
+                Stage::By(e) => sets.into_iter().flat_map(|s| self.group_by(e, s, t)).collect(),
+                Stage::Select(_) => sets,
+                Stage::Coalesce => {
+                    let mut spans: Vec<usize> = sets.into_iter().flat_map(|s| s.spans).collect();
+                    spans.sort_unstable();
+                    spans.dedup();
+                    vec![SpanSet { spans, by: Vec::new() }]
+                }
+            };
+            sets.retain(|s| !s.spans.is_empty());
+            if sets.is_empty() {
+                break;
+            }
+        }
+        sets
+    }
+
+    fn spanset(&self, e: &SpansetExpr, input: &SpanSet, t: &TraceData) -> Vec<SpanSet> {
+        match e {
+            SpansetExpr::Filter(f) => {
+                let spans = match &f.expr {
+                    None => input.spans.clone(),
+                    Some(x) => input.spans.iter().copied().filter(|&i| truthy(&self.field(x, t, i))).collect(),
+                };
+                vec![SpanSet { spans, by: input.by.clone() }]
+            }
+            SpansetExpr::Pipeline(p) => self.pipeline_sets(p, vec![input.clone()], t),
+            SpansetExpr::Op { op, lhs, rhs } => {
+                let side = |x: &SpansetExpr| -> Vec<bool> {
+                    let mut mask = vec![false; t.spans.len()];
+                    for s in self.spanset(x, input, t) {
+                        for i in s.spans {
+                            mask[i] = true;
+                        }
+                    }
+                    mask
+                };
+                let (a, b) = (side(lhs), side(rhs));
+                let mask = structural(*op, &a, &b, t);
+                let spans: Vec<usize> = (0..t.spans.len()).filter(|&i| mask[i]).collect();
+                vec![SpanSet { spans, by: input.by.clone() }]
+            }
+        }
+    }
+
+    fn scalar_filter(&self, f: &ScalarFilter, s: &SpanSet, t: &TraceData) -> bool {
+        let (ScalarExpr::Aggregate(agg), ScalarExpr::Literal(lit)) = (&f.lhs, &f.rhs) else { return false };
+        let value = match (agg.op, &agg.expr) {
+            (AggregateOp::Count, _) => s.spans.len() as f64,
+            (_, None) => return false,
+            (op, Some(e)) => {
+                let nums: Vec<f64> = s
+                    .spans
+                    .iter()
+                    .filter_map(|&i| match self.field(e, t, i) {
+                        E::One(V::Int(v)) => Some(v as f64),
+                        E::One(V::Float(v)) => Some(v),
+                        E::One(V::Dur(v)) => Some(v as f64),
+                        _ => None,
+                    })
+                    .collect();
+                if nums.is_empty() {
+                    return false;
+                }
+                match op {
+                    AggregateOp::Sum => nums.iter().sum(),
+                    AggregateOp::Avg => nums.iter().sum::<f64>() / nums.len() as f64,
+                    AggregateOp::Min => nums.iter().copied().fold(f64::INFINITY, f64::min),
+                    AggregateOp::Max => nums.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    AggregateOp::Count => nums.len() as f64,
+                }
+            }
+        };
+        let rhs = match lit {
+            Literal::Int(i) => *i as f64,
+            Literal::Float(f) => *f,
+            Literal::Duration(d) => *d as f64,
+            _ => return false,
+        };
+        cmp_f64(f.op, value, rhs)
+    }
+
+    fn group_by(&self, e: &FieldExpr, s: SpanSet, t: &TraceData) -> Vec<SpanSet> {
+        let key = format!("by({e})");
+        let mut groups: Vec<(String, AnyValue, Vec<usize>)> = Vec::new();
+        for &i in &s.spans {
+            let E::One(v) = self.field(e, t, i) else { continue };
+            let id = value_key(&v);
+            match groups.iter_mut().find(|g| g.0 == id) {
+                Some(g) => g.2.push(i),
+                None => groups.push((id, to_any(&v), vec![i])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(_, v, spans)| {
+                let mut by = s.by.clone();
+                by.push((key.clone(), v));
+                SpanSet { spans, by }
+            })
+            .collect()
+    }
+
+    fn attribute<'t>(&self, t: &'t TraceData, i: usize, a: &Attribute) -> E<'t> {
+        let r = &t.spans[i];
+        let key = a.name.as_str();
+        let events = || r.span.events.iter().map(|e| e.attributes.as_slice());
+        let links = || r.span.links.iter().map(|l| l.attributes.as_slice());
+        match a.scope {
+            Scope::Span => lookup(&r.span.attributes, key),
+            Scope::Resource => lookup(&r.origin.resource.attributes, key),
+            Scope::Instrumentation => lookup(&r.origin.scope.attributes, key),
+            Scope::Event => lookup_many(events(), key),
+            Scope::Link => lookup_many(links(), key),
+            Scope::Unscoped => {
+                for v in [
+                    lookup(&r.span.attributes, key),
+                    lookup(&r.origin.resource.attributes, key),
+                    lookup_many(links(), key),
+                    lookup_many(events(), key),
+                ] {
+                    if !matches!(v, E::Absent) {
+                        return v;
+                    }
+                }
+                E::Absent
+            }
+        }
+    }
+
+    fn intrinsic<'t>(&self, t: &'t TraceData, i: usize, x: Intrinsic) -> E<'t> {
+        let r = &t.spans[i];
+        let s = &r.span;
+        let text = |v: &'t str| E::One(V::Str(Cow::Borrowed(v)));
+        let owned = |v: String| E::One(V::Str(Cow::Owned(v)));
+        let non_empty = |v: &'t str| if v.is_empty() { E::Absent } else { text(v) };
+        match x {
+            Intrinsic::Duration => E::One(V::Dur(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64)),
+            Intrinsic::Name => text(&s.name),
+            Intrinsic::Status => E::One(V::Status(status_of(s.status.as_ref().map_or(0, |st| st.code)))),
+            Intrinsic::StatusMessage => text(s.status.as_ref().map_or("", |st| st.message.as_str())),
+            Intrinsic::Kind => E::One(V::Kind(kind_of(s.kind))),
+            Intrinsic::ChildCount => E::One(V::Int(i64::from(t.child_count[i]))),
+            Intrinsic::SpanId => owned(hex::encode(&s.span_id)),
+            Intrinsic::ParentId => {
+                if s.parent_span_id.is_empty() {
+                    E::Absent
+                } else {
+                    owned(hex::encode(&s.parent_span_id))
+                }
+            }
+            Intrinsic::TraceRootName => t.root_name().map_or(E::Absent, text),
+            Intrinsic::TraceRootService => t.root_service().map_or(E::Absent, text),
+            Intrinsic::TraceDuration => E::One(V::Dur(t.duration() as i64)),
+            Intrinsic::TraceId => owned(t.id.to_hex()),
+            Intrinsic::EventName => many(s.events.iter().map(|e| V::Str(Cow::Borrowed(e.name.as_str()))).collect()),
+            Intrinsic::EventTimeSinceStart => many(
+                s.events.iter().map(|e| V::Dur(e.time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64)).collect(),
+            ),
+            Intrinsic::LinkTraceId => {
+                many(s.links.iter().map(|l| V::Str(Cow::Owned(hex::encode(&l.trace_id)))).collect())
+            }
+            Intrinsic::LinkSpanId => {
+                many(s.links.iter().map(|l| V::Str(Cow::Owned(hex::encode(&l.span_id)))).collect())
+            }
+            Intrinsic::InstrumentationName => non_empty(&r.origin.scope.name),
+            Intrinsic::InstrumentationVersion => non_empty(&r.origin.scope.version),
+            // Refused by validation (`parent`) or internal numbering that a split trace does not have.
+            Intrinsic::Parent | Intrinsic::NestedSetLeft | Intrinsic::NestedSetRight | Intrinsic::NestedSetParent => {
+                E::Absent
+            }
+        }
+    }
+
+    fn field<'t>(&self, e: &'t FieldExpr, t: &'t TraceData, i: usize) -> E<'t> {
+        match e {
+            FieldExpr::Literal(l) => literal(l),
+            FieldExpr::Field(Field::Attribute(a)) => self.attribute(t, i, a),
+            FieldExpr::Field(Field::Intrinsic(x)) => self.intrinsic(t, i, *x),
+            FieldExpr::Unary { op: UnaryOp::Not, expr } => E::One(V::Bool(!truthy(&self.field(expr, t, i)))),
+            FieldExpr::Unary { op: UnaryOp::Neg, expr } => match self.field(expr, t, i) {
+                E::One(V::Int(v)) => E::One(V::Int(v.wrapping_neg())),
+                E::One(V::Float(v)) => E::One(V::Float(-v)),
+                E::One(V::Dur(v)) => E::One(V::Dur(v.wrapping_neg())),
+                _ => E::Absent,
+            },
+            FieldExpr::Binary { op, lhs, rhs } => match op {
+                BinaryOp::And => E::One(V::Bool(truthy(&self.field(lhs, t, i)) && truthy(&self.field(rhs, t, i)))),
+                BinaryOp::Or => E::One(V::Bool(truthy(&self.field(lhs, t, i)) || truthy(&self.field(rhs, t, i)))),
+                BinaryOp::Eq | BinaryOp::Neq
+                    if matches!(**rhs, FieldExpr::Literal(Literal::Nil))
+                        || matches!(**lhs, FieldExpr::Literal(Literal::Nil)) =>
+                {
+                    let other = if matches!(**rhs, FieldExpr::Literal(Literal::Nil)) { lhs } else { rhs };
+                    let absent = matches!(self.field(other, t, i), E::Absent);
+                    E::One(V::Bool(if *op == BinaryOp::Eq { absent } else { !absent }))
+                }
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Mod | BinaryOp::Pow => {
+                    match (self.field(lhs, t, i), self.field(rhs, t, i)) {
+                        (E::One(a), E::One(b)) => arith(*op, &a, &b).map_or(E::Absent, E::One),
+                        _ => E::Absent,
+                    }
+                }
+                _ => {
+                    let (a, b) = (self.field(lhs, t, i), self.field(rhs, t, i));
+                    E::One(V::Bool(self.compare(*op, &a, &b)))
+                }
+            },
+        }
+    }
+
+    fn compare(&self, op: BinaryOp, a: &E, b: &E) -> bool {
+        let (xs, ys) = (a.values(), b.values());
+        let pairs = || xs.iter().flat_map(|x| ys.iter().map(move |y| (x, y)));
+        match op {
+            BinaryOp::Neq => {
+                pairs().any(|(x, y)| comparable(x, y)) && !pairs().any(|(x, y)| cmp_values(BinaryOp::Eq, x, y))
+            }
+            BinaryOp::NotRegex => {
+                pairs().any(|(x, y)| matches!((x, y), (V::Str(_), V::Str(_))))
+                    && !pairs().any(|(x, y)| self.regex_match(x, y))
+            }
+            BinaryOp::Regex => pairs().any(|(x, y)| self.regex_match(x, y)),
+            _ => pairs().any(|(x, y)| cmp_values(op, x, y)),
+        }
+    }
+
+    fn regex_match(&self, x: &V, y: &V) -> bool {
+        let (V::Str(s), V::Str(pat)) = (x, y) else { return false };
+        let mut cache = self.regexes.lock();
+        let re = cache.entry(pat.to_string()).or_insert_with(|| Regex::new(&format!("^(?:{pat})$")).ok());
+        re.as_ref().is_some_and(|re| re.is_match(s))
+    }
+}
+
+fn many(v: Vec<V<'_>>) -> E<'_> {
+    if v.is_empty() { E::Absent } else { E::Many(v) }
+}
+
+fn truthy(e: &E) -> bool {
+    matches!(e, E::One(V::Bool(true)))
+}
+
+fn span_order(t: &TraceData, a: usize, b: usize) -> std::cmp::Ordering {
+    let (x, y) = (&t.spans[a].span, &t.spans[b].span);
+    x.start_time_unix_nano.cmp(&y.start_time_unix_nano).then_with(|| x.span_id.cmp(&y.span_id))
+}
+
+fn comparable(x: &V, y: &V) -> bool {
+    matches!(
+        (x, y),
+        (V::Int(_) | V::Float(_), V::Int(_) | V::Float(_))
+            | (V::Dur(_), V::Dur(_))
+            | (V::Str(_), V::Str(_))
+            | (V::Bool(_), V::Bool(_))
+            | (V::Status(_), V::Status(_))
+            | (V::Kind(_), V::Kind(_))
+    )
+}
+
+fn ord_holds(op: BinaryOp, o: Option<std::cmp::Ordering>) -> bool {
+    use std::cmp::Ordering::*;
+    match (op, o) {
+        (_, None) => false,
+        (BinaryOp::Eq, Some(o)) => o == Equal,
+        (BinaryOp::Neq, Some(o)) => o != Equal,
+        (BinaryOp::Lt, Some(o)) => o == Less,
+        (BinaryOp::Lte, Some(o)) => o != Greater,
+        (BinaryOp::Gt, Some(o)) => o == Greater,
+        (BinaryOp::Gte, Some(o)) => o != Less,
+        _ => false,
+    }
+}
+
+fn cmp_values(op: BinaryOp, x: &V, y: &V) -> bool {
+    let equality_only = matches!(op, BinaryOp::Eq | BinaryOp::Neq);
+    let o = match (x, y) {
+        (V::Int(a), V::Int(b)) => Some(a.cmp(b)),
+        (V::Int(_) | V::Float(_), V::Int(_) | V::Float(_)) => num(x).partial_cmp(&num(y)),
+        (V::Dur(a), V::Dur(b)) => Some(a.cmp(b)),
+        (V::Str(a), V::Str(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
+        (V::Bool(a), V::Bool(b)) if equality_only => Some(if a == b { std::cmp::Ordering::Equal } else { a.cmp(b) }),
+        (V::Status(a), V::Status(b)) if equality_only => Some(eq_ord(a == b)),
+        (V::Kind(a), V::Kind(b)) if equality_only => Some(eq_ord(a == b)),
+        _ => None,
+    };
+    ord_holds(op, o)
+}
+
+fn eq_ord(eq: bool) -> std::cmp::Ordering {
+    if eq { std::cmp::Ordering::Equal } else { std::cmp::Ordering::Less }
+}
+
+fn num(v: &V) -> f64 {
+    match v {
+        V::Int(i) => *i as f64,
+        V::Float(f) => *f,
+        _ => f64::NAN,
+    }
+}
+
+fn cmp_f64(op: CmpOp, a: f64, b: f64) -> bool {
+    ord_holds(op.to_binary(), a.partial_cmp(&b))
+}
+
+fn arith<'a>(op: BinaryOp, a: &V, b: &V) -> Option<V<'a>> {
+    use BinaryOp::*;
+    Some(match (a, b) {
+        (V::Int(x), V::Int(y)) => match op {
+            Add => V::Int(x.wrapping_add(*y)),
+            Sub => V::Int(x.wrapping_sub(*y)),
+            Mul => V::Int(x.wrapping_mul(*y)),
+            Mod => V::Int(x.checked_rem(*y)?),
+            Div => V::Float(float_div(*x as f64, *y as f64)?),
+            Pow => V::Float((*x as f64).powf(*y as f64)),
+            _ => return None,
+        },
+        (V::Int(_) | V::Float(_), V::Int(_) | V::Float(_)) => {
+            let (x, y) = (num(a), num(b));
+            V::Float(match op {
+                Add => x + y,
+                Sub => x - y,
+                Mul => x * y,
+                Div => float_div(x, y)?,
+                Mod => {
+                    if y == 0.0 {
+                        return None;
+                    }
+                    x % y
+                }
+                Pow => x.powf(y),
+                _ => return None,
+            })
+        }
+        (V::Dur(x), V::Dur(y)) => match op {
+            Add => V::Dur(x.wrapping_add(*y)),
+            Sub => V::Dur(x.wrapping_sub(*y)),
+            _ => return None,
+        },
+        (V::Dur(d), V::Int(_) | V::Float(_)) => match op {
+            Mul => V::Dur((*d as f64 * num(b)) as i64),
+            Div => V::Dur(float_div(*d as f64, num(b))? as i64),
+            _ => return None,
+        },
+        (V::Int(_) | V::Float(_), V::Dur(d)) => match op {
+            Mul => V::Dur((num(a) * *d as f64) as i64),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+fn float_div(x: f64, y: f64) -> Option<f64> {
+    (y != 0.0).then(|| x / y)
+}
+
+fn value_key(v: &V) -> String {
+    match v {
+        V::Str(s) => format!("s:{s}"),
+        V::Int(i) => format!("i:{i}"),
+        V::Float(f) => format!("f:{f}"),
+        V::Bool(b) => format!("b:{b}"),
+        V::Dur(d) => format!("d:{d}"),
+        V::Status(s) => format!("st:{}", s.as_str()),
+        V::Kind(k) => format!("k:{}", k.as_str()),
+    }
+}
+
+fn to_any(v: &V) -> AnyValue {
+    let value = match v {
+        V::Str(s) => Value::StringValue(s.to_string()),
+        V::Int(i) => Value::IntValue(*i),
+        V::Float(f) => Value::DoubleValue(*f),
+        V::Bool(b) => Value::BoolValue(*b),
+        V::Dur(d) => Value::StringValue(format_duration(*d)),
+        V::Status(s) => Value::StringValue(s.as_str().into()),
+        V::Kind(k) => Value::StringValue(k.as_str().into()),
+    };
+    AnyValue { value: Some(value) }
+}
+
+/// Durations shown as Tempo shows them in spanset attributes (Go's duration format, e.g. `1.5s`, `250ms`).
+fn format_duration(ns: i64) -> String {
+    let d = std::time::Duration::from_nanos(ns.unsigned_abs());
+    let sign = if ns < 0 { "-" } else { "" };
+    format!("{sign}{d:?}")
+}
+
+/// Spans of the B side that the operator returns, or both sides' related spans for the union forms.
+fn structural(op: SpansetOp, a: &[bool], b: &[bool], t: &TraceData) -> Vec<bool> {
+    let n = t.spans.len();
+    let mut out = vec![false; n];
+    let parent = |i: usize| t.parent[i];
+    match op {
+        SpansetOp::And => {
+            if a.iter().any(|x| *x) && b.iter().any(|x| *x) {
+                (0..n).for_each(|i| out[i] = a[i] || b[i]);
+            }
+        }
+        SpansetOp::Union => (0..n).for_each(|i| out[i] = a[i] || b[i]),
+        SpansetOp::Child | SpansetOp::NotChild | SpansetOp::UnionChild => {
+            for j in (0..n).filter(|&j| b[j]) {
+                let hit = parent(j).filter(|&p| a[p]);
+                match op {
+                    SpansetOp::Child => out[j] |= hit.is_some(),
+                    SpansetOp::NotChild => out[j] |= hit.is_none(),
+                    _ => {
+                        if let Some(p) = hit {
+                            out[j] = true;
+                            out[p] = true;
+                        }
+                    }
+                }
+            }
+        }
+        SpansetOp::Parent | SpansetOp::NotParent | SpansetOp::UnionParent => {
+            // B spans that are the parent of some A span.
+            let mut is_parent_of_a = vec![false; n];
+            for i in (0..n).filter(|&i| a[i]) {
+                if let Some(p) = parent(i)
+                    && b[p]
+                {
+                    is_parent_of_a[p] = true;
+                    if op == SpansetOp::UnionParent {
+                        out[i] = true;
+                        out[p] = true;
+                    }
+                }
+            }
+            match op {
+                SpansetOp::Parent => (0..n).for_each(|j| out[j] = b[j] && is_parent_of_a[j]),
+                SpansetOp::NotParent => (0..n).for_each(|j| out[j] = b[j] && !is_parent_of_a[j]),
+                _ => {}
+            }
+        }
+        SpansetOp::Descendant | SpansetOp::NotDescendant | SpansetOp::UnionDescendant => {
+            for j in (0..n).filter(|&j| b[j]) {
+                let mut found = false;
+                for x in t.ancestors(j) {
+                    if a[x] {
+                        found = true;
+                        if op == SpansetOp::UnionDescendant {
+                            out[x] = true;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                match op {
+                    SpansetOp::Descendant => out[j] |= found,
+                    SpansetOp::NotDescendant => out[j] |= !found,
+                    _ => out[j] |= found,
+                }
+            }
+        }
+        SpansetOp::Ancestor | SpansetOp::NotAncestor | SpansetOp::UnionAncestor => {
+            // B spans that are an ancestor of some A span.
+            let mut is_ancestor_of_a = vec![false; n];
+            for i in (0..n).filter(|&i| a[i]) {
+                for x in t.ancestors(i) {
+                    if b[x] {
+                        is_ancestor_of_a[x] = true;
+                        if op == SpansetOp::UnionAncestor {
+                            out[i] = true;
+                            out[x] = true;
+                        }
+                    }
+                }
+            }
+            match op {
+                SpansetOp::Ancestor => (0..n).for_each(|j| out[j] = b[j] && is_ancestor_of_a[j]),
+                SpansetOp::NotAncestor => (0..n).for_each(|j| out[j] = b[j] && !is_ancestor_of_a[j]),
+                _ => {}
+            }
+        }
+        SpansetOp::Sibling | SpansetOp::NotSibling | SpansetOp::UnionSibling => {
+            // Count A spans per parent, so "another A span under the same parent" is O(1) per B span.
+            let mut a_under: HashMap<usize, usize> = HashMap::new();
+            for i in (0..n).filter(|&i| a[i]) {
+                if let Some(p) = parent(i) {
+                    *a_under.entry(p).or_default() += 1;
+                }
+            }
+            for j in (0..n).filter(|&j| b[j]) {
+                let others = parent(j).map_or(0, |p| a_under.get(&p).copied().unwrap_or(0) - usize::from(a[j]));
+                match op {
+                    SpansetOp::Sibling => out[j] |= others > 0,
+                    SpansetOp::NotSibling => out[j] |= others == 0,
+                    _ => {
+                        if others > 0 {
+                            out[j] = true;
+                            let p = parent(j);
+                            for i in (0..n).filter(|&i| a[i] && i != j && parent(i) == p) {
+                                out[i] = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Attributes named in filters and `select()`, in query order, one per key.
+fn collect_shown(p: &Pipeline, out: &mut Vec<(String, Attribute)>) {
+    fn add(a: &Attribute, out: &mut Vec<(String, Attribute)>) {
+        if !out.iter().any(|(k, _)| *k == a.name) {
+            out.push((a.name.clone(), a.clone()));
+        }
+    }
+    fn field_expr(e: &FieldExpr, out: &mut Vec<(String, Attribute)>) {
+        match e {
+            FieldExpr::Field(Field::Attribute(a)) => add(a, out),
+            FieldExpr::Binary { lhs, rhs, .. } => {
+                field_expr(lhs, out);
+                field_expr(rhs, out);
+            }
+            FieldExpr::Unary { expr, .. } => field_expr(expr, out),
+            _ => {}
+        }
+    }
+    fn spanset(e: &SpansetExpr, out: &mut Vec<(String, Attribute)>) {
+        match e {
+            SpansetExpr::Filter(f) => {
+                if let Some(x) = &f.expr {
+                    field_expr(x, out);
+                }
+            }
+            SpansetExpr::Op { lhs, rhs, .. } => {
+                spanset(lhs, out);
+                spanset(rhs, out);
+            }
+            SpansetExpr::Pipeline(p) => collect_shown(p, out),
+        }
+    }
+    for stage in &p.stages {
+        match stage {
+            Stage::Spanset(e) => spanset(e, out),
+            Stage::Select(fields) => {
+                for f in fields {
+                    if let Field::Attribute(a) = f {
+                        add(a, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

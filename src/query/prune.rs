@@ -1,0 +1,248 @@
+//! TraceQL to a DataFusion span predicate that selects candidate traces.
+//!
+//! Every span a search returns matches one of the query's `{ }` filters, so a trace can only match if one of its
+//! spans satisfies some filter. The predicate built here is a superset of "the span satisfies some filter": each
+//! condition DataFusion can check on a span's own row (intrinsic columns, dedicated slot columns, the generic
+//! attribute lists through `attr_may_match`) becomes a column predicate that Parquet statistics and the page index
+//! can prune with; anything it cannot check (trace-level values, arithmetic, negation, events, links) becomes
+//! "true". The per-trace evaluator then decides exactly. Dedicated slots differ per block, so the predicate is
+//! built per source from that source's slot list.
+
+use std::collections::HashMap;
+
+use datafusion::common::ScalarValue;
+use datafusion::functions::expr_fn::regexp_like;
+use datafusion::logical_expr::{Expr, col, lit, not};
+use query_lang::{
+    Attribute, BinaryOp, Field, FieldExpr, Intrinsic, Literal, Pipeline, Scope, SpansetExpr, Stage, Status,
+};
+
+use super::udf::attr_may_match;
+use crate::block::DedicatedColumn;
+use crate::block::schema::col as c;
+
+/// Where a source keeps each dedicated attribute.
+#[derive(Default)]
+pub struct Slots {
+    res_str: HashMap<String, String>,
+    span_str: HashMap<String, String>,
+    span_int: HashMap<String, String>,
+}
+
+impl Slots {
+    pub fn new(dedicated: &[DedicatedColumn]) -> Self {
+        let mut s = Slots::default();
+        for d in dedicated {
+            let map = match (d.scope.as_str(), d.value_type.as_str()) {
+                ("resource", "string") => &mut s.res_str,
+                ("span", "string") => &mut s.span_str,
+                ("span", "int") => &mut s.span_int,
+                _ => continue,
+            };
+            map.insert(d.name.clone(), d.column.clone());
+        }
+        s
+    }
+}
+
+/// The candidate predicate for a search pipeline; `None` when every span is a candidate.
+pub fn candidate_filter(p: &Pipeline, slots: &Slots) -> Option<Expr> {
+    let mut leaves = Vec::new();
+    collect_filters(p, &mut leaves);
+    let mut out: Option<Expr> = None;
+    for f in leaves {
+        let e = f.and_then(|e| superset(e, slots))?;
+        out = Some(match out {
+            None => e,
+            Some(prev) => prev.or(e),
+        });
+    }
+    out
+}
+
+/// Every `{ }` of the pipeline: `None` for `{}`.
+fn collect_filters<'a>(p: &'a Pipeline, out: &mut Vec<Option<&'a FieldExpr>>) {
+    fn spanset<'a>(e: &'a SpansetExpr, out: &mut Vec<Option<&'a FieldExpr>>) {
+        match e {
+            SpansetExpr::Filter(f) => out.push(f.expr.as_ref()),
+            SpansetExpr::Op { lhs, rhs, .. } => {
+                spanset(lhs, out);
+                spanset(rhs, out);
+            }
+            SpansetExpr::Pipeline(p) => collect_filters(p, out),
+        }
+    }
+    for stage in &p.stages {
+        if let Stage::Spanset(e) = stage {
+            spanset(e, out);
+        }
+    }
+}
+
+/// A predicate true for every span on which `e` is true; `None` means "cannot narrow".
+fn superset(e: &FieldExpr, slots: &Slots) -> Option<Expr> {
+    match e {
+        FieldExpr::Literal(Literal::Bool(false)) => Some(lit(false)),
+        FieldExpr::Binary { op: BinaryOp::And, lhs, rhs } => match (superset(lhs, slots), superset(rhs, slots)) {
+            (Some(a), Some(b)) => Some(a.and(b)),
+            (a, b) => a.or(b),
+        },
+        FieldExpr::Binary { op: BinaryOp::Or, lhs, rhs } => Some(superset(lhs, slots)?.or(superset(rhs, slots)?)),
+        FieldExpr::Binary { op, lhs, rhs } if op.is_comparison() => {
+            let (field, op, value) = match (&**lhs, &**rhs) {
+                (FieldExpr::Field(f), FieldExpr::Literal(l)) => (f, *op, l),
+                (FieldExpr::Literal(l), FieldExpr::Field(f)) => (f, flip(*op)?, l),
+                _ => return None,
+            };
+            if matches!(value, Literal::Nil) {
+                return None;
+            }
+            match field {
+                Field::Intrinsic(i) => intrinsic(*i, op, value),
+                Field::Attribute(a) => attribute(a, op, value, slots),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The same comparison with its operands swapped.
+fn flip(op: BinaryOp) -> Option<BinaryOp> {
+    Some(match op {
+        BinaryOp::Lt => BinaryOp::Gt,
+        BinaryOp::Lte => BinaryOp::Gte,
+        BinaryOp::Gt => BinaryOp::Lt,
+        BinaryOp::Gte => BinaryOp::Lte,
+        BinaryOp::Eq | BinaryOp::Neq => op,
+        _ => return None,
+    })
+}
+
+/// `column op value` for the plain comparison operators; `None` for regexes and the rest.
+fn compare(column: Expr, op: BinaryOp, value: Expr) -> Option<Expr> {
+    Some(match op {
+        BinaryOp::Eq => column.eq(value),
+        BinaryOp::Neq => column.not_eq(value),
+        BinaryOp::Lt => column.lt(value),
+        BinaryOp::Lte => column.lt_eq(value),
+        BinaryOp::Gt => column.gt(value),
+        BinaryOp::Gte => column.gt_eq(value),
+        _ => return None,
+    })
+}
+
+/// String conditions, regexes included (anchored, as TraceQL's are).
+fn string_cond(column: Expr, op: BinaryOp, value: &str) -> Option<Expr> {
+    let re = || regexp_like(column.clone(), lit(format!("^(?:{value})$")), None);
+    match op {
+        BinaryOp::Regex => Some(re()),
+        BinaryOp::NotRegex => Some(column.clone().is_not_null().and(not(re()))),
+        _ => compare(column, op, lit(value.to_string())),
+    }
+}
+
+fn intrinsic(i: Intrinsic, op: BinaryOp, value: &Literal) -> Option<Expr> {
+    match (i, value) {
+        (Intrinsic::Name, Literal::String(s)) => string_cond(col(c::NAME), op, s),
+        (Intrinsic::StatusMessage, Literal::String(s)) => {
+            string_cond(datafusion::functions::expr_fn::coalesce(vec![col(c::STATUS_MESSAGE), lit("")]), op, s)
+        }
+        (Intrinsic::Duration, Literal::Duration(d)) => compare(col(c::DURATION), op, lit(*d)),
+        (Intrinsic::Status, Literal::Status(s)) if matches!(op, BinaryOp::Eq | BinaryOp::Neq) => {
+            let code: i8 = match s {
+                Status::Unset => 0,
+                Status::Ok => 1,
+                Status::Error => 2,
+            };
+            // Codes outside 0..=2 read as unset.
+            let unset = col(c::STATUS_CODE).not_eq(lit(1i8)).and(col(c::STATUS_CODE).not_eq(lit(2i8)));
+            let is = if code == 0 { unset } else { col(c::STATUS_CODE).eq(lit(code)) };
+            Some(if op == BinaryOp::Eq { is } else { not(is) })
+        }
+        (Intrinsic::Kind, Literal::Kind(k)) if matches!(op, BinaryOp::Eq | BinaryOp::Neq) => {
+            let code: i8 = match k {
+                query_lang::Kind::Unspecified => 0,
+                query_lang::Kind::Internal => 1,
+                query_lang::Kind::Server => 2,
+                query_lang::Kind::Client => 3,
+                query_lang::Kind::Producer => 4,
+                query_lang::Kind::Consumer => 5,
+            };
+            if code == 0 {
+                // Out-of-range kinds read as unspecified: leave those to the evaluator.
+                return None;
+            }
+            compare(col(c::KIND), op, lit(code))
+        }
+        (Intrinsic::TraceId, Literal::String(s)) if op == BinaryOp::Eq => {
+            Some(hex_bytes(s, 16).map_or(lit(false), |b| col(c::TRACE_ID).eq(b)))
+        }
+        (Intrinsic::SpanId, Literal::String(s)) if op == BinaryOp::Eq => {
+            Some(hex_bytes(s, 8).map_or(lit(false), |b| col(c::SPAN_ID).eq(b)))
+        }
+        _ => None,
+    }
+}
+
+/// The fixed-size binary literal for a lower-case hex ID, as the evaluator prints IDs; `None` if it cannot be one.
+fn hex_bytes(s: &str, len: usize) -> Option<Expr> {
+    if s.len() != len * 2 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let bytes = hex::decode(s).ok()?;
+    Some(lit(ScalarValue::FixedSizeBinary(len as i32, Some(bytes))))
+}
+
+fn attribute(a: &Attribute, op: BinaryOp, value: &Literal, slots: &Slots) -> Option<Expr> {
+    let (list, str_slot, int_slot) = match a.scope {
+        Scope::Span => (c::SPAN_ATTRS, slots.span_str.get(&a.name), slots.span_int.get(&a.name)),
+        Scope::Resource => {
+            let s = if a.name == "service.name" { Some(c::SERVICE_NAME.to_string()) } else { None };
+            let slot = s.or_else(|| slots.res_str.get(&a.name).cloned());
+            return Some(attribute_in(c::RESOURCE_ATTRS, slot.as_ref(), None, &a.name, op, value));
+        }
+        _ => return None,
+    };
+    Some(attribute_in(list, str_slot, int_slot, &a.name, op, value))
+}
+
+/// A condition on one attribute kept in a generic list and possibly in a string and/or an int slot.
+fn attribute_in(
+    list: &str,
+    str_slot: Option<&String>,
+    int_slot: Option<&String>,
+    key: &str,
+    op: BinaryOp,
+    value: &Literal,
+) -> Expr {
+    let in_list = match (value, op) {
+        (Literal::String(s), BinaryOp::Eq) => attr_may_match(col(list), key, Some(s)),
+        _ => attr_may_match(col(list), key, None),
+    };
+    let mut parts = vec![in_list];
+    if let Some(slot) = str_slot {
+        let slot_cond = match value {
+            Literal::String(s) => string_cond(col(slot.as_str()), op, s),
+            // Strings never equal numbers or other types: a string slot cannot hold a match.
+            _ => None,
+        };
+        if let Some(e) = slot_cond {
+            parts.push(e);
+        }
+    }
+    if let Some(slot) = int_slot {
+        let slot_cond = match value {
+            Literal::Int(i) => compare(col(slot.as_str()), op, lit(*i)),
+            Literal::Float(f) => compare(
+                datafusion::logical_expr::cast(col(slot.as_str()), arrow::datatypes::DataType::Float64),
+                op,
+                lit(*f),
+            ),
+            _ => None,
+        };
+        if let Some(e) = slot_cond {
+            parts.push(e);
+        }
+    }
+    parts.into_iter().reduce(Expr::or).unwrap_or_else(|| lit(true))
+}

@@ -1,0 +1,350 @@
+//! TraceQL search: candidates from DataFusion scans, exact per-trace evaluation, newest first.
+//!
+//! Plan (see `DESIGN.md`): sources are the data in memory and the tenant's blocks, taken newest first (block end
+//! time). Each source is scanned by a DataFusion plan: the query's candidate predicate (`prune`) pushed into the
+//! Parquet scan, then `GROUP BY trace_id` with the earliest start of the trace's rows in that source (an upper
+//! bound of the trace's real start). Candidates are evaluated newest bound first: all fragments of the trace are
+//! fetched from every source that may hold it (blooms) and the evaluator decides exactly. The walk stops once
+//! `limit` matches are known whose start is later than anything an unread source could hold.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::functions_aggregate::expr_fn::min;
+use datafusion::logical_expr::col;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use query_lang::Pipeline;
+
+use super::QueryError;
+use super::eval::{Evaluator, NO_ROOT_SERVICE, TraceData};
+use super::prune::{Slots, candidate_filter};
+use super::table::BlockTable;
+use crate::block::schema::{self, col as c};
+use crate::ingest::Ingester;
+use crate::model::{SpanRecord, Tenant, TraceId, service_name};
+use crate::storage::{BlockEntry, BlockStore};
+
+/// How many sources are scanned at once, and how many traces are fetched and evaluated per round.
+const SOURCES_PER_ROUND: usize = 4;
+const MIN_EVAL_BATCH: usize = 64;
+/// Concurrent block reads when fetching candidate traces.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// A search, as the API hands it over.
+pub struct SearchRequest {
+    pub pipeline: Pipeline,
+    pub limit: usize,
+    pub spans_per_spanset: usize,
+    /// Unix nanoseconds; a trace is returned when it overlaps the range.
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+}
+
+/// One span of a returned spanset.
+pub struct SpanHit {
+    pub span_id: Vec<u8>,
+    pub name: String,
+    pub start_unix_nano: u64,
+    pub duration_nanos: u64,
+    pub attributes: Vec<KeyValue>,
+}
+
+pub struct SpansetHit {
+    pub spans: Vec<SpanHit>,
+    pub matched: u32,
+    pub attributes: Vec<KeyValue>,
+}
+
+/// A matching trace with its trace-level values (computed over all of its spans).
+pub struct TraceHit {
+    pub trace_id: TraceId,
+    pub root_service_name: String,
+    pub root_trace_name: Option<String>,
+    pub start_unix_nano: u64,
+    pub duration_nanos: u64,
+    pub spansets: Vec<SpansetHit>,
+    /// Service name -> (span count, error count).
+    pub service_stats: BTreeMap<String, (u32, u32)>,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct SearchStats {
+    pub inspected_traces: u64,
+    pub inspected_spans: u64,
+    pub inspected_bytes: u64,
+    pub total_blocks: u32,
+    pub total_block_bytes: u64,
+    pub completed_jobs: u32,
+    pub total_jobs: u32,
+}
+
+pub struct SearchResult {
+    pub traces: Vec<TraceHit>,
+    pub stats: SearchStats,
+}
+
+/// Where a search reads from.
+enum Source {
+    Memory(Vec<RecordBatch>),
+    Block(Arc<BlockEntry>),
+}
+
+impl Source {
+    /// Latest span start any trace fragment of this source can have.
+    fn max_start(&self) -> u64 {
+        match self {
+            Source::Memory(_) => u64::MAX,
+            Source::Block(b) => b.meta.end_time_unix_nano,
+        }
+    }
+}
+
+/// Runs searches for one server: the DataFusion runtime (object store registration, footer cache) is shared.
+pub struct SearchEngine {
+    runtime: Arc<RuntimeEnv>,
+    ingester: Arc<Ingester>,
+    blocks: Arc<BlockStore>,
+}
+
+impl SearchEngine {
+    pub fn new(ingester: Arc<Ingester>, blocks: Arc<BlockStore>) -> Result<Self, QueryError> {
+        let runtime = Arc::new(RuntimeEnv::default());
+        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(super::table::STORE_URL)?;
+        runtime.register_object_store(url.as_ref(), blocks.object_store());
+        Ok(SearchEngine { runtime, ingester, blocks })
+    }
+
+    fn context(&self) -> SessionContext {
+        // Blocks are scanned concurrently by the search itself; one partition per scan avoids re-partitioning
+        // small files.
+        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
+        SessionContext::new_with_config_rt(config, self.runtime.clone())
+    }
+
+    pub async fn search(&self, tenant: &Tenant, req: &SearchRequest) -> Result<SearchResult, QueryError> {
+        let eval = Evaluator::new(req.pipeline.clone());
+        let limit = req.limit.max(1);
+        let mut stats = SearchStats::default();
+
+        // Memory first (it may hold anything, and it is read before the block list so a head that moves into a
+        // block meanwhile is seen at least once), then blocks by newest end time.
+        let mut sources = vec![Source::Memory(self.ingester.search_batches(tenant)?)];
+        let all_blocks = self.blocks.blocks(tenant);
+        let mut in_range: Vec<Arc<BlockEntry>> = all_blocks
+            .iter()
+            .filter(|b| {
+                req.end.is_none_or(|e| b.meta.start_time_unix_nano <= e)
+                    && req.start.is_none_or(|s| b.meta.end_time_unix_nano >= s)
+            })
+            .cloned()
+            .collect();
+        in_range.sort_by(|a, b| {
+            b.meta
+                .end_time_unix_nano
+                .cmp(&a.meta.end_time_unix_nano)
+                .then_with(|| a.meta.block_id.cmp(&b.meta.block_id))
+        });
+        stats.total_blocks = in_range.len() as u32;
+        stats.total_block_bytes = in_range.iter().map(|b| b.meta.data_size).sum();
+        sources.extend(in_range.into_iter().map(Source::Block));
+        stats.total_jobs = sources.len() as u32;
+
+        let ctx = self.context();
+        let mut pending: BinaryHeap<(u64, Reverse<TraceId>)> = BinaryHeap::new();
+        let mut seen: HashSet<TraceId> = HashSet::new();
+        let mut hits: Vec<TraceHit> = Vec::new();
+        let mut next = 0usize;
+        loop {
+            let watermark = sources[next..].iter().map(Source::max_start).max();
+            // Evaluate candidates that could still enter the top `limit`, newest bound first.
+            loop {
+                let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
+                let mut batch: Vec<TraceId> = Vec::new();
+                while let Some(&(ub, Reverse(id))) = pending.peek() {
+                    let ready = watermark.is_none_or(|w| ub >= w) && kth.is_none_or(|k| ub >= k);
+                    if !ready || batch.len() >= MIN_EVAL_BATCH.max(limit.min(4096)) {
+                        break;
+                    }
+                    pending.pop();
+                    batch.push(id);
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                self.evaluate(tenant, &all_blocks, &eval, req, batch, &mut hits, &mut stats).await?;
+                hits.sort_by(|a, b| {
+                    b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id))
+                });
+                hits.truncate(limit);
+            }
+            let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
+            match watermark {
+                None => break,
+                Some(w) if kth.is_some_and(|k| w < k) => break,
+                Some(_) => {}
+            }
+            let round: Vec<&Source> = sources[next..].iter().take(SOURCES_PER_ROUND).collect();
+            next += round.len();
+            let scans = round.into_iter().map(|s| self.candidates(&ctx, tenant, &req.pipeline, s));
+            for found in futures::future::join_all(scans).await {
+                for (id, ub) in found? {
+                    if seen.insert(id) {
+                        pending.push((ub, Reverse(id)));
+                    }
+                }
+                stats.completed_jobs += 1;
+            }
+        }
+        Ok(SearchResult { traces: hits, stats })
+    }
+
+    /// Phase 1 over one source: candidate trace IDs with the earliest start of their rows there.
+    async fn candidates(
+        &self,
+        ctx: &SessionContext,
+        tenant: &Tenant,
+        pipeline: &Pipeline,
+        source: &Source,
+    ) -> Result<Vec<(TraceId, u64)>, QueryError> {
+        let (table, slots): (Arc<dyn TableProvider>, Slots) = match source {
+            Source::Memory(batches) => {
+                if batches.is_empty() {
+                    return Ok(Vec::new());
+                }
+                (Arc::new(MemTable::try_new(schema::schema(), vec![batches.clone()])?), Slots::default())
+            }
+            Source::Block(b) => (
+                Arc::new(BlockTable::new(tenant, b, self.blocks.object_store())),
+                Slots::new(&b.meta.dedicated_columns),
+            ),
+        };
+        let mut df = ctx.read_table(table)?;
+        if let Some(filter) = candidate_filter(pipeline, &slots) {
+            df = df.filter(filter)?;
+        }
+        let df = df.aggregate(vec![col(c::TRACE_ID)], vec![min(col(c::TRACE_START)).alias("ub")])?;
+        let mut out = Vec::new();
+        for batch in df.collect().await? {
+            let ids = batch.column(0).as_fixed_size_binary();
+            let ubs = batch.column(1).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                if let Ok(id) = <[u8; 16]>::try_from(ids.value(i)) {
+                    out.push((TraceId(id), if ubs.is_null(i) { u64::MAX } else { ubs.value(i) as u64 }));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Phase 2: fetches every fragment of the traces, evaluates the query on each whole trace, keeps matches.
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate(
+        &self,
+        tenant: &Tenant,
+        blocks: &[Arc<BlockEntry>],
+        eval: &Evaluator,
+        req: &SearchRequest,
+        mut ids: Vec<TraceId>,
+        hits: &mut Vec<TraceHit>,
+        stats: &mut SearchStats,
+    ) -> Result<(), QueryError> {
+        ids.sort_unstable();
+        let mut spans: HashMap<TraceId, Vec<SpanRecord>> = HashMap::with_capacity(ids.len());
+        for id in &ids {
+            spans.insert(*id, self.ingester.find_trace(tenant, id));
+        }
+        let jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>)> = blocks
+            .iter()
+            .filter_map(|b| {
+                let wanted: Vec<TraceId> = ids.iter().copied().filter(|id| b.may_contain(id)).collect();
+                (!wanted.is_empty()).then(|| (b.clone(), wanted))
+            })
+            .collect();
+        let store = self.blocks.clone();
+        let mut reads = futures::stream::iter(jobs)
+            .map(|(b, wanted)| {
+                let store = store.clone();
+                let tenant = tenant.clone();
+                async move { store.read_traces(&tenant, &b, &wanted).await }
+            })
+            .buffer_unordered(FETCH_CONCURRENCY);
+        while let Some(part) = reads.next().await {
+            for (id, rec) in part? {
+                if let Some(v) = spans.get_mut(&id) {
+                    v.push(rec);
+                }
+            }
+        }
+        drop(reads);
+        for id in ids {
+            let records = spans.remove(&id).unwrap_or_default();
+            if records.is_empty() {
+                continue;
+            }
+            let t = TraceData::new(id, records);
+            stats.inspected_traces += 1;
+            stats.inspected_spans += t.spans.len() as u64;
+            if req.start.is_some_and(|s| t.end < s) || req.end.is_some_and(|e| t.start > e) {
+                continue;
+            }
+            let sets = eval.evaluate(&t);
+            if sets.is_empty() {
+                continue;
+            }
+            hits.push(trace_hit(&t, eval, sets, req.spans_per_spanset));
+        }
+        Ok(())
+    }
+}
+
+fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<super::eval::SpanSet>, spss: usize) -> TraceHit {
+    let spansets = sets
+        .into_iter()
+        .map(|s| SpansetHit {
+            matched: s.spans.len() as u32,
+            spans: s
+                .spans
+                .iter()
+                .take(spss)
+                .map(|&i| {
+                    let sp = &t.spans[i].span;
+                    SpanHit {
+                        span_id: sp.span_id.clone(),
+                        name: sp.name.clone(),
+                        start_unix_nano: sp.start_time_unix_nano,
+                        duration_nanos: sp.end_time_unix_nano.saturating_sub(sp.start_time_unix_nano),
+                        attributes: eval.shown_attributes(t, i),
+                    }
+                })
+                .collect(),
+            attributes: s.by.into_iter().map(|(k, v)| crate::model::kv(k, Some(v))).collect(),
+        })
+        .collect();
+    let mut service_stats: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    for r in &t.spans {
+        if let Some(svc) = service_name(&r.origin.resource) {
+            let e = service_stats.entry(svc.to_string()).or_default();
+            e.0 += 1;
+            if r.span.status.as_ref().is_some_and(|s| s.code == 2) {
+                e.1 += 1;
+            }
+        }
+    }
+    TraceHit {
+        trace_id: t.id,
+        root_service_name: t.root_service().unwrap_or(NO_ROOT_SERVICE).to_string(),
+        root_trace_name: t.root_name().map(str::to_string),
+        start_unix_nano: t.start,
+        duration_nanos: t.duration(),
+        spansets,
+        service_stats,
+    }
+}
