@@ -3,6 +3,7 @@
 
 mod json;
 mod search;
+mod tags;
 pub mod tempopb;
 
 use std::collections::HashMap;
@@ -56,6 +57,10 @@ pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metri
         .route("/api/traces/{id}", get(trace_v1))
         .route("/api/v2/traces/{id}", get(trace_v2))
         .route("/api/search", get(search::search))
+        .route("/api/search/tags", get(tags::tags_v1))
+        .route("/api/v2/search/tags", get(tags::tags_v2))
+        .route("/api/search/tag/{tag}/values", get(tags::tag_values_v1))
+        .route("/api/v2/search/tag/{tag}/values", get(tags::tag_values_v2))
         .with_state(Api { querier, ingester, metrics, limits: Limits::default() })
 }
 

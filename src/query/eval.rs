@@ -267,6 +267,29 @@ impl Evaluator {
         out
     }
 
+    /// The values of `field` on span `i`, rendered for tag-value listings (`udf::tag_value_text`).
+    pub fn tag_values(&self, t: &TraceData, i: usize, field: &Field) -> Vec<String> {
+        let e = match field {
+            Field::Attribute(a) => self.attribute(t, i, a),
+            Field::Intrinsic(x) => self.intrinsic(t, i, *x),
+        };
+        e.values()
+            .iter()
+            .map(|v| {
+                let (ty, text) = match v {
+                    V::Str(s) => ("string", s.to_string()),
+                    V::Int(x) => ("int", x.to_string()),
+                    V::Float(x) => ("float", x.to_string()),
+                    V::Bool(x) => ("bool", x.to_string()),
+                    V::Dur(x) => ("duration", format_duration(*x)),
+                    V::Status(x) => ("keyword", x.as_str().to_string()),
+                    V::Kind(x) => ("keyword", x.as_str().to_string()),
+                };
+                super::udf::tag_value_text(ty, &text)
+            })
+            .collect()
+    }
+
     fn pipeline_sets(&self, p: &Pipeline, mut sets: Vec<SpanSet>, t: &TraceData) -> Vec<SpanSet> {
         for stage in &p.stages {
             sets = match stage {

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod prune;
 pub mod search;
 pub mod table;
+pub mod tags;
 pub mod udf;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,8 @@ pub enum QueryError {
     Memory(#[from] crate::block::BlockError),
     #[error("query engine: {0}")]
     Engine(#[from] datafusion::error::DataFusionError),
+    #[error("query engine: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
 }
 
 /// A trace as returned to clients, with what it took to assemble it.
@@ -52,6 +55,26 @@ impl Querier {
     pub fn new(ingester: Arc<Ingester>, blocks: Arc<BlockStore>, metrics: Arc<Metrics>) -> Result<Self, QueryError> {
         let engine = search::SearchEngine::new(ingester.clone(), blocks.clone())?;
         Ok(Querier { ingester, blocks, metrics, engine })
+    }
+
+    /// Tag names per scope.
+    pub async fn tag_names(
+        &self,
+        tenant: &Tenant,
+        scopes: &[tags::TagScope],
+        req: &tags::TagRequest,
+    ) -> Result<Vec<(tags::TagScope, Vec<String>)>, QueryError> {
+        self.engine.tag_names(tenant, scopes, req).await
+    }
+
+    /// Distinct values of one tag.
+    pub async fn tag_values(
+        &self,
+        tenant: &Tenant,
+        tag: &query_lang::Field,
+        req: &tags::TagRequest,
+    ) -> Result<Vec<tags::TagValue>, QueryError> {
+        self.engine.tag_values(tenant, tag, req).await
     }
 
     /// A TraceQL search over everything the tenant has stored, newest traces first.

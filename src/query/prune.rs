@@ -30,6 +30,24 @@ pub struct Slots {
 }
 
 impl Slots {
+    /// The string slot column holding resource (`resource = true`) or span attribute `key`, if any.
+    pub fn string_slot(&self, resource: bool, key: &str) -> Option<&str> {
+        if resource { self.res_str.get(key) } else { self.span_str.get(key) }.map(String::as_str)
+    }
+
+    /// The int slot column holding span attribute `key`, if any.
+    pub fn int_slot(&self, key: &str) -> Option<&str> {
+        self.span_int.get(key).map(String::as_str)
+    }
+
+    /// Every dedicated attribute: (is a resource attribute, key).
+    pub fn keys(&self) -> impl Iterator<Item = (bool, &str)> {
+        self.res_str
+            .keys()
+            .map(|k| (true, k.as_str()))
+            .chain(self.span_str.keys().chain(self.span_int.keys()).map(|k| (false, k.as_str())))
+    }
+
     pub fn new(dedicated: &[DedicatedColumn]) -> Self {
         let mut s = Slots::default();
         for d in dedicated {

@@ -92,12 +92,20 @@ pub struct SearchResult {
 }
 
 /// Where a search reads from.
-enum Source {
+pub(crate) enum Source {
     Memory(Vec<RecordBatch>),
     Block(Arc<BlockEntry>),
 }
 
 impl Source {
+    /// The block's ID, or `None` for memory.
+    pub(crate) fn block(&self) -> Option<&Arc<BlockEntry>> {
+        match self {
+            Source::Memory(_) => None,
+            Source::Block(b) => Some(b),
+        }
+    }
+
     /// Latest span start any trace fragment of this source can have.
     fn max_start(&self) -> u64 {
         match self {
@@ -111,7 +119,9 @@ impl Source {
 pub struct SearchEngine {
     runtime: Arc<RuntimeEnv>,
     ingester: Arc<Ingester>,
-    blocks: Arc<BlockStore>,
+    pub(crate) blocks: Arc<BlockStore>,
+    /// Tag names and values per block (blocks never change, so entries never go stale), bounded.
+    pub(crate) tag_cache: parking_lot::Mutex<HashMap<(String, String), Arc<Vec<String>>>>,
 }
 
 impl SearchEngine {
@@ -119,30 +129,32 @@ impl SearchEngine {
         let runtime = Arc::new(RuntimeEnv::default());
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(super::table::STORE_URL)?;
         runtime.register_object_store(url.as_ref(), blocks.object_store());
-        Ok(SearchEngine { runtime, ingester, blocks })
+        Ok(SearchEngine { runtime, ingester, blocks, tag_cache: parking_lot::Mutex::new(HashMap::new()) })
     }
 
-    fn context(&self) -> SessionContext {
+    pub(crate) fn context(&self) -> SessionContext {
         // Blocks are scanned concurrently by the search itself; one partition per scan avoids re-partitioning
         // small files.
         let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
         SessionContext::new_with_config_rt(config, self.runtime.clone())
     }
 
-    pub async fn search(&self, tenant: &Tenant, req: &SearchRequest) -> Result<SearchResult, QueryError> {
-        let eval = Evaluator::new(req.pipeline.clone());
-        let limit = req.limit.max(1);
-        let mut stats = SearchStats::default();
-
-        // Memory first (it may hold anything, and it is read before the block list so a head that moves into a
-        // block meanwhile is seen at least once), then blocks by newest end time.
+    /// The sources a query over `[start, end]` reads: memory first (it may hold anything, and it is read before
+    /// the block list so a head that moves into a block meanwhile is seen at least once), then blocks overlapping
+    /// the range, newest end time first. Also returns every block of the tenant, for fetching whole traces.
+    pub(crate) fn sources(
+        &self,
+        tenant: &Tenant,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> Result<(Vec<Source>, Vec<Arc<BlockEntry>>), QueryError> {
         let mut sources = vec![Source::Memory(self.ingester.search_batches(tenant)?)];
         let all_blocks = self.blocks.blocks(tenant);
         let mut in_range: Vec<Arc<BlockEntry>> = all_blocks
             .iter()
             .filter(|b| {
-                req.end.is_none_or(|e| b.meta.start_time_unix_nano <= e)
-                    && req.start.is_none_or(|s| b.meta.end_time_unix_nano >= s)
+                end.is_none_or(|e| b.meta.start_time_unix_nano <= e)
+                    && start.is_none_or(|s| b.meta.end_time_unix_nano >= s)
             })
             .cloned()
             .collect();
@@ -152,9 +164,29 @@ impl SearchEngine {
                 .cmp(&a.meta.end_time_unix_nano)
                 .then_with(|| a.meta.block_id.cmp(&b.meta.block_id))
         });
-        stats.total_blocks = in_range.len() as u32;
-        stats.total_block_bytes = in_range.iter().map(|b| b.meta.data_size).sum();
         sources.extend(in_range.into_iter().map(Source::Block));
+        Ok((sources, all_blocks))
+    }
+
+    pub async fn search(&self, tenant: &Tenant, req: &SearchRequest) -> Result<SearchResult, QueryError> {
+        self.search_with(tenant, req, None).await
+    }
+
+    /// Runs a search; when `keep` is given, every matching trace's spans are also handed over (tag values
+    /// narrowed by a query need them).
+    pub(crate) async fn search_with(
+        &self,
+        tenant: &Tenant,
+        req: &SearchRequest,
+        mut keep: Option<&mut Vec<TraceData>>,
+    ) -> Result<SearchResult, QueryError> {
+        let eval = Evaluator::new(req.pipeline.clone());
+        let limit = req.limit.max(1);
+        let mut stats = SearchStats::default();
+        let (sources, all_blocks) = self.sources(tenant, req.start, req.end)?;
+        stats.total_blocks = (sources.len() - 1) as u32;
+        stats.total_block_bytes =
+            sources.iter().map(|s| if let Source::Block(b) = s { b.meta.data_size } else { 0 }).sum();
         stats.total_jobs = sources.len() as u32;
 
         let ctx = self.context();
@@ -179,7 +211,8 @@ impl SearchEngine {
                 if batch.is_empty() {
                     break;
                 }
-                self.evaluate(tenant, &all_blocks, &eval, req, batch, &mut hits, &mut stats).await?;
+                self.evaluate(tenant, &all_blocks, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut())
+                    .await?;
                 hits.sort_by(|a, b| {
                     b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id))
                 });
@@ -206,26 +239,33 @@ impl SearchEngine {
         Ok(SearchResult { traces: hits, stats })
     }
 
+    /// A DataFusion table over one source, with the source's dedicated slots; `None` when it holds nothing.
+    pub(crate) fn table(
+        &self,
+        tenant: &Tenant,
+        source: &Source,
+    ) -> Result<Option<(Arc<dyn TableProvider>, Slots)>, QueryError> {
+        Ok(match source {
+            Source::Memory(batches) if batches.is_empty() => None,
+            Source::Memory(batches) => {
+                Some((Arc::new(MemTable::try_new(schema::schema(), vec![batches.clone()])?), Slots::default()))
+            }
+            Source::Block(b) => Some((
+                Arc::new(BlockTable::new(tenant, b, self.blocks.object_store())),
+                Slots::new(&b.meta.dedicated_columns),
+            )),
+        })
+    }
+
     /// Phase 1 over one source: candidate trace IDs with the earliest start of their rows there.
-    async fn candidates(
+    pub(crate) async fn candidates(
         &self,
         ctx: &SessionContext,
         tenant: &Tenant,
         pipeline: &Pipeline,
         source: &Source,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
-        let (table, slots): (Arc<dyn TableProvider>, Slots) = match source {
-            Source::Memory(batches) => {
-                if batches.is_empty() {
-                    return Ok(Vec::new());
-                }
-                (Arc::new(MemTable::try_new(schema::schema(), vec![batches.clone()])?), Slots::default())
-            }
-            Source::Block(b) => (
-                Arc::new(BlockTable::new(tenant, b, self.blocks.object_store())),
-                Slots::new(&b.meta.dedicated_columns),
-            ),
-        };
+        let Some((table, slots)) = self.table(tenant, source)? else { return Ok(Vec::new()) };
         let mut df = ctx.read_table(table)?;
         if let Some(filter) = candidate_filter(pipeline, &slots) {
             df = df.filter(filter)?;
@@ -255,7 +295,9 @@ impl SearchEngine {
         mut ids: Vec<TraceId>,
         hits: &mut Vec<TraceHit>,
         stats: &mut SearchStats,
+        keep: Option<&mut Vec<TraceData>>,
     ) -> Result<(), QueryError> {
+        let mut keep = keep;
         ids.sort_unstable();
         let mut spans: HashMap<TraceId, Vec<SpanRecord>> = HashMap::with_capacity(ids.len());
         for id in &ids {
@@ -300,6 +342,9 @@ impl SearchEngine {
                 continue;
             }
             hits.push(trace_hit(&t, eval, sets, req.spans_per_spanset));
+            if let Some(k) = keep.as_deref_mut() {
+                k.push(t);
+            }
         }
         Ok(())
     }

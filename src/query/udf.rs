@@ -104,3 +104,214 @@ impl ScalarUDFImpl for AttrMayMatch {
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
+
+/// The item struct of an attribute list, or of a list of events/links whose items carry an `attrs` list.
+enum AttrLists<'a> {
+    /// `List<Struct<key, kind, s, i, d, b, raw>>`: one list per row.
+    Direct(&'a ListArray),
+    /// `List<Struct<..., attrs: List<attr>>>`: a list of lists per row.
+    Nested(&'a ListArray, &'a ListArray),
+}
+
+impl<'a> AttrLists<'a> {
+    fn new(list: &'a ListArray) -> Result<Self> {
+        let items: &StructArray = list.values().as_struct();
+        if items.column_by_name("key").is_some() {
+            return Ok(AttrLists::Direct(list));
+        }
+        let inner = items
+            .column_by_name("attrs")
+            .and_then(|c| c.as_any().downcast_ref::<ListArray>())
+            .ok_or_else(|| DataFusionError::Execution("expected an attribute list column".into()))?;
+        Ok(AttrLists::Nested(list, inner))
+    }
+
+    /// The attribute item range(s) of `row`, as index ranges into the innermost attribute struct array.
+    fn ranges(&self, row: usize) -> Vec<std::ops::Range<usize>> {
+        match self {
+            AttrLists::Direct(l) => {
+                let o = l.value_offsets();
+                vec![o[row] as usize..o[row + 1] as usize]
+            }
+            AttrLists::Nested(outer, inner) => {
+                let (o, i) = (outer.value_offsets(), inner.value_offsets());
+                (o[row] as usize..o[row + 1] as usize).map(|j| i[j] as usize..i[j + 1] as usize).collect()
+            }
+        }
+    }
+
+    fn attrs(&self) -> &'a StructArray {
+        match self {
+            AttrLists::Direct(l) => l.values().as_struct(),
+            AttrLists::Nested(_, inner) => inner.values().as_struct(),
+        }
+    }
+}
+
+fn list_arg(v: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
+    v.to_array(rows)
+}
+
+fn utf8_list(values: Vec<Vec<String>>) -> ArrayRef {
+    let mut b = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+    for row in values {
+        for v in row {
+            b.values().append_value(v);
+        }
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+/// `attr_keys(list)`: the attribute keys of each row (for events and links, of all their items).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AttrKeys {
+    signature: Signature,
+}
+
+pub fn attr_keys(list: Expr) -> Expr {
+    ScalarUDF::new_from_impl(AttrKeys { signature: Signature::any(1, Volatility::Immutable) }).call(vec![list])
+}
+
+impl ScalarUDFImpl for AttrKeys {
+    fn name(&self) -> &str {
+        "attr_keys"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::new_list(DataType::Utf8, true))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [list] = args.args.as_slice() else {
+            return Err(DataFusionError::Execution("attr_keys takes one argument".into()));
+        };
+        let arr = list_arg(list, args.number_rows)?;
+        let list = arr
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .ok_or_else(|| DataFusionError::Execution("attr_keys: argument is not a list".into()))?;
+        let lists = AttrLists::new(list)?;
+        let keys: &StringArray = lists
+            .attrs()
+            .column_by_name("key")
+            .ok_or_else(|| DataFusionError::Execution("attr_keys: items lack key".into()))?
+            .as_string();
+        let rows = (0..list.len())
+            .map(|row| {
+                let mut v: Vec<String> =
+                    lists.ranges(row).into_iter().flatten().map(|j| keys.value(j).to_string()).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .collect();
+        Ok(ColumnarValue::Array(utf8_list(rows)))
+    }
+}
+
+/// A typed value rendered for tag-value listings: `type`, then a unit separator, then the value.
+pub fn tag_value_text(ty: &str, value: &str) -> String {
+    format!("{ty}\u{1f}{value}")
+}
+
+/// `attr_values(list, key)`: the values of `key` in each row, typed and rendered (`tag_value_text`); array
+/// elements are listed one by one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AttrValues {
+    signature: Signature,
+}
+
+pub fn attr_values(list: Expr, key: &str) -> Expr {
+    ScalarUDF::new_from_impl(AttrValues { signature: Signature::any(2, Volatility::Immutable) })
+        .call(vec![list, Expr::Literal(ScalarValue::Utf8(Some(key.to_string())), None)])
+}
+
+fn render_any(v: &opentelemetry_proto::tonic::common::v1::AnyValue, out: &mut Vec<String>) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match &v.value {
+        Some(Value::StringValue(s)) => out.push(tag_value_text("string", s)),
+        Some(Value::IntValue(i)) => out.push(tag_value_text("int", &i.to_string())),
+        Some(Value::DoubleValue(d)) => out.push(tag_value_text("float", &d.to_string())),
+        Some(Value::BoolValue(b)) => out.push(tag_value_text("bool", &b.to_string())),
+        Some(Value::ArrayValue(a)) => {
+            for x in &a.values {
+                if !matches!(x.value, Some(Value::ArrayValue(_))) {
+                    render_any(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl ScalarUDFImpl for AttrValues {
+    fn name(&self) -> &str {
+        "attr_values"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::new_list(DataType::Utf8, true))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use prost::Message;
+        let [list, key] = args.args.as_slice() else {
+            return Err(DataFusionError::Execution("attr_values takes two arguments".into()));
+        };
+        let Some(key) = scalar_str(key)? else {
+            return Err(DataFusionError::Execution("attr_values: key must be a string".into()));
+        };
+        let arr = list_arg(list, args.number_rows)?;
+        let list = arr
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .ok_or_else(|| DataFusionError::Execution("attr_values: argument is not a list".into()))?;
+        let lists = AttrLists::new(list)?;
+        let attrs = lists.attrs();
+        let child = |name: &str| {
+            attrs
+                .column_by_name(name)
+                .ok_or_else(|| DataFusionError::Execution(format!("attr_values: items lack {name}")))
+        };
+        let keys: &StringArray = child("key")?.as_string();
+        let kinds: &Int8Array = child("kind")?.as_primitive();
+        let s: &StringArray = child("s")?.as_string();
+        let i: &arrow::array::Int64Array = child("i")?.as_primitive();
+        let d: &arrow::array::Float64Array = child("d")?.as_primitive();
+        let b: &arrow::array::BooleanArray = child("b")?.as_boolean();
+        let raw: &arrow::array::BinaryArray = child("raw")?.as_binary();
+        let rows = (0..list.len())
+            .map(|row| {
+                let mut out = Vec::new();
+                for j in lists.ranges(row).into_iter().flatten() {
+                    if keys.value(j) != key {
+                        continue;
+                    }
+                    match kinds.value(j) {
+                        kind::STRING => out.push(tag_value_text("string", s.value(j))),
+                        kind::INT => out.push(tag_value_text("int", &i.value(j).to_string())),
+                        kind::DOUBLE => out.push(tag_value_text("float", &d.value(j).to_string())),
+                        kind::BOOL => out.push(tag_value_text("bool", &b.value(j).to_string())),
+                        kind::ARRAY => {
+                            if let Ok(v) = opentelemetry_proto::tonic::common::v1::AnyValue::decode(raw.value(j)) {
+                                render_any(&v, &mut out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                out
+            })
+            .collect();
+        Ok(ColumnarValue::Array(utf8_list(rows)))
+    }
+}

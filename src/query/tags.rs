@@ -1,0 +1,423 @@
+//! Tag names and tag values (Grafana's autocomplete), for any attribute, over blocks and memory.
+//!
+//! Without a query, each source is scanned by DataFusion: `attr_keys` / `attr_values` list the generic attributes'
+//! keys or typed values per row, `unnest` + `GROUP BY` makes them distinct, and dedicated slot columns are grouped
+//! directly. Blocks never change, so each block's answer is cached. With a query (`q`), the search runs first and
+//! the names or values come from the spans of the traces it matched.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Int8Type};
+use datafusion::logical_expr::{Expr, col};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use query_lang::{Attribute, Field, Intrinsic, Pipeline, Scope};
+
+use super::QueryError;
+use super::eval::{Evaluator, TraceData};
+use super::search::{SearchEngine, SearchRequest, Source};
+use super::udf::{attr_keys, attr_values, tag_value_text};
+use crate::block::schema::col as c;
+use crate::model::Tenant;
+
+/// The scopes of `/api/v2/search/tags`, in the order Tempo lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TagScope {
+    Resource,
+    Span,
+    Event,
+    Link,
+    Instrumentation,
+    Intrinsic,
+}
+
+impl TagScope {
+    pub const ALL: [TagScope; 6] = [
+        TagScope::Resource,
+        TagScope::Span,
+        TagScope::Event,
+        TagScope::Link,
+        TagScope::Instrumentation,
+        TagScope::Intrinsic,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TagScope::Resource => "resource",
+            TagScope::Span => "span",
+            TagScope::Event => "event",
+            TagScope::Link => "link",
+            TagScope::Instrumentation => "instrumentation",
+            TagScope::Intrinsic => "intrinsic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TagScope> {
+        TagScope::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// The attribute list column the scope's attributes live in.
+    fn list_column(self) -> Option<&'static str> {
+        Some(match self {
+            TagScope::Resource => c::RESOURCE_ATTRS,
+            TagScope::Span => c::SPAN_ATTRS,
+            TagScope::Event => c::EVENTS,
+            TagScope::Link => c::LINKS,
+            TagScope::Instrumentation => c::SCOPE_ATTRS,
+            TagScope::Intrinsic => return None,
+        })
+    }
+}
+
+/// Intrinsic names offered for autocomplete (those a user filters on).
+pub const INTRINSIC_TAGS: &[&str] = &[
+    "duration",
+    "event:name",
+    "event:timeSinceStart",
+    "instrumentation:name",
+    "instrumentation:version",
+    "kind",
+    "link:spanID",
+    "link:traceID",
+    "name",
+    "rootName",
+    "rootServiceName",
+    "span:childCount",
+    "span:duration",
+    "span:id",
+    "span:kind",
+    "span:name",
+    "span:parentID",
+    "span:status",
+    "span:statusMessage",
+    "status",
+    "statusMessage",
+    "trace:duration",
+    "trace:id",
+    "trace:rootName",
+    "trace:rootService",
+    "traceDuration",
+];
+
+/// What a tag request covers.
+pub struct TagRequest {
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+    /// Only names/values from traces this pipeline matches.
+    pub narrow: Option<Pipeline>,
+    /// At most this many names per scope, or values.
+    pub limit: usize,
+}
+
+/// One distinct value of a tag: its type (`string int float bool duration keyword`) and text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TagValue {
+    pub ty: String,
+    pub value: String,
+}
+
+/// Bound on cached per-block answers; the cache is simply cleared when it grows past it.
+const TAG_CACHE_ENTRIES: usize = 20_000;
+
+impl SearchEngine {
+    /// Distinct attribute keys per scope (intrinsics are a fixed list).
+    pub async fn tag_names(
+        &self,
+        tenant: &Tenant,
+        scopes: &[TagScope],
+        req: &TagRequest,
+    ) -> Result<Vec<(TagScope, Vec<String>)>, QueryError> {
+        let mut out: Vec<(TagScope, BTreeSet<String>)> = scopes.iter().map(|s| (*s, BTreeSet::new())).collect();
+        if let Some(p) = &req.narrow {
+            for t in self.matching(tenant, p, req).await? {
+                for r in &t.spans {
+                    for (scope, names) in &mut out {
+                        let lists: Vec<&[KeyValue]> = match scope {
+                            TagScope::Resource => vec![&r.origin.resource.attributes],
+                            TagScope::Span => vec![&r.span.attributes],
+                            TagScope::Instrumentation => vec![&r.origin.scope.attributes],
+                            TagScope::Event => r.span.events.iter().map(|e| e.attributes.as_slice()).collect(),
+                            TagScope::Link => r.span.links.iter().map(|l| l.attributes.as_slice()).collect(),
+                            TagScope::Intrinsic => vec![],
+                        };
+                        names.extend(lists.into_iter().flatten().map(|kv| kv.key.clone()));
+                    }
+                }
+            }
+        } else {
+            let (sources, _) = self.sources(tenant, req.start, req.end)?;
+            for source in &sources {
+                for (scope, names) in &mut out {
+                    let Some(list) = scope.list_column() else { continue };
+                    names.extend(
+                        self.cached(tenant, source, &format!("names:{list}"), async move |e| e.keys(list).await)
+                            .await?
+                            .iter()
+                            .cloned(),
+                    );
+                    if let Some(b) = source.block() {
+                        let slots = super::prune::Slots::new(&b.meta.dedicated_columns);
+                        for (resource, key) in slots.keys() {
+                            let s = if resource { TagScope::Resource } else { TagScope::Span };
+                            if s == *scope {
+                                names.insert(key.to_string());
+                            }
+                        }
+                    }
+                    if *scope == TagScope::Resource {
+                        let svc = self
+                            .cached(tenant, source, "values:service_name", async move |e| {
+                                e.column_values(c::SERVICE_NAME).await
+                            })
+                            .await?;
+                        if !svc.is_empty() {
+                            names.insert("service.name".into());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(scope, names)| {
+                let v: Vec<String> = if scope == TagScope::Intrinsic {
+                    INTRINSIC_TAGS.iter().map(|s| s.to_string()).collect()
+                } else {
+                    names.into_iter().collect()
+                };
+                (scope, v.into_iter().take(req.limit).collect())
+            })
+            .collect())
+    }
+
+    /// Distinct typed values of one tag.
+    pub async fn tag_values(
+        &self,
+        tenant: &Tenant,
+        tag: &Field,
+        req: &TagRequest,
+    ) -> Result<Vec<TagValue>, QueryError> {
+        let mut texts: BTreeSet<String> = BTreeSet::new();
+        if let Some(p) = &req.narrow {
+            let eval = Evaluator::new(p.clone());
+            for t in self.matching(tenant, p, req).await? {
+                for i in 0..t.spans.len() {
+                    texts.extend(eval.tag_values(&t, i, tag));
+                }
+            }
+        } else {
+            let (sources, _) = self.sources(tenant, req.start, req.end)?;
+            for source in &sources {
+                texts.extend(self.source_values(tenant, source, tag).await?);
+            }
+        }
+        let mut out: Vec<TagValue> = texts
+            .into_iter()
+            .filter_map(|t| {
+                let (ty, value) = t.split_once('\u{1f}')?;
+                Some(TagValue { ty: ty.to_string(), value: value.to_string() })
+            })
+            .collect();
+        out.truncate(req.limit);
+        Ok(out)
+    }
+
+    /// Every trace the pipeline matches in the range, whole.
+    async fn matching(&self, tenant: &Tenant, p: &Pipeline, req: &TagRequest) -> Result<Vec<TraceData>, QueryError> {
+        let search = SearchRequest {
+            pipeline: p.clone(),
+            limit: usize::MAX,
+            spans_per_spanset: 0,
+            start: req.start,
+            end: req.end,
+        };
+        let mut kept = Vec::new();
+        self.search_with(tenant, &search, Some(&mut kept)).await?;
+        Ok(kept)
+    }
+
+    /// Tag values in one source, from the generic lists and slot columns that can hold the tag.
+    async fn source_values(&self, tenant: &Tenant, source: &Source, tag: &Field) -> Result<Vec<String>, QueryError> {
+        let slots = source.block().map(|b| super::prune::Slots::new(&b.meta.dedicated_columns)).unwrap_or_default();
+        let mut out: Vec<String> = Vec::new();
+        match tag {
+            Field::Attribute(Attribute { scope, name, .. }) => {
+                let scopes: &[TagScope] = match scope {
+                    Scope::Span => &[TagScope::Span],
+                    Scope::Resource => &[TagScope::Resource],
+                    Scope::Event => &[TagScope::Event],
+                    Scope::Link => &[TagScope::Link],
+                    Scope::Instrumentation => &[TagScope::Instrumentation],
+                    Scope::Unscoped => &[TagScope::Span, TagScope::Resource, TagScope::Link, TagScope::Event],
+                };
+                for s in scopes {
+                    let Some(list) = s.list_column() else { continue };
+                    let key = format!("values:{list}:{name}");
+                    out.extend(
+                        self.cached(tenant, source, &key, async move |e| e.list_values(list, name).await)
+                            .await?
+                            .iter()
+                            .cloned(),
+                    );
+                    let resource = *s == TagScope::Resource;
+                    if resource && name == "service.name" {
+                        out.extend(self.typed(tenant, source, c::SERVICE_NAME, "string").await?);
+                    }
+                    if matches!(s, TagScope::Resource | TagScope::Span) {
+                        if let Some(slot) = slots.string_slot(resource, name) {
+                            out.extend(self.typed(tenant, source, slot, "string").await?);
+                        }
+                        if let (false, Some(slot)) = (resource, slots.int_slot(name)) {
+                            out.extend(self.typed(tenant, source, slot, "int").await?);
+                        }
+                    }
+                }
+            }
+            Field::Intrinsic(i) => match i {
+                Intrinsic::Name => out.extend(self.typed(tenant, source, c::NAME, "string").await?),
+                Intrinsic::StatusMessage => out.extend(self.typed(tenant, source, c::STATUS_MESSAGE, "string").await?),
+                Intrinsic::TraceRootService => out.extend(self.typed(tenant, source, c::ROOT_SERVICE, "string").await?),
+                Intrinsic::TraceRootName => out.extend(self.typed(tenant, source, c::ROOT_NAME, "string").await?),
+                Intrinsic::InstrumentationName => {
+                    out.extend(self.typed(tenant, source, c::SCOPE_NAME, "string").await?)
+                }
+                Intrinsic::InstrumentationVersion => {
+                    out.extend(self.typed(tenant, source, c::SCOPE_VERSION, "string").await?)
+                }
+                Intrinsic::Status => {
+                    let codes = self
+                        .cached(tenant, source, "values:status", async move |e| e.column_values(c::STATUS_CODE).await)
+                        .await?;
+                    out.extend(codes.iter().map(|code| {
+                        let name = match code.as_str() {
+                            "1" => "ok",
+                            "2" => "error",
+                            _ => "unset",
+                        };
+                        tag_value_text("keyword", name)
+                    }));
+                }
+                Intrinsic::Kind => {
+                    let kinds = self
+                        .cached(tenant, source, "values:kind", async move |e| e.column_values(c::KIND).await)
+                        .await?;
+                    out.extend(kinds.iter().map(|k| {
+                        let name = match k.as_str() {
+                            "1" => "internal",
+                            "2" => "server",
+                            "3" => "client",
+                            "4" => "producer",
+                            "5" => "consumer",
+                            _ => "unspecified",
+                        };
+                        tag_value_text("keyword", name)
+                    }));
+                }
+                // Durations and IDs have as many values as spans: not offered, as in Tempo.
+                _ => {}
+            },
+        }
+        Ok(out)
+    }
+
+    /// Distinct non-null values of a column, rendered with type `ty`.
+    async fn typed(&self, tenant: &Tenant, source: &Source, column: &str, ty: &str) -> Result<Vec<String>, QueryError> {
+        let v = self
+            .cached(tenant, source, &format!("values:{column}"), async move |e| e.column_values(column).await)
+            .await?;
+        Ok(v.iter().map(|x| tag_value_text(ty, x)).collect())
+    }
+
+    /// Runs `f` over the source's table, caching the answer for blocks.
+    async fn cached<F>(
+        &self,
+        tenant: &Tenant,
+        source: &Source,
+        what: &str,
+        f: F,
+    ) -> Result<Arc<Vec<String>>, QueryError>
+    where
+        F: AsyncFnOnce(ScanOf<'_>) -> Result<Vec<String>, QueryError>,
+    {
+        let key = source.block().map(|b| (b.meta.block_id.clone(), what.to_string()));
+        if let Some(k) = &key
+            && let Some(hit) = self.tag_cache.lock().get(k)
+        {
+            return Ok(hit.clone());
+        }
+        let Some((table, _)) = self.table(tenant, source)? else { return Ok(Arc::new(Vec::new())) };
+        let ctx = self.context();
+        let v = Arc::new(f(ScanOf { ctx: &ctx, table }).await?);
+        if let Some(k) = key {
+            let mut cache = self.tag_cache.lock();
+            if cache.len() >= TAG_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(k, v.clone());
+        }
+        Ok(v)
+    }
+}
+
+/// One source's table, ready for the small DataFusion plans tags need.
+pub(crate) struct ScanOf<'a> {
+    ctx: &'a datafusion::prelude::SessionContext,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+}
+
+impl ScanOf<'_> {
+    /// `SELECT DISTINCT unnest(expr)` where `expr` yields a list of strings per row.
+    async fn distinct_unnested(&self, expr: Expr) -> Result<Vec<String>, QueryError> {
+        let df = self
+            .ctx
+            .read_table(self.table.clone())?
+            .select(vec![expr.alias("v")])?
+            .unnest_columns(&["v"])?
+            .aggregate(vec![col("v")], vec![])?;
+        strings(df.collect().await?)
+    }
+
+    async fn keys(&self, list: &str) -> Result<Vec<String>, QueryError> {
+        self.distinct_unnested(attr_keys(col(list))).await
+    }
+
+    async fn list_values(&self, list: &str, key: &str) -> Result<Vec<String>, QueryError> {
+        self.distinct_unnested(attr_values(col(list), key)).await
+    }
+
+    /// Distinct non-null values of a plain column, as text.
+    async fn column_values(&self, column: &str) -> Result<Vec<String>, QueryError> {
+        let df = self
+            .ctx
+            .read_table(self.table.clone())?
+            .filter(col(column).is_not_null())?
+            .aggregate(vec![col(column)], vec![])?;
+        let mut out = Vec::new();
+        for b in df.collect().await? {
+            let a = b.column(0);
+            match a.data_type() {
+                DataType::Int8 => {
+                    let a = a.as_primitive::<Int8Type>();
+                    out.extend((0..a.len()).filter(|&i| a.is_valid(i)).map(|i| a.value(i).to_string()));
+                }
+                DataType::Int64 => {
+                    let a = a.as_primitive::<arrow::datatypes::Int64Type>();
+                    out.extend((0..a.len()).filter(|&i| a.is_valid(i)).map(|i| a.value(i).to_string()));
+                }
+                _ => out.extend(strings(vec![b])?),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn strings(batches: Vec<arrow::array::RecordBatch>) -> Result<Vec<String>, QueryError> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let a = a.as_string::<i32>();
+        out.extend((0..a.len()).filter(|&i| a.is_valid(i)).map(|i| a.value(i).to_string()));
+    }
+    Ok(out)
+}
