@@ -105,6 +105,7 @@ async fn flush(State(api): State<Api>) -> Response {
 }
 
 /// An error answer: status and a plain-text message.
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {

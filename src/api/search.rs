@@ -211,6 +211,10 @@ pub fn to_proto(r: &SearchResult) -> tempopb::SearchResponse {
             total_jobs: s.total_jobs,
             total_block_bytes: s.total_block_bytes,
             inspected_spans: s.inspected_spans,
+            // Newer than the Tempo revision Grafana pins: left at zero, so never encoded.
+            backend_reads: 0,
+            backend_bytes: 0,
+            additional_metrics: Default::default(),
         }),
     }
 }

@@ -173,12 +173,13 @@ pub fn batch_to_spans(
         if !service.is_null(i) {
             resource.attributes.push(kv("service.name", string_value(service.value(i))));
         }
-        res_attrs.read_into(i, &mut resource.attributes)?;
+        // Slot values first: the writer moves only a key's first occurrence into a slot.
         for (k, a) in &res_slots {
             if !a.is_null(i) {
                 resource.attributes.push(kv(*k, string_value(a.value(i))));
             }
         }
+        res_attrs.read_into(i, &mut resource.attributes)?;
         let origin = Origin {
             resource,
             resource_schema_url: opt_str(res_schema, i),
@@ -199,7 +200,7 @@ pub fn batch_to_spans(
             }
         };
 
-        let mut attributes = span_attrs.read(i)?;
+        let mut attributes = Vec::new();
         for (k, a) in &span_slots {
             if !a.is_null(i) {
                 attributes.push(kv(*k, string_value(a.value(i))));
@@ -210,6 +211,7 @@ pub fn batch_to_spans(
                 attributes.push(kv(*k, int_value(a.value(i))));
             }
         }
+        span_attrs.read_into(i, &mut attributes)?;
         let offs = ev_list.value_offsets();
         let events = (offs[i] as usize..offs[i + 1] as usize)
             .map(|j| {

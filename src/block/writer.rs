@@ -461,7 +461,9 @@ impl Rows {
         let split = self.res_split.entry(Arc::as_ptr(origin)).or_insert_with(|| {
             let mut sp = ResourceSplit { service: None, slots: [None; RES_STR_SLOTS], generic: Vec::new() };
             for (idx, kv) in origin.resource.attributes.iter().enumerate() {
-                if let Some(Value::StringValue(_)) = value_of(kv) {
+                // As for span attributes, only a key's first occurrence may leave the generic list.
+                let first = !origin.resource.attributes[..idx].iter().any(|o| o.key == kv.key);
+                if first && let Some(Value::StringValue(_)) = value_of(kv) {
                     if kv.key == "service.name" && sp.service.is_none() {
                         sp.service = Some(idx);
                         continue;
@@ -503,8 +505,13 @@ impl Rows {
 
         let mut str_slots: [Option<&str>; SPAN_STR_SLOTS] = [None; SPAN_STR_SLOTS];
         let mut int_slots: [Option<i64>; SPAN_INT_SLOTS] = [None; SPAN_INT_SLOTS];
+        // Only a key's first occurrence may move to a slot: readers put slot values first, so a repeated key
+        // keeps its first value first.
+        let mut seen: Vec<&str> = Vec::new();
         for kv in &s.attributes {
-            let slots = self.span_keys.get(&kv.key).copied().unwrap_or_default();
+            let first = !seen.contains(&kv.key.as_str());
+            seen.push(&kv.key);
+            let slots = if first { self.span_keys.get(&kv.key).copied().unwrap_or_default() } else { (None, None) };
             match (value_of(kv), slots) {
                 (Some(Value::StringValue(v)), (Some(i), _)) if str_slots[i].is_none() => str_slots[i] = Some(v),
                 (Some(Value::IntValue(v)), (_, Some(i))) if int_slots[i].is_none() => int_slots[i] = Some(*v),

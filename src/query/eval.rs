@@ -342,36 +342,39 @@ impl Evaluator {
 
     fn scalar_filter(&self, f: &ScalarFilter, s: &SpanSet, t: &TraceData) -> bool {
         let (ScalarExpr::Aggregate(agg), ScalarExpr::Literal(lit)) = (&f.lhs, &f.rhs) else { return false };
-        let value = match (agg.op, &agg.expr) {
-            (AggregateOp::Count, _) => s.spans.len() as f64,
+        // (value, is a duration). Durations compare only with durations, numbers only with numbers.
+        let (value, duration) = match (agg.op, &agg.expr) {
+            (AggregateOp::Count, _) => (s.spans.len() as f64, false),
             (_, None) => return false,
             (op, Some(e)) => {
-                let nums: Vec<f64> = s
-                    .spans
-                    .iter()
-                    .filter_map(|&i| match self.field(e, t, i) {
-                        E::One(V::Int(v)) => Some(v as f64),
-                        E::One(V::Float(v)) => Some(v),
-                        E::One(V::Dur(v)) => Some(v as f64),
-                        _ => None,
-                    })
-                    .collect();
-                if nums.is_empty() {
-                    return false;
+                let (mut nums, mut durs) = (Vec::new(), Vec::new());
+                for &i in &s.spans {
+                    match self.field(e, t, i) {
+                        E::One(V::Int(v)) => nums.push(v as f64),
+                        E::One(V::Float(v)) => nums.push(v),
+                        E::One(V::Dur(v)) => durs.push(v as f64),
+                        _ => {}
+                    }
                 }
-                match op {
-                    AggregateOp::Sum => nums.iter().sum(),
-                    AggregateOp::Avg => nums.iter().sum::<f64>() / nums.len() as f64,
-                    AggregateOp::Min => nums.iter().copied().fold(f64::INFINITY, f64::min),
-                    AggregateOp::Max => nums.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    AggregateOp::Count => nums.len() as f64,
-                }
+                let (vals, duration) = match (nums.is_empty(), durs.is_empty()) {
+                    (false, true) => (nums, false),
+                    (true, false) => (durs, true),
+                    _ => return false,
+                };
+                let v = match op {
+                    AggregateOp::Sum => vals.iter().sum(),
+                    AggregateOp::Avg => vals.iter().sum::<f64>() / vals.len() as f64,
+                    AggregateOp::Min => vals.iter().copied().fold(f64::INFINITY, f64::min),
+                    AggregateOp::Max => vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    AggregateOp::Count => vals.len() as f64,
+                };
+                (v, duration)
             }
         };
-        let rhs = match lit {
-            Literal::Int(i) => *i as f64,
-            Literal::Float(f) => *f,
-            Literal::Duration(d) => *d as f64,
+        let rhs = match (lit, duration) {
+            (Literal::Int(i), false) => *i as f64,
+            (Literal::Float(f), false) => *f,
+            (Literal::Duration(d), true) => *d as f64,
             _ => return false,
         };
         cmp_f64(f.op, value, rhs)
@@ -391,8 +394,12 @@ impl Evaluator {
         groups
             .into_iter()
             .map(|(_, v, spans)| {
+                // A later by() of the same expression replaces the earlier value in place.
                 let mut by = s.by.clone();
-                by.push((key.clone(), v));
+                match by.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => slot.1 = v,
+                    None => by.push((key.clone(), v)),
+                }
                 SpanSet { spans, by }
             })
             .collect()
