@@ -1,6 +1,7 @@
 //! The query API on :3200, shaped like Grafana Tempo's so Grafana's Tempo data source works unchanged, plus
 //! operations endpoints (`/ready`, `/metrics`, `/flush`).
 
+mod grpc;
 mod json;
 mod search;
 mod tags;
@@ -21,9 +22,9 @@ use crate::model::{Tenant, TraceId};
 use crate::query::{Querier, TraceResult};
 use crate::telemetry::Metrics;
 
-/// The Tempo-compatible version Strata reports. Kept below 2.2.0 until gRPC streaming is served, because older
-/// Grafana switches streaming on from 2.2.0.
-pub const TEMPO_COMPAT_VERSION: &str = "2.1.0";
+/// The Tempo-compatible version Strata reports. Older Grafana turns gRPC streaming on from 2.2.0, which Strata
+/// serves (`tempopb.StreamingQuerier` on this port).
+pub const TEMPO_COMPAT_VERSION: &str = "2.2.0";
 
 #[derive(Clone)]
 struct Api {
@@ -48,6 +49,7 @@ impl Default for Limits {
 
 /// Builds the query API router.
 pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metrics>) -> Router {
+    let api = Api { querier, ingester, metrics, limits: Limits::default() };
     Router::new()
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(buildinfo))
@@ -61,7 +63,8 @@ pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metri
         .route("/api/v2/search/tags", get(tags::tags_v2))
         .route("/api/search/tag/{tag}/values", get(tags::tag_values_v1))
         .route("/api/v2/search/tag/{tag}/values", get(tags::tag_values_v2))
-        .with_state(Api { querier, ingester, metrics, limits: Limits::default() })
+        .with_state(api.clone())
+        .merge(tonic::service::Routes::new(grpc::service(api)).into_axum_router())
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {

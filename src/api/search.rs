@@ -12,7 +12,7 @@ use query_lang::{Body, ValidationError};
 use serde_json::{Map, Value as Json, json};
 
 use super::{Api, ApiError, bad_request, parse_time, tempopb, tenant, wants_protobuf};
-use crate::query::search::{SearchRequest, SearchResult, TraceHit};
+use crate::query::search::{SearchRequest, SearchResult, SearchStats, TraceHit};
 
 pub const DEFAULT_LIMIT: usize = 20;
 pub const DEFAULT_SPSS: usize = 3;
@@ -33,7 +33,12 @@ pub fn parse_search(q: &str) -> Result<query_lang::Pipeline, ApiError> {
     }
 }
 
-fn number(params: &HashMap<String, String>, key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(super) fn number(
+    params: &HashMap<String, String>,
+    key: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match params.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
         None => Ok(default),
         Some(v) => match v.parse::<u64>() {
@@ -61,28 +66,47 @@ pub fn time_range(params: &HashMap<String, String>) -> Result<(Option<u64>, Opti
     Ok((range[0], range[1]))
 }
 
-/// The TraceQL equivalent of Tempo's legacy search parameters.
+/// The TraceQL equivalent of Tempo's legacy search parameters (HTTP form).
 fn legacy_query(params: &HashMap<String, String>) -> Result<String, ApiError> {
-    let mut conds: Vec<String> = Vec::new();
-    if let Some(tags) = params.get("tags") {
-        for (k, v) in logfmt(tags).map_err(bad_request)? {
-            let value = query_lang::quote_string(&v);
-            conds.push(match k.as_str() {
-                "name" => format!("name = {value}"),
-                "status.code" | "status" => match v.as_str() {
-                    "ok" | "error" | "unset" => format!("status = {v}"),
-                    _ => return Err(bad_request(format!("invalid status {v:?}: use ok, error or unset"))),
-                },
-                _ => format!(".{} = {value}", query_lang::quote_string(&k)),
-            });
-        }
-    }
-    for (key, op) in [("minDuration", ">="), ("maxDuration", "<=")] {
-        if let Some(v) = params.get(key).filter(|v| !v.trim().is_empty()) {
+    let tags = match params.get("tags") {
+        Some(t) => logfmt(t).map_err(bad_request)?,
+        None => Vec::new(),
+    };
+    let mut durations = [None, None];
+    for (i, key) in ["minDuration", "maxDuration"].iter().enumerate() {
+        if let Some(v) = params.get(*key).filter(|v| !v.trim().is_empty()) {
             let d = humantime::parse_duration(v.trim())
                 .map_err(|e| bad_request(format!("invalid {key} parameter {v:?}: {e}")))?;
-            conds.push(format!("traceDuration {op} {}ns", d.as_nanos()));
+            durations[i] = Some(d);
         }
+    }
+    legacy_traceql(&tags, durations[0], durations[1])
+}
+
+/// Legacy tag search as TraceQL: each tag an attribute condition (`name` and `status.code` are the span's),
+/// and the duration bounds on the trace's duration.
+pub(super) fn legacy_traceql(
+    tags: &[(String, String)],
+    min: Option<std::time::Duration>,
+    max: Option<std::time::Duration>,
+) -> Result<String, ApiError> {
+    let mut conds: Vec<String> = Vec::new();
+    for (k, v) in tags {
+        let value = query_lang::quote_string(v);
+        conds.push(match k.as_str() {
+            "name" => format!("name = {value}"),
+            "status.code" | "status" => match v.as_str() {
+                "ok" | "error" | "unset" => format!("status = {v}"),
+                _ => return Err(bad_request(format!("invalid status {v:?}: use ok, error or unset"))),
+            },
+            _ => format!(".{} = {value}", query_lang::quote_string(k)),
+        });
+    }
+    if let Some(d) = min {
+        conds.push(format!("traceDuration >= {}ns", d.as_nanos()));
+    }
+    if let Some(d) = max {
+        conds.push(format!("traceDuration <= {}ns", d.as_nanos()));
     }
     Ok(format!("{{ {} }}", conds.join(" && ")))
 }
@@ -163,7 +187,7 @@ fn short_hex(id: &crate::model::TraceId) -> String {
     if t.is_empty() { "0".into() } else { t.into() }
 }
 
-fn trace_meta(t: &TraceHit) -> tempopb::TraceSearchMetadata {
+pub(super) fn trace_meta(t: &TraceHit) -> tempopb::TraceSearchMetadata {
     let span_sets: Vec<tempopb::SpanSet> = t
         .spansets
         .iter()
@@ -199,23 +223,26 @@ fn trace_meta(t: &TraceHit) -> tempopb::TraceSearchMetadata {
     }
 }
 
-pub fn to_proto(r: &SearchResult) -> tempopb::SearchResponse {
-    let s = &r.stats;
+pub(super) fn to_proto(r: &SearchResult) -> tempopb::SearchResponse {
     tempopb::SearchResponse {
         traces: r.traces.iter().map(trace_meta).collect(),
-        metrics: Some(tempopb::SearchMetrics {
-            inspected_traces: u32::try_from(s.inspected_traces).unwrap_or(u32::MAX),
-            inspected_bytes: s.inspected_bytes,
-            total_blocks: s.total_blocks,
-            completed_jobs: s.completed_jobs,
-            total_jobs: s.total_jobs,
-            total_block_bytes: s.total_block_bytes,
-            inspected_spans: s.inspected_spans,
-            // Newer than the Tempo revision Grafana pins: left at zero, so never encoded.
-            backend_reads: 0,
-            backend_bytes: 0,
-            additional_metrics: Default::default(),
-        }),
+        metrics: Some(metrics_proto(&r.stats)),
+    }
+}
+
+pub(super) fn metrics_proto(s: &SearchStats) -> tempopb::SearchMetrics {
+    tempopb::SearchMetrics {
+        inspected_traces: u32::try_from(s.inspected_traces).unwrap_or(u32::MAX),
+        inspected_bytes: s.inspected_bytes,
+        total_blocks: s.total_blocks,
+        completed_jobs: s.completed_jobs,
+        total_jobs: s.total_jobs,
+        total_block_bytes: s.total_block_bytes,
+        inspected_spans: s.inspected_spans,
+        // Newer than the Tempo revision Grafana pins: left at zero, so never encoded.
+        backend_reads: 0,
+        backend_bytes: 0,
+        additional_metrics: Default::default(),
     }
 }
 

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::search::time_range;
 use super::{Api, ApiError, bad_request, tenant};
-use crate::query::tags::{TagRequest, TagScope};
+use crate::model::Tenant;
+use crate::query::tags::{TagRequest, TagScope, TagValue};
 
 /// Most names per scope, or values, one answer carries.
 const MAX_TAG_LIMIT: usize = 100_000;
@@ -29,8 +30,8 @@ fn limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {
 
 /// The query that narrows names or values. Grafana sends whatever the user has typed so far: a query that does
 /// not parse is reduced to the conditions that can be recovered from it, and dropped if there are none.
-fn narrowing(params: &HashMap<String, String>) -> Option<Pipeline> {
-    let q = params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty())?;
+fn narrowing(q: Option<&str>) -> Option<Pipeline> {
+    let q = q.map(str::trim).filter(|q| !q.is_empty())?;
     if let Ok(parsed) = query_lang::parse(q)
         && query_lang::validate(&parsed).is_ok()
         && let Body::Spans(p) = parsed.body
@@ -54,9 +55,30 @@ fn narrowing(params: &HashMap<String, String>) -> Option<Pipeline> {
     query_lang::validate(&q).is_ok().then_some(p)
 }
 
-fn request(params: &HashMap<String, String>) -> Result<TagRequest, ApiError> {
-    let (start, end) = time_range(params)?;
-    Ok(TagRequest { start, end, narrow: narrowing(params), limit: limit(params)? })
+/// A tag request, from HTTP parameters or a gRPC message.
+pub(super) struct TagParams {
+    pub scope: Option<String>,
+    pub q: Option<String>,
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+    pub limit: usize,
+}
+
+impl TagParams {
+    fn from_http(params: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let (start, end) = time_range(params)?;
+        Ok(TagParams {
+            scope: params.get("scope").cloned(),
+            q: params.get("q").cloned(),
+            start,
+            end,
+            limit: limit(params)?,
+        })
+    }
+
+    fn request(&self) -> TagRequest {
+        TagRequest { start: self.start, end: self.end, narrow: narrowing(self.q.as_deref()), limit: self.limit }
+    }
 }
 
 fn failed(e: crate::query::QueryError) -> ApiError {
@@ -64,26 +86,55 @@ fn failed(e: crate::query::QueryError) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("tag lookup failed: {e}"))
 }
 
+/// Tag names: v1 lists span and resource names together, v2 per scope (every scope unless `scope` is given).
+pub(super) async fn names(
+    api: &Api,
+    tenant: &Tenant,
+    p: &TagParams,
+    v2: bool,
+) -> Result<Vec<(TagScope, Vec<String>)>, ApiError> {
+    let scopes = match p.scope.as_deref().filter(|s| !s.is_empty()) {
+        None | Some("all") if v2 => TagScope::ALL.to_vec(),
+        None | Some("all") => vec![TagScope::Span, TagScope::Resource],
+        Some(s) => vec![TagScope::parse(s).ok_or_else(|| {
+            bad_request(format!("invalid scope {s:?}: use span, resource, event, link, instrumentation or intrinsic"))
+        })?],
+    };
+    let names = api.querier.tag_names(tenant, &scopes, &p.request()).await.map_err(failed)?;
+    Ok(names.into_iter().filter(|(_, tags)| !tags.is_empty()).collect())
+}
+
+/// Typed values of a tag.
+pub(super) async fn values(api: &Api, tenant: &Tenant, tag: &Field, p: &TagParams) -> Result<Vec<TagValue>, ApiError> {
+    api.querier.tag_values(tenant, tag, &p.request()).await.map_err(failed)
+}
+
+/// v1 values: plain attribute keys, looked up on spans and resources; strings only.
+pub(super) fn v1_field(tag: &str) -> Field {
+    Field::Attribute(query_lang::Attribute::new(query_lang::Scope::Unscoped, tag))
+}
+
+fn reply(r: Result<serde_json::Value, ApiError>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 pub(super) async fn tags_v1(
     State(api): State<Api>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let run = async {
-        let tenant = tenant(&headers)?;
-        let scopes = match params.get("scope").map(String::as_str).filter(|s| !s.is_empty()) {
-            None | Some("all") => vec![TagScope::Span, TagScope::Resource],
-            Some(s) => vec![TagScope::parse(s).ok_or_else(|| bad_request(format!("invalid scope {s:?}")))?],
-        };
-        let req = request(&params)?;
-        let names = api.querier.tag_names(&tenant, &scopes, &req).await.map_err(failed)?;
-        let all: BTreeSet<String> = names.into_iter().flat_map(|(_, v)| v).collect();
-        Ok::<_, ApiError>(json!({ "tagNames": all.into_iter().take(req.limit).collect::<Vec<_>>() }))
-    };
-    match run.await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(
+        async {
+            let p = TagParams::from_http(&params)?;
+            let names = names(&api, &tenant(&headers)?, &p, false).await?;
+            let all: BTreeSet<String> = names.into_iter().flat_map(|(_, v)| v).collect();
+            Ok(json!({ "tagNames": all.into_iter().take(p.limit).collect::<Vec<_>>() }))
+        }
+        .await,
+    )
 }
 
 pub(super) async fn tags_v2(
@@ -91,34 +142,21 @@ pub(super) async fn tags_v2(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let run = async {
-        let tenant = tenant(&headers)?;
-        let scopes = match params.get("scope").map(String::as_str).filter(|s| !s.is_empty()) {
-            None | Some("all") => TagScope::ALL.to_vec(),
-            Some(s) => vec![TagScope::parse(s).ok_or_else(|| {
-                bad_request(format!(
-                    "invalid scope {s:?}: use span, resource, event, link, instrumentation or intrinsic"
-                ))
-            })?],
-        };
-        let req = request(&params)?;
-        let names = api.querier.tag_names(&tenant, &scopes, &req).await.map_err(failed)?;
-        let scopes: Vec<serde_json::Value> = names
-            .into_iter()
-            .filter(|(_, tags)| !tags.is_empty())
-            .map(|(scope, tags)| json!({ "name": scope.name(), "tags": tags }))
-            .collect();
-        Ok::<_, ApiError>(json!({ "scopes": scopes }))
-    };
-    match run.await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(
+        async {
+            let p = TagParams::from_http(&params)?;
+            let names = names(&api, &tenant(&headers)?, &p, true).await?;
+            let scopes: Vec<serde_json::Value> =
+                names.into_iter().map(|(scope, tags)| json!({ "name": scope.name(), "tags": tags })).collect();
+            Ok(json!({ "scopes": scopes }))
+        }
+        .await,
+    )
 }
 
 /// A tag as Grafana names it (`span.http.method`, `resource.service.name`, `.x`, `name`, `status`, `span:name`),
 /// read with the TraceQL parser so quoting and intrinsics follow the language.
-fn parse_tag(tag: &str) -> Result<Field, ApiError> {
+pub(super) fn parse_tag(tag: &str) -> Result<Field, ApiError> {
     let invalid = || bad_request(format!("invalid tag {tag:?}: expected a TraceQL attribute or intrinsic"));
     let q = query_lang::parse(&format!("{{ {tag} = nil }}")).map_err(|_| invalid())?;
     match q.body {
@@ -143,19 +181,15 @@ pub(super) async fn tag_values_v1(
     Path(tag): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let run = async {
-        let tenant = tenant(&headers)?;
-        // v1 names are plain attribute keys, looked up on spans and resources.
-        let field = Field::Attribute(query_lang::Attribute::new(query_lang::Scope::Unscoped, tag.clone()));
-        let req = request(&params)?;
-        let values = api.querier.tag_values(&tenant, &field, &req).await.map_err(failed)?;
-        let strings: Vec<String> = values.into_iter().filter(|v| v.ty == "string").map(|v| v.value).collect();
-        Ok::<_, ApiError>(json!({ "tagValues": strings }))
-    };
-    match run.await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(
+        async {
+            let p = TagParams::from_http(&params)?;
+            let values = values(&api, &tenant(&headers)?, &v1_field(&tag), &p).await?;
+            let strings: Vec<String> = values.into_iter().filter(|v| v.ty == "string").map(|v| v.value).collect();
+            Ok(json!({ "tagValues": strings }))
+        }
+        .await,
+    )
 }
 
 pub(super) async fn tag_values_v2(
@@ -164,19 +198,16 @@ pub(super) async fn tag_values_v2(
     Path(tag): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let run = async {
-        let tenant = tenant(&headers)?;
-        let field = parse_tag(&tag)?;
-        let req = request(&params)?;
-        let values = api.querier.tag_values(&tenant, &field, &req).await.map_err(failed)?;
-        let values: Vec<serde_json::Value> =
-            values.into_iter().map(|v| json!({ "type": v.ty, "value": v.value })).collect();
-        Ok::<_, ApiError>(json!({ "tagValues": values }))
-    };
-    match run.await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(
+        async {
+            let p = TagParams::from_http(&params)?;
+            let values = values(&api, &tenant(&headers)?, &parse_tag(&tag)?, &p).await?;
+            let values: Vec<serde_json::Value> =
+                values.into_iter().map(|v| json!({ "type": v.ty, "value": v.value })).collect();
+            Ok(json!({ "tagValues": values }))
+        }
+        .await,
+    )
 }
 
 #[cfg(test)]
@@ -194,11 +225,11 @@ mod tests {
 
     #[test]
     fn unfinished_queries_narrow_by_what_can_be_recovered() {
-        let p = |q: &str| -> HashMap<String, String> { [("q".to_string(), q.to_string())].into() };
-        assert!(narrowing(&p("{}")).is_none());
-        assert!(narrowing(&p("{ span.a = ")).is_none());
-        assert!(narrowing(&p(r#"{ resource.service.name = "a" && span."#)).is_some());
-        assert!(narrowing(&p(r#"{ name = "x" }"#)).is_some());
-        assert!(narrowing(&p("garbage ((")).is_none());
+        assert!(narrowing(Some("{}")).is_none());
+        assert!(narrowing(Some("{ span.a = ")).is_none());
+        assert!(narrowing(Some(r#"{ resource.service.name = "a" && span."#)).is_some());
+        assert!(narrowing(Some(r#"{ name = "x" }"#)).is_some());
+        assert!(narrowing(Some("garbage ((")).is_none());
+        assert!(narrowing(None).is_none());
     }
 }

@@ -57,6 +57,16 @@ impl Querier {
         Ok(Querier { ingester, blocks, metrics, engine })
     }
 
+    /// A search that reports traces as soon as they are certain (see `SearchEngine::search_streaming`).
+    pub async fn search_streaming(
+        &self,
+        tenant: &Tenant,
+        req: &search::SearchRequest,
+        progress: search::Progress<'_>,
+    ) -> Result<search::SearchResult, QueryError> {
+        self.engine.search_streaming(tenant, req, progress).await
+    }
+
     /// Tag names per scope.
     pub async fn tag_names(
         &self,

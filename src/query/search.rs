@@ -49,6 +49,7 @@ pub struct SearchRequest {
 }
 
 /// One span of a returned spanset.
+#[derive(Clone)]
 pub struct SpanHit {
     pub span_id: Vec<u8>,
     pub name: String,
@@ -57,6 +58,7 @@ pub struct SpanHit {
     pub attributes: Vec<KeyValue>,
 }
 
+#[derive(Clone)]
 pub struct SpansetHit {
     pub spans: Vec<SpanHit>,
     pub matched: u32,
@@ -64,6 +66,7 @@ pub struct SpansetHit {
 }
 
 /// A matching trace with its trace-level values (computed over all of its spans).
+#[derive(Clone)]
 pub struct TraceHit {
     pub trace_id: TraceId,
     pub root_service_name: String,
@@ -115,13 +118,22 @@ impl Source {
     }
 }
 
+/// Per-block tag answers: (block ID, what was asked) -> names or rendered values.
+pub(crate) type TagCache = parking_lot::Mutex<HashMap<(String, String), Arc<Vec<String>>>>;
+
+/// Receives the traces a search is already sure of, with the counters so far.
+pub type Progress<'a> = &'a mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send);
+
+/// A DataFusion table over one source, with its dedicated slots.
+pub(crate) type SourceTable = (Arc<dyn TableProvider>, Slots);
+
 /// Runs searches for one server: the DataFusion runtime (object store registration, footer cache) is shared.
 pub struct SearchEngine {
     runtime: Arc<RuntimeEnv>,
     ingester: Arc<Ingester>,
     pub(crate) blocks: Arc<BlockStore>,
     /// Tag names and values per block (blocks never change, so entries never go stale), bounded.
-    pub(crate) tag_cache: parking_lot::Mutex<HashMap<(String, String), Arc<Vec<String>>>>,
+    pub(crate) tag_cache: TagCache,
 }
 
 impl SearchEngine {
@@ -129,7 +141,7 @@ impl SearchEngine {
         let runtime = Arc::new(RuntimeEnv::default());
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(super::table::STORE_URL)?;
         runtime.register_object_store(url.as_ref(), blocks.object_store());
-        Ok(SearchEngine { runtime, ingester, blocks, tag_cache: parking_lot::Mutex::new(HashMap::new()) })
+        Ok(SearchEngine { runtime, ingester, blocks, tag_cache: TagCache::default() })
     }
 
     pub(crate) fn context(&self) -> SessionContext {
@@ -169,7 +181,18 @@ impl SearchEngine {
     }
 
     pub async fn search(&self, tenant: &Tenant, req: &SearchRequest) -> Result<SearchResult, QueryError> {
-        self.search_with(tenant, req, None).await
+        self.search_with(tenant, req, None, None).await
+    }
+
+    /// A search that reports progress: after each round of sources, `progress` gets the traces that are now
+    /// certain to be in the answer (newer than anything unread; each reported once) and the counters so far.
+    pub async fn search_streaming(
+        &self,
+        tenant: &Tenant,
+        req: &SearchRequest,
+        progress: Progress<'_>,
+    ) -> Result<SearchResult, QueryError> {
+        self.search_with(tenant, req, None, Some(progress)).await
     }
 
     /// Runs a search; when `keep` is given, every matching trace's spans are also handed over (tag values
@@ -179,7 +202,9 @@ impl SearchEngine {
         tenant: &Tenant,
         req: &SearchRequest,
         mut keep: Option<&mut Vec<TraceData>>,
+        mut progress: Option<Progress<'_>>,
     ) -> Result<SearchResult, QueryError> {
+        let mut reported: HashSet<TraceId> = HashSet::new();
         let eval = Evaluator::new(req.pipeline.clone());
         let limit = req.limit.max(1);
         let mut stats = SearchStats::default();
@@ -218,6 +243,16 @@ impl SearchEngine {
                 });
                 hits.truncate(limit);
             }
+            if let Some(p) = progress.as_deref_mut().filter(|_| stats.completed_jobs > 0) {
+                // Nothing unread can be newer than the watermark, so hits above it keep their place.
+                let sure: Vec<TraceHit> = hits
+                    .iter()
+                    .filter(|h| watermark.is_none_or(|w| h.start_unix_nano > w) && !reported.contains(&h.trace_id))
+                    .cloned()
+                    .collect();
+                reported.extend(sure.iter().map(|h| h.trace_id));
+                p(sure, &stats);
+            }
             let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
             match watermark {
                 None => break,
@@ -236,15 +271,13 @@ impl SearchEngine {
                 stats.completed_jobs += 1;
             }
         }
+        // Sources left unread could not change the answer: they count as done, as Tempo counts skipped shards.
+        stats.completed_jobs = stats.total_jobs;
         Ok(SearchResult { traces: hits, stats })
     }
 
     /// A DataFusion table over one source, with the source's dedicated slots; `None` when it holds nothing.
-    pub(crate) fn table(
-        &self,
-        tenant: &Tenant,
-        source: &Source,
-    ) -> Result<Option<(Arc<dyn TableProvider>, Slots)>, QueryError> {
+    pub(crate) fn table(&self, tenant: &Tenant, source: &Source) -> Result<Option<SourceTable>, QueryError> {
         Ok(match source {
             Source::Memory(batches) if batches.is_empty() => None,
             Source::Memory(batches) => {

@@ -233,7 +233,7 @@ impl SearchEngine {
             end: req.end,
         };
         let mut kept = Vec::new();
-        self.search_with(tenant, &search, Some(&mut kept)).await?;
+        self.search_with(tenant, &search, Some(&mut kept), None).await?;
         Ok(kept)
     }
 

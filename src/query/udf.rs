@@ -131,7 +131,7 @@ impl<'a> AttrLists<'a> {
         match self {
             AttrLists::Direct(l) => {
                 let o = l.value_offsets();
-                vec![o[row] as usize..o[row + 1] as usize]
+                std::iter::once(o[row] as usize..o[row + 1] as usize).collect()
             }
             AttrLists::Nested(outer, inner) => {
                 let (o, i) = (outer.value_offsets(), inner.value_offsets());
