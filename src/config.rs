@@ -87,6 +87,18 @@ pub struct Args {
     /// How long SIGTERM may spend flushing blocks before exiting, e.g. 30s [default: 30s]
     #[arg(long, env = "STRATA_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// Longest a search, tag or SQL query may run before it is answered 504, e.g. 60s [default: 2m]
+    #[arg(long, env = "STRATA_QUERY_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub query_timeout: Option<Duration>,
+    /// Most block bytes one query may scan [default: 64GiB]
+    #[arg(long, env = "STRATA_MAX_QUERY_SCAN_BYTES")]
+    pub max_query_scan_bytes: Option<u64>,
+    /// Largest response one query may return, in bytes [default: 256MiB]
+    #[arg(long, env = "STRATA_MAX_RESPONSE_BYTES")]
+    pub max_response_bytes: Option<usize>,
+    /// Memory the query engine may use for sorting, grouping and joins, in bytes [default: 2GiB]
+    #[arg(long, env = "STRATA_QUERY_MEMORY_BYTES")]
+    pub query_memory_bytes: Option<usize>,
     /// Log filter in tracing's EnvFilter syntax [default: info]
     #[arg(long, env = "STRATA_LOG")]
     pub log: Option<String>,
@@ -110,6 +122,11 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub query_timeout: Option<Duration>,
+    pub max_query_scan_bytes: Option<u64>,
+    pub max_response_bytes: Option<usize>,
+    pub query_memory_bytes: Option<usize>,
     pub log: Option<String>,
 }
 
@@ -164,7 +181,28 @@ pub struct Config {
     pub max_block_age: Duration,
     pub max_request_bytes: usize,
     pub shutdown_timeout: Duration,
+    pub query: QueryLimits,
     pub log: String,
+}
+
+/// Bounds on every query, so one request cannot take the server down.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    pub timeout: Duration,
+    pub max_scan_bytes: u64,
+    pub max_response_bytes: usize,
+    pub memory_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(120),
+            max_scan_bytes: 64 << 30,
+            max_response_bytes: 256 << 20,
+            memory_bytes: 2 << 30,
+        }
+    }
 }
 
 impl Config {
@@ -212,8 +250,23 @@ impl Config {
             max_block_age: a.max_block_age.or(f.max_block_age).unwrap_or(Duration::from_secs(120)),
             max_request_bytes: a.max_request_bytes.or(f.max_request_bytes).unwrap_or(16 << 20),
             shutdown_timeout: a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
+            query: {
+                let d = QueryLimits::default();
+                QueryLimits {
+                    timeout: a.query_timeout.or(f.query_timeout).unwrap_or(d.timeout),
+                    max_scan_bytes: a.max_query_scan_bytes.or(f.max_query_scan_bytes).unwrap_or(d.max_scan_bytes),
+                    max_response_bytes: a.max_response_bytes.or(f.max_response_bytes).unwrap_or(d.max_response_bytes),
+                    memory_bytes: a.query_memory_bytes.or(f.query_memory_bytes).unwrap_or(d.memory_bytes),
+                }
+            },
             log: a.log.or(f.log).unwrap_or_else(|| "info".into()),
         };
+        if cfg.query.max_scan_bytes == 0 || cfg.query.max_response_bytes == 0 || cfg.query.memory_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "limits",
+                message: "max_query_scan_bytes, max_response_bytes and query_memory_bytes must be positive".into(),
+            });
+        }
         if cfg.max_block_spans == 0 || cfg.max_block_bytes == 0 || cfg.max_request_bytes == 0 {
             return Err(ConfigError::Invalid {
                 field: "limits",

@@ -50,7 +50,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         blocks.clone(),
         metrics.clone(),
     )?;
-    let querier = Arc::new(Querier::new(ingester.clone(), blocks.clone(), metrics.clone())?);
+    let querier = Arc::new(Querier::new(ingester.clone(), blocks.clone(), metrics.clone(), &cfg.query)?);
 
     let api_listener = bind(cfg.http_addr).await?;
     let http_listener = bind(cfg.otlp_http_addr).await?;
@@ -67,7 +67,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let api_app = crate::api::router(querier, ingester.clone(), metrics.clone());
+    let api_app = crate::api::router(querier, ingester.clone(), metrics.clone(), cfg.query.clone());
     let api_task =
         tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stop_api.clone())).into_future());
     let otlp_http_app = receiver::http::router(ingester.clone(), metrics.clone(), cfg.max_request_bytes);

@@ -38,7 +38,11 @@ pub struct Metrics {
     pub object_store_errors: Counter,
     pub object_gets: Counter,
     pub object_puts: Counter,
+    pub object_read_bytes: Counter,
     pub trace_lookups: Counter,
+    pub searches: Counter,
+    pub search_seconds: Histogram,
+    pub search_errors: Counter,
     pub trace_lookup_seconds: Histogram,
 }
 
@@ -59,7 +63,11 @@ impl Metrics {
             object_store_errors: Counter::default(),
             object_gets: Counter::default(),
             object_puts: Counter::default(),
+            object_read_bytes: Counter::default(),
             trace_lookups: Counter::default(),
+            searches: Counter::default(),
+            search_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            search_errors: Counter::default(),
             trace_lookup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             registry: Registry::default(),
         };
@@ -76,7 +84,15 @@ impl Metrics {
         registry.register("object_store_errors", "Failed object storage operations", m.object_store_errors.clone());
         registry.register("object_store_gets", "GET requests to object storage", m.object_gets.clone());
         registry.register("object_store_puts", "PUT requests to object storage", m.object_puts.clone());
+        registry.register("object_store_read_bytes", "Bytes read from object storage", m.object_read_bytes.clone());
         registry.register("trace_lookups", "Trace-by-ID lookups", m.trace_lookups.clone());
+        registry.register("searches", "TraceQL searches run", m.searches.clone());
+        registry.register("search_seconds", "TraceQL search latency", m.search_seconds.clone());
+        registry.register(
+            "search_errors",
+            "TraceQL searches that failed after being accepted",
+            m.search_errors.clone(),
+        );
         registry.register("trace_lookup_seconds", "Trace-by-ID latency", m.trace_lookup_seconds.clone());
         Metrics { registry, ..m }
     }

@@ -207,6 +207,9 @@ fn load(srv: &Server, tenant: Option<&str>, traces: &[GenTrace]) {
     send(srv, tenant, traces, |t, s| placement(t, s) == 2);
 }
 
+/// One spanset as compared: span IDs, matched count, by() attributes.
+type SpansetKey = (BTreeSet<String>, u32, Vec<(String, String)>);
+
 #[derive(Debug, PartialEq)]
 struct Got {
     id: String,
@@ -216,7 +219,7 @@ struct Got {
     duration_ms: u64,
     stats: BTreeMap<String, (u32, u32)>,
     /// Spansets: (span IDs, matched, by() attributes).
-    sets: BTreeSet<(BTreeSet<String>, u32, Vec<(String, String)>)>,
+    sets: BTreeSet<SpansetKey>,
 }
 
 fn got(t: &TraceMeta) -> Got {

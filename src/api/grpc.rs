@@ -34,7 +34,12 @@ pub(super) fn service(api: Api) -> StreamingQuerierServer<Service> {
 }
 
 fn status(e: ApiError) -> Status {
-    if e.0.is_client_error() { Status::invalid_argument(e.1) } else { Status::internal(e.1) }
+    match e.0 {
+        axum::http::StatusCode::GATEWAY_TIMEOUT => Status::deadline_exceeded(e.1),
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY => Status::resource_exhausted(e.1),
+        s if s.is_client_error() => Status::invalid_argument(e.1),
+        _ => Status::internal(e.1),
+    }
 }
 
 fn tenant<T>(req: &Request<T>) -> Result<Tenant, Status> {
@@ -97,6 +102,7 @@ impl StreamingQuerier for Service {
         let req = EngineRequest { pipeline, limit, spans_per_spanset: spss, start, end };
         let (tx, rx) = mpsc::channel::<Result<SearchResponse, Status>>(16);
         let querier = self.api.querier.clone();
+        let timeout = self.api.limits.query.timeout;
         tokio::spawn(async move {
             let mut sent = std::collections::HashSet::new();
             let progress_tx = tx.clone();
@@ -110,15 +116,19 @@ impl StreamingQuerier for Service {
                 // A client that went away just stops receiving; the search finishes on its own.
                 let _ = progress_tx.try_send(Ok(msg));
             };
-            let result = querier.search_streaming(&tenant, &req, &mut progress).await;
+            let result = tokio::time::timeout(timeout, querier.search_streaming(&tenant, &req, &mut progress)).await;
             let last = match result {
-                Ok(r) => Ok(SearchResponse {
+                Ok(Ok(r)) => Ok(SearchResponse {
                     traces: r.traces.iter().filter(|h| !sent.contains(&h.trace_id)).map(trace_meta).collect(),
                     metrics: Some(metrics_proto(&r.stats)),
                 }),
-                Err(e) => {
+                Ok(Err(e)) if e.is_limit() => Err(Status::resource_exhausted(format!("search: {e}"))),
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, query = %q, "streaming search failed");
                     Err(Status::internal(format!("search failed: {e}")))
+                }
+                Err(_) => {
+                    Err(Status::deadline_exceeded(format!("search did not finish within {timeout:?} (query_timeout)")))
                 }
             };
             let _ = tx.send(last).await;

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prost::Message;
 
+use crate::config::QueryLimits;
 use crate::ingest::Ingester;
 use crate::model::{Tenant, TraceId};
 use crate::query::{Querier, TraceResult};
@@ -39,17 +40,50 @@ struct Api {
 pub struct Limits {
     /// Largest `limit` (and `spss`) a search accepts.
     pub max_search_limit: usize,
+    pub query: QueryLimits,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_search_limit: 1_000_000 }
+impl Api {
+    /// Runs a query under the configured timeout; a query over it is a 504 and stops consuming resources.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        query: impl Future<Output = Result<T, crate::query::QueryError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.limits.query.timeout, query).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_limit() => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{what}: {e}"))),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "{what} failed");
+                Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{what} failed: {e}")))
+            }
+            Err(_) => Err(ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{what} did not finish within {:?} (query_timeout)", self.limits.query.timeout),
+            )),
+        }
+    }
+
+    /// Refuses a response larger than `max_response_bytes`.
+    fn sized(&self, body: Vec<u8>, content_type: &'static str) -> Response {
+        let max = self.limits.query.max_response_bytes;
+        if body.len() > max {
+            return ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the response would be {} bytes, more than max_response_bytes ({max}); ask for fewer results",
+                    body.len()
+                ),
+            )
+            .into_response();
+        }
+        (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
     }
 }
 
 /// Builds the query API router.
-pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metrics>) -> Router {
-    let api = Api { querier, ingester, metrics, limits: Limits::default() };
+pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metrics>, query: QueryLimits) -> Router {
+    let api = Api { querier, ingester, metrics, limits: Limits { max_search_limit: 1_000_000, query } };
     Router::new()
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(buildinfo))

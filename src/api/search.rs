@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message;
@@ -150,7 +150,7 @@ pub(super) async fn search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     match run(&api, &headers, &params).await {
-        Ok(r) => render(&headers, &r),
+        Ok(r) => render(&api, &headers, &r),
         Err(e) => e.into_response(),
     }
 }
@@ -166,18 +166,18 @@ async fn run(api: &Api, headers: &HeaderMap, params: &HashMap<String, String>) -
     };
     let pipeline = parse_search(&q)?;
     let req = SearchRequest { pipeline, limit, spans_per_spanset: spss, start, end };
-    api.querier.search(&tenant, &req).await.map_err(|e| {
-        tracing::error!(error = %e, query = %q, "search failed");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("search failed: {e}"))
-    })
+    api.bounded("search", api.querier.search(&tenant, &req)).await
 }
 
-fn render(headers: &HeaderMap, r: &SearchResult) -> Response {
+fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
     let msg = to_proto(r);
     if wants_protobuf(headers) {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], msg.encode_to_vec()).into_response();
+        return api.sized(msg.encode_to_vec(), "application/protobuf");
     }
-    axum::Json(response_json(&msg)).into_response()
+    match serde_json::to_vec(&response_json(&msg)) {
+        Ok(body) => api.sized(body, "application/json"),
+        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the response: {e}")).into_response(),
+    }
 }
 
 /// Hex trace ID with leading zeros stripped, as Tempo prints it in search results.

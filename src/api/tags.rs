@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use query_lang::{BinaryOp, Body, Field, FieldExpr, Literal, Pipeline, SpansetExpr, SpansetFilter, Stage};
 use serde_json::json;
@@ -81,11 +81,6 @@ impl TagParams {
     }
 }
 
-fn failed(e: crate::query::QueryError) -> ApiError {
-    tracing::error!(error = %e, "tag lookup failed");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("tag lookup failed: {e}"))
-}
-
 /// Tag names: v1 lists span and resource names together, v2 per scope (every scope unless `scope` is given).
 pub(super) async fn names(
     api: &Api,
@@ -100,13 +95,13 @@ pub(super) async fn names(
             bad_request(format!("invalid scope {s:?}: use span, resource, event, link, instrumentation or intrinsic"))
         })?],
     };
-    let names = api.querier.tag_names(tenant, &scopes, &p.request()).await.map_err(failed)?;
+    let names = api.bounded("tag lookup", api.querier.tag_names(tenant, &scopes, &p.request())).await?;
     Ok(names.into_iter().filter(|(_, tags)| !tags.is_empty()).collect())
 }
 
 /// Typed values of a tag.
 pub(super) async fn values(api: &Api, tenant: &Tenant, tag: &Field, p: &TagParams) -> Result<Vec<TagValue>, ApiError> {
-    api.querier.tag_values(tenant, tag, &p.request()).await.map_err(failed)
+    api.bounded("tag lookup", api.querier.tag_values(tenant, tag, &p.request())).await
 }
 
 /// v1 values: plain attribute keys, looked up on spans and resources; strings only.

@@ -35,6 +35,17 @@ pub enum QueryError {
     Engine(#[from] datafusion::error::DataFusionError),
     #[error("query engine: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The query asked for more than the configured limits allow; the message says which and how to narrow it.
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl QueryError {
+    /// True when the request, not the server, is at fault (over a limit): answered with a 4xx.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, QueryError::Limit(_))
+            || matches!(self, QueryError::Engine(datafusion::error::DataFusionError::ResourcesExhausted(_)))
+    }
 }
 
 /// A trace as returned to clients, with what it took to assemble it.
@@ -52,8 +63,13 @@ pub struct Querier {
 }
 
 impl Querier {
-    pub fn new(ingester: Arc<Ingester>, blocks: Arc<BlockStore>, metrics: Arc<Metrics>) -> Result<Self, QueryError> {
-        let engine = search::SearchEngine::new(ingester.clone(), blocks.clone())?;
+    pub fn new(
+        ingester: Arc<Ingester>,
+        blocks: Arc<BlockStore>,
+        metrics: Arc<Metrics>,
+        limits: &crate::config::QueryLimits,
+    ) -> Result<Self, QueryError> {
+        let engine = search::SearchEngine::new(ingester.clone(), blocks.clone(), limits)?;
         Ok(Querier { ingester, blocks, metrics, engine })
     }
 
@@ -64,7 +80,7 @@ impl Querier {
         req: &search::SearchRequest,
         progress: search::Progress<'_>,
     ) -> Result<search::SearchResult, QueryError> {
-        self.engine.search_streaming(tenant, req, progress).await
+        self.observed(self.engine.search_streaming(tenant, req, progress)).await
     }
 
     /// Tag names per scope.
@@ -87,13 +103,25 @@ impl Querier {
         self.engine.tag_values(tenant, tag, req).await
     }
 
+    /// Counts and times a search for `/metrics`.
+    async fn observed<T>(&self, search: impl Future<Output = Result<T, QueryError>>) -> Result<T, QueryError> {
+        let started = Instant::now();
+        self.metrics.searches.inc();
+        let r = search.await;
+        self.metrics.search_seconds.observe(started.elapsed().as_secs_f64());
+        if r.is_err() {
+            self.metrics.search_errors.inc();
+        }
+        r
+    }
+
     /// A TraceQL search over everything the tenant has stored, newest traces first.
     pub async fn search(
         &self,
         tenant: &Tenant,
         req: &search::SearchRequest,
     ) -> Result<search::SearchResult, QueryError> {
-        self.engine.search(tenant, req).await
+        self.observed(self.engine.search(tenant, req)).await
     }
 
     /// Every fragment of a trace, wherever it sits, merged into one trace with duplicate spans removed.

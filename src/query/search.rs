@@ -134,14 +134,29 @@ pub struct SearchEngine {
     pub(crate) blocks: Arc<BlockStore>,
     /// Tag names and values per block (blocks never change, so entries never go stale), bounded.
     pub(crate) tag_cache: TagCache,
+    /// Most block bytes one search may scan.
+    max_scan_bytes: u64,
 }
 
 impl SearchEngine {
-    pub fn new(ingester: Arc<Ingester>, blocks: Arc<BlockStore>) -> Result<Self, QueryError> {
-        let runtime = Arc::new(RuntimeEnv::default());
+    pub fn new(
+        ingester: Arc<Ingester>,
+        blocks: Arc<BlockStore>,
+        limits: &crate::config::QueryLimits,
+    ) -> Result<Self, QueryError> {
+        // A bounded memory pool: a grouping or sort that needs more fails the query, not the server.
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .build_arc()?;
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(super::table::STORE_URL)?;
         runtime.register_object_store(url.as_ref(), blocks.object_store());
-        Ok(SearchEngine { runtime, ingester, blocks, tag_cache: TagCache::default() })
+        Ok(SearchEngine {
+            runtime,
+            ingester,
+            blocks,
+            tag_cache: TagCache::default(),
+            max_scan_bytes: limits.max_scan_bytes,
+        })
     }
 
     pub(crate) fn context(&self) -> SessionContext {
@@ -261,6 +276,14 @@ impl SearchEngine {
             }
             let round: Vec<&Source> = sources[next..].iter().take(SOURCES_PER_ROUND).collect();
             next += round.len();
+            stats.inspected_bytes += round.iter().filter_map(|s| s.block()).map(|b| b.meta.data_size).sum::<u64>();
+            if stats.inspected_bytes > self.max_scan_bytes {
+                return Err(QueryError::Limit(format!(
+                    "the search would scan more than {} bytes of blocks (max_query_scan_bytes); narrow the time \
+                     range or the query",
+                    self.max_scan_bytes
+                )));
+            }
             let scans = round.into_iter().map(|s| self.candidates(&ctx, tenant, &req.pipeline, s));
             for found in futures::future::join_all(scans).await {
                 for (id, ub) in found? {

@@ -18,11 +18,12 @@ pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     gets: Counter,
     puts: Counter,
+    read_bytes: Counter,
 }
 
 impl CountingStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, gets: Counter, puts: Counter) -> Self {
-        CountingStore { inner, gets, puts }
+    pub fn new(inner: Arc<dyn ObjectStore>, gets: Counter, puts: Counter, read_bytes: Counter) -> Self {
+        CountingStore { inner, gets, puts, read_bytes }
     }
 }
 
@@ -46,7 +47,10 @@ impl ObjectStore for CountingStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.gets.inc();
-        self.inner.get_opts(location, options).await
+        let r = self.inner.get_opts(location, options).await?;
+        // The range the store agreed to send: what a query costs in transfer.
+        self.read_bytes.inc_by(r.range.end.saturating_sub(r.range.start));
+        Ok(r)
     }
 
     fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {

@@ -42,7 +42,12 @@ pub enum StorageError {
 /// environment variables.
 pub fn open_store(cfg: &StorageConfig, metrics: &Metrics) -> Result<Arc<dyn ObjectStore>, StorageError> {
     let store = open_backend(cfg)?;
-    Ok(Arc::new(CountingStore::new(store, metrics.object_gets.clone(), metrics.object_puts.clone())))
+    Ok(Arc::new(CountingStore::new(
+        store,
+        metrics.object_gets.clone(),
+        metrics.object_puts.clone(),
+        metrics.object_read_bytes.clone(),
+    )))
 }
 
 fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {

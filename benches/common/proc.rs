@@ -1,0 +1,108 @@
+//! Helpers the benchmarks share: start the real `strata` binary, read its CPU and memory from /proc, and its
+//! counters from `/metrics`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    pub child: Child,
+    pub api: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+pub fn start(data: &Path, ports: (u16, u16, u16), env: &[(String, String)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.env("STRATA_DATA_DIR", data)
+        .env("STRATA_HTTP_ADDR", format!("127.0.0.1:{}", ports.0))
+        .env("STRATA_OTLP_HTTP_ADDR", format!("127.0.0.1:{}", ports.1))
+        .env("STRATA_OTLP_GRPC_ADDR", format!("127.0.0.1:{}", ports.2))
+        .env("STRATA_MAX_BLOCK_AGE", "1h")
+        .env("STRATA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start strata");
+    let api = format!("http://127.0.0.1:{}", ports.0);
+    let t = Instant::now();
+    while reqwest::blocking::get(format!("{api}/api/echo")).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(60), "strata did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Proc { child, api }
+}
+
+pub fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of a process so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // Fields after the command: state(skipped: not numeric) ppid pgrp ... utime is field 14 overall.
+    let utime = f.get(10).copied().unwrap_or(0.0);
+    let stime = f.get(11).copied().unwrap_or(0.0);
+    (utime + stime) / clk_tck()
+}
+
+pub fn status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| {
+                    let m = e.metadata().ok();
+                    if m.as_ref().is_some_and(|m| m.is_dir()) { dir_size(&e.path()) } else { m.map_or(0, |m| m.len()) }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn metric(api: &str, name: &str) -> f64 {
+    reqwest::blocking::get(format!("{api}/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}

@@ -1,0 +1,248 @@
+//! TraceQL search, tag and freshness benchmark against the real `strata` binary (release build).
+//!
+//! `cargo bench --bench search -- --traces 100000` ingests the ingest benchmark's generated traces (same seed),
+//! flushes them into blocks, restarts the server (so peak RSS reflects queries, not ingest), and times each query
+//! kind with `limit=20` and with every match returned: p50/p99 latency, object-store bytes and GETs per query, then
+//! tag values, then how long a freshly acknowledged span takes to become searchable. `--data DIR` keeps the data
+//! set between runs (ingested once); `--s3` stores blocks in a moto S3 server.
+
+#[path = "common/gen.rs"]
+mod generator;
+#[path = "common/proc.rs"]
+mod proc;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use proc::{Proc, free_port, metric, percentile, start, status_kb};
+use prost::Message;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Traces in the data set (about 8 spans each).
+    #[arg(long, default_value_t = 100_000)]
+    traces: usize,
+    /// Timed runs per query (after one warm-up run).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Keep the data set here (ingested on first use, reused afterwards).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Store blocks in a moto S3 server (moto_server must be on PATH).
+    #[arg(long)]
+    s3: bool,
+    /// Accepted for `cargo bench` compatibility.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Query kinds and the query that stands for each.
+const QUERIES: &[(&str, &str)] = &[
+    ("service (own column)", r#"{ resource.service.name = "payment" }"#),
+    ("span attribute, selective", r#"{ span.enduser.id = "user-4242" }"#),
+    ("span attribute, broad", r#"{ span.http.response.status_code = 503 }"#),
+    ("name regex", r#"{ name =~ "POST /payment.*" }"#),
+    ("duration range", "{ duration > 400ms && duration < 405ms }"),
+    (
+        "structural",
+        r#"{ resource.service.name = "checkout" } >> { resource.service.name = "payment" && status = error }"#,
+    ),
+    ("pipeline", r#"{ resource.service.name = "frontend" } | avg(duration) > 400ms"#),
+    ("match all", "{ }"),
+];
+
+const TAG_VALUES: &[(&str, &str, &str)] = &[
+    ("service names", "resource.service.name", ""),
+    ("span attribute, 50k values", "span.enduser.id", ""),
+    ("routes, narrowed by q", "span.http.route", r#"{ resource.service.name = "payment" }"#),
+    ("status", "status", ""),
+];
+
+struct Sample {
+    ms: Vec<f64>,
+    bytes: f64,
+    gets: f64,
+    results: usize,
+}
+
+fn timed(api: &str, runs: usize, mut call: impl FnMut() -> usize) -> Sample {
+    call();
+    let (b0, g0) = (metric(api, "strata_object_store_read_bytes_total"), metric(api, "strata_object_store_gets_total"));
+    let mut ms = Vec::with_capacity(runs);
+    let mut results = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        results = call();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (b1, g1) = (metric(api, "strata_object_store_read_bytes_total"), metric(api, "strata_object_store_gets_total"));
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Sample { ms, bytes: (b1 - b0) / runs as f64, gets: (g1 - g0) / runs as f64, results }
+}
+
+fn search(client: &reqwest::blocking::Client, api: &str, q: &str, limit: usize) -> usize {
+    let r = client
+        .get(format!("{api}/api/search"))
+        .query(&[("q", q), ("limit", &limit.to_string()), ("spss", "3")])
+        .send()
+        .expect("search");
+    assert!(r.status().is_success(), "{q}: {}", r.status());
+    let v: serde_json::Value = r.json().expect("json");
+    v["traces"].as_array().map_or(0, Vec::len)
+}
+
+fn main() {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = args.data.clone().unwrap_or_else(|| tmp.path().join("data"));
+    let mut env: Vec<(String, String)> = Vec::new();
+    let _moto = if args.s3 {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (pip install 'moto[server]')");
+        let ep = format!("http://127.0.0.1:{port}");
+        let t = Instant::now();
+        while reqwest::blocking::Client::new().put(format!("{ep}/bench")).send().is_err() {
+            assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (k, v) in [
+            ("STRATA_STORAGE", "s3"),
+            ("STRATA_S3_ENDPOINT", ep.as_str()),
+            ("STRATA_S3_BUCKET", "bench"),
+            ("AWS_ACCESS_KEY_ID", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            env.push((k.into(), v.into()));
+        }
+        Some(Proc { child, api: ep })
+    } else {
+        None
+    };
+    let ports = (free_port(), free_port(), free_port());
+
+    let have_blocks = data.join("blocks").read_dir().is_ok_and(|mut d| d.next().is_some());
+    if !have_blocks || args.s3 {
+        eprintln!("generating and ingesting {} traces...", args.traces);
+        let (reqs, _) = generator::requests(42, args.traces, 100);
+        let server = start(&data, ports, &env);
+        let url = format!("http://127.0.0.1:{}/v1/traces", ports.1);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let failed: usize = rt.block_on(async {
+            let client = reqwest::Client::new();
+            futures::stream::iter(reqs.into_iter().map(|r| bytes::Bytes::from(r.encode_to_vec())))
+                .map(|b| {
+                    let (c, url) = (client.clone(), url.clone());
+                    async move {
+                        let r = c.post(url).header("Content-Type", "application/x-protobuf").body(b).send().await;
+                        usize::from(!r.is_ok_and(|r| r.status().is_success()))
+                    }
+                })
+                .buffer_unordered(8)
+                .fold(0, |a, b| async move { a + b })
+                .await
+        });
+        assert_eq!(failed, 0, "ingest requests failed");
+        let r = reqwest::blocking::Client::new().post(format!("{}/flush", server.api)).send().expect("flush");
+        assert!(r.status().is_success());
+        drop(server);
+    }
+
+    // A fresh process: blooms load at start-up, footers and tag caches fill on first use.
+    let server = start(&data, ports, &env);
+    let api = server.api.clone();
+    let pid = server.child.id();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
+    let spans = metric(&api, "strata_blocks");
+    println!("blocks: {spans}, RSS after start: {} MB", status_kb(pid, "VmRSS:") / 1024);
+
+    println!("\n| query | limit | p50 ms | p99 ms | results | bytes read/query | GETs/query |");
+    println!("|---|---|---|---|---|---|---|");
+    for (kind, q) in QUERIES {
+        for limit in [20usize, 100_000] {
+            let s = timed(&api, args.runs, || search(&client, &api, q, limit));
+            println!(
+                "| {kind}: `{q}` | {} | {:.1} | {:.1} | {} | {:.0} | {:.1} |",
+                if limit == 20 { "20".to_string() } else { "all".to_string() },
+                percentile(&s.ms, 0.5),
+                percentile(&s.ms, 0.99),
+                s.results,
+                s.bytes,
+                s.gets,
+            );
+        }
+    }
+
+    println!("\n| tag values | p50 ms | p99 ms | values |");
+    println!("|---|---|---|---|");
+    for (kind, tag, q) in TAG_VALUES {
+        let s = timed(&api, args.runs, || {
+            let r = client
+                .get(format!("{api}/api/v2/search/tag/{tag}/values"))
+                .query(&[("q", *q)])
+                .send()
+                .expect("tag values");
+            assert!(r.status().is_success());
+            let v: serde_json::Value = r.json().expect("json");
+            v["tagValues"].as_array().map_or(0, Vec::len)
+        });
+        println!(
+            "| {kind} (`{tag}`{}) | {:.1} | {:.1} | {} |",
+            if q.is_empty() { String::new() } else { format!(", q=`{q}`") },
+            percentile(&s.ms, 0.5),
+            percentile(&s.ms, 0.99),
+            s.results
+        );
+    }
+
+    // Freshness: acknowledged spans must be searchable at once.
+    let mut fresh = Vec::new();
+    let otlp = format!("http://127.0.0.1:{}/v1/traces", ports.1);
+    for n in 0..20u64 {
+        let (mut reqs, _) = generator::requests(1000 + n, 1, 1);
+        let nonce = format!("fresh-{n}-{}", std::process::id());
+        for rs in &mut reqs[0].resource_spans {
+            for ss in &mut rs.scope_spans {
+                for sp in &mut ss.spans {
+                    sp.attributes.push(opentelemetry_proto::tonic::common::v1::KeyValue {
+                        key: "bench.nonce".into(),
+                        value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                            value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                nonce.clone(),
+                            )),
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let r = client
+            .post(&otlp)
+            .header("Content-Type", "application/x-protobuf")
+            .body(reqs[0].encode_to_vec())
+            .send()
+            .expect("post");
+        assert!(r.status().is_success());
+        let acked = Instant::now();
+        let q = format!(r#"{{ span.bench.nonce = "{nonce}" }}"#);
+        while search(&client, &api, &q, 20) == 0 {
+            assert!(acked.elapsed() < Duration::from_secs(10), "span not searchable after 10 s");
+        }
+        fresh.push(acked.elapsed().as_secs_f64() * 1000.0);
+    }
+    fresh.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "\nacknowledged span found by search after: p50 {:.1} ms, max {:.1} ms (20 spans)",
+        percentile(&fresh, 0.5),
+        fresh.last().copied().unwrap_or(0.0)
+    );
+    println!("server peak RSS during queries: {} MB", status_kb(pid, "VmHWM:") / 1024);
+}
