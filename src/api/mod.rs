@@ -4,6 +4,7 @@
 mod grpc;
 mod json;
 mod search;
+mod sql;
 mod tags;
 pub mod tempopb;
 
@@ -53,6 +54,7 @@ impl Api {
         match tokio::time::timeout(self.limits.query.timeout, query).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if e.is_limit() => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{what}: {e}"))),
+            Ok(Err(e)) if e.is_bad_request() => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "{what} failed");
                 Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{what} failed: {e}")))
@@ -93,6 +95,7 @@ pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metri
         .route("/api/traces/{id}", get(trace_v1))
         .route("/api/v2/traces/{id}", get(trace_v2))
         .route("/api/search", get(search::search))
+        .route("/api/sql", post(sql::sql))
         .route("/api/search/tags", get(tags::tags_v1))
         .route("/api/v2/search/tags", get(tags::tags_v2))
         .route("/api/search/tag/{tag}/values", get(tags::tag_values_v1))

@@ -6,6 +6,7 @@
 pub mod eval;
 pub mod prune;
 pub mod search;
+pub mod sql;
 pub mod table;
 pub mod tags;
 pub mod udf;
@@ -38,9 +39,17 @@ pub enum QueryError {
     /// The query asked for more than the configured limits allow; the message says which and how to narrow it.
     #[error("{0}")]
     Limit(String),
+    /// A SQL statement that does not parse, plan or is not allowed (only reads are).
+    #[error("invalid SQL: {0}")]
+    Sql(String),
 }
 
 impl QueryError {
+    /// True when the request itself is wrong (a 400).
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, QueryError::Sql(_))
+    }
+
     /// True when the request, not the server, is at fault (over a limit): answered with a 4xx.
     pub fn is_limit(&self) -> bool {
         matches!(self, QueryError::Limit(_))
@@ -81,6 +90,11 @@ impl Querier {
         progress: search::Progress<'_>,
     ) -> Result<search::SearchResult, QueryError> {
         self.observed(self.engine.search_streaming(tenant, req, progress)).await
+    }
+
+    /// One read-only SQL statement over the tenant's spans.
+    pub async fn sql(&self, tenant: &Tenant, sql: &str, max_bytes: usize) -> Result<sql::SqlOutput, QueryError> {
+        self.engine.sql(tenant, sql, max_bytes).await
     }
 
     /// Tag names per scope.

@@ -13,6 +13,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 
 use crate::block::schema::kind;
 
@@ -249,6 +250,71 @@ fn render_any(v: &opentelemetry_proto::tonic::common::v1::AnyValue, out: &mut Ve
     }
 }
 
+/// Typed values of one key in an attribute-list column, row by row.
+struct ValueReader<'a> {
+    lists: AttrLists<'a>,
+    keys: &'a StringArray,
+    kinds: &'a Int8Array,
+    s: &'a StringArray,
+    i: &'a arrow::array::Int64Array,
+    d: &'a arrow::array::Float64Array,
+    b: &'a arrow::array::BooleanArray,
+    raw: &'a arrow::array::BinaryArray,
+}
+
+impl<'a> ValueReader<'a> {
+    fn new(list: &'a ListArray) -> Result<Self> {
+        let lists = AttrLists::new(list)?;
+        let attrs = lists.attrs();
+        let child = |name: &str| {
+            attrs.column_by_name(name).ok_or_else(|| DataFusionError::Execution(format!("attribute items lack {name}")))
+        };
+        Ok(ValueReader {
+            keys: child("key")?.as_string(),
+            kinds: child("kind")?.as_primitive(),
+            s: child("s")?.as_string(),
+            i: child("i")?.as_primitive(),
+            d: child("d")?.as_primitive(),
+            b: child("b")?.as_boolean(),
+            raw: child("raw")?.as_binary(),
+            lists,
+        })
+    }
+
+    /// Values of `key` in `row`, rendered with `tag_value_text`; arrays give one value per scalar element.
+    fn values(&self, row: usize, key: &str, first_only: bool) -> Vec<String> {
+        use prost::Message;
+        let mut out = Vec::new();
+        for j in self.lists.ranges(row).into_iter().flatten() {
+            if self.keys.value(j) != key {
+                continue;
+            }
+            match self.kinds.value(j) {
+                kind::STRING => out.push(tag_value_text("string", self.s.value(j))),
+                kind::INT => out.push(tag_value_text("int", &self.i.value(j).to_string())),
+                kind::DOUBLE => out.push(tag_value_text("float", &self.d.value(j).to_string())),
+                kind::BOOL => out.push(tag_value_text("bool", &self.b.value(j).to_string())),
+                kind::ARRAY => {
+                    if let Ok(v) = opentelemetry_proto::tonic::common::v1::AnyValue::decode(self.raw.value(j)) {
+                        render_any(&v, &mut out);
+                    }
+                }
+                _ => {}
+            }
+            if first_only {
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn list_of<'a>(arr: &'a ArrayRef, name: &str) -> Result<&'a ListArray> {
+    arr.as_any()
+        .downcast_ref::<ListArray>()
+        .ok_or_else(|| DataFusionError::Execution(format!("{name}: argument is not a list")))
+}
+
 impl ScalarUDFImpl for AttrValues {
     fn name(&self) -> &str {
         "attr_values"
@@ -263,7 +329,6 @@ impl ScalarUDFImpl for AttrValues {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        use prost::Message;
         let [list, key] = args.args.as_slice() else {
             return Err(DataFusionError::Execution("attr_values takes two arguments".into()));
         };
@@ -271,47 +336,114 @@ impl ScalarUDFImpl for AttrValues {
             return Err(DataFusionError::Execution("attr_values: key must be a string".into()));
         };
         let arr = list_arg(list, args.number_rows)?;
-        let list = arr
-            .as_any()
-            .downcast_ref::<ListArray>()
-            .ok_or_else(|| DataFusionError::Execution("attr_values: argument is not a list".into()))?;
-        let lists = AttrLists::new(list)?;
-        let attrs = lists.attrs();
-        let child = |name: &str| {
-            attrs
-                .column_by_name(name)
-                .ok_or_else(|| DataFusionError::Execution(format!("attr_values: items lack {name}")))
-        };
-        let keys: &StringArray = child("key")?.as_string();
-        let kinds: &Int8Array = child("kind")?.as_primitive();
-        let s: &StringArray = child("s")?.as_string();
-        let i: &arrow::array::Int64Array = child("i")?.as_primitive();
-        let d: &arrow::array::Float64Array = child("d")?.as_primitive();
-        let b: &arrow::array::BooleanArray = child("b")?.as_boolean();
-        let raw: &arrow::array::BinaryArray = child("raw")?.as_binary();
-        let rows = (0..list.len())
-            .map(|row| {
-                let mut out = Vec::new();
-                for j in lists.ranges(row).into_iter().flatten() {
-                    if keys.value(j) != key {
-                        continue;
-                    }
-                    match kinds.value(j) {
-                        kind::STRING => out.push(tag_value_text("string", s.value(j))),
-                        kind::INT => out.push(tag_value_text("int", &i.value(j).to_string())),
-                        kind::DOUBLE => out.push(tag_value_text("float", &d.value(j).to_string())),
-                        kind::BOOL => out.push(tag_value_text("bool", &b.value(j).to_string())),
-                        kind::ARRAY => {
-                            if let Ok(v) = opentelemetry_proto::tonic::common::v1::AnyValue::decode(raw.value(j)) {
-                                render_any(&v, &mut out);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                out
-            })
-            .collect();
+        let reader = ValueReader::new(list_of(&arr, "attr_values")?)?;
+        let rows = (0..arr.len()).map(|row| reader.values(row, &key, false)).collect();
         Ok(ColumnarValue::Array(utf8_list(rows)))
+    }
+}
+
+/// `attr(list, key)`: the first value of `key` in each row as text (NULL when absent), for SQL users.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Attr {
+    signature: Signature,
+}
+
+pub fn attr_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(Attr { signature: Signature::any(2, Volatility::Immutable) })
+}
+
+impl ScalarUDFImpl for Attr {
+    fn name(&self) -> &str {
+        "attr"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [list, key] = args.args.as_slice() else {
+            return Err(DataFusionError::Execution("attr takes two arguments: attr(span_attrs, 'key')".into()));
+        };
+        let Some(key) = scalar_str(key)? else {
+            return Err(DataFusionError::Execution("attr: the key must be a string constant".into()));
+        };
+        let arr = list_arg(list, args.number_rows)?;
+        let reader = ValueReader::new(list_of(&arr, "attr")?)?;
+        let mut out = arrow::array::StringBuilder::new();
+        for row in 0..arr.len() {
+            let v = reader.values(row, &key, true);
+            out.append_option(v.first().and_then(|t| t.split_once('\u{1f}')).map(|(_, v)| v));
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `merge_slots(list, 'key', slot, 'key', slot, ...)`: the attribute list with the dedicated slot values put back
+/// in front (where the block reader puts them), so SQL sees every attribute in one list whatever the block's slots.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MergeSlots {
+    signature: Signature,
+}
+
+pub fn merge_slots(list: Expr, slots: Vec<(String, Expr)>) -> Expr {
+    let mut args = vec![list];
+    for (k, e) in slots {
+        args.push(Expr::Literal(ScalarValue::Utf8(Some(k)), None));
+        args.push(e);
+    }
+    ScalarUDF::new_from_impl(MergeSlots { signature: Signature::variadic_any(Volatility::Immutable) }).call(args)
+}
+
+impl ScalarUDFImpl for MergeSlots {
+    fn name(&self) -> &str {
+        "merge_slots"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Null))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let Some((list, pairs)) = args.args.split_first() else {
+            return Err(DataFusionError::Execution("merge_slots needs a list".into()));
+        };
+        let list = list.to_array(rows)?;
+        let reader = crate::block::attrs::AttrListReader::new(list.as_ref())
+            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let mut slots: Vec<(String, ArrayRef)> = Vec::new();
+        for pair in pairs.chunks(2) {
+            let [k, v] = pair else { return Err(DataFusionError::Execution("merge_slots: key without column".into())) };
+            let Some(k) = scalar_str(k)? else { continue };
+            slots.push((k, v.to_array(rows)?));
+        }
+        let mut b = crate::block::attrs::AttrListBuilder::new();
+        for row in 0..rows {
+            for (k, col) in &slots {
+                if col.is_null(row) {
+                    continue;
+                }
+                let value = match col.data_type() {
+                    DataType::Utf8 => Value::StringValue(col.as_string::<i32>().value(row).to_string()),
+                    DataType::Int64 => Value::IntValue(col.as_primitive::<arrow::datatypes::Int64Type>().value(row)),
+                    _ => continue,
+                };
+                b.push(k, Some(&AnyValue { value: Some(value) }));
+            }
+            for kv in reader.read(row).map_err(|e| DataFusionError::Execution(e.to_string()))? {
+                b.push(&kv.key, kv.value.as_ref());
+            }
+            b.end_row();
+        }
+        Ok(ColumnarValue::Array(b.finish()))
     }
 }
