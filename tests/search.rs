@@ -1,5 +1,6 @@
-//! TraceQL search, end to end: the real binary fed over OTLP/HTTP, queried over `/api/search` as Grafana does, and
-//! compared with the naive evaluator in `tests/naive` over the same generated traces.
+//! TraceQL search, tags, SQL and gRPC streaming, end to end: the real binary fed over OTLP/HTTP, queried over
+//! `/api/search` (and the rest) as Grafana does, and compared with the naive evaluator in `tests/naive` over the
+//! same generated traces. One test binary, so the naive evaluator's own tests run once.
 //!
 //! Traces are split on purpose: some of their spans go into a first block, some into a second, some stay in
 //! memory, so trace-level values and structural operators must be computed over all fragments.
@@ -12,9 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{Server, http};
 use naive::{GenTrace, NaiveTrace};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 use serde::Deserialize;
+use strata::api::tempopb::streaming_querier_client::StreamingQuerierClient;
+use strata::api::tempopb::{SearchRequest, SearchTagValuesRequest, SearchTagsRequest};
 
 /// SearchResponse as Grafana decodes it: any field outside Tempo's messages fails the decode.
 #[derive(Deserialize, Debug)]
@@ -425,4 +429,447 @@ fn legacy_tag_search() {
     let want: Vec<String> = naive::evaluate(&q, &traces).iter().map(|t| t.trace_id.clone()).collect();
     let got: Vec<String> = got.traces.iter().map(|t| pad_id(&t.traceID)).collect();
     assert_eq!(got, want);
+}
+
+fn send_each(srv: &Server, traces: &[naive::GenTrace]) {
+    let mut req = ExportTraceServiceRequest::default();
+    for t in traces {
+        for s in &t.spans {
+            req.resource_spans.push(ResourceSpans {
+                resource: Some(s.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(s.scope.clone()),
+                    spans: vec![s.span.clone()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+    }
+    assert_eq!(srv.post_otlp(None, &req), 200);
+}
+
+#[test]
+fn streaming_search_reports_progress_and_every_trace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&dir.path().join("data"), &[]);
+    let traces = naive::generate(11, 120, BASE);
+    // Twelve blocks (three rounds of four) plus data in memory.
+    for chunk in traces.chunks(10) {
+        send_each(&srv, chunk);
+        srv.flush();
+    }
+    let extra = naive::generate(12, 5, BASE + 1_000_000_000_000_000);
+    send_each(&srv, &extra);
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut client =
+            StreamingQuerierClient::connect(srv.api.clone()).await.expect("gRPC connects on the HTTP port");
+        for (q, limit) in [("{ }", 1000u32), ("{ status = error }", 1000), ("{ }", 5)] {
+            let mut stream = client
+                .search(SearchRequest { query: q.into(), limit, spans_per_span_set: 3, ..Default::default() })
+                .await
+                .expect("search")
+                .into_inner();
+            let mut ids = Vec::new();
+            let mut messages = 0;
+            let mut last_progress = (0, 0);
+            while let Some(msg) = stream.message().await.expect("stream message") {
+                messages += 1;
+                let m = msg.metrics.expect("every message carries metrics");
+                assert!(m.completed_jobs >= last_progress.0, "progress never goes back");
+                last_progress = (m.completed_jobs, m.total_jobs);
+                ids.extend(msg.traces.iter().map(|t| format!("{:0>32}", t.trace_id)));
+            }
+            assert_eq!(last_progress.0, last_progress.1, "{q}: the last message reports every job done");
+            assert!(messages > 1, "{q}: results stream in several messages, got {messages}");
+            let unique: BTreeSet<&String> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "{q}: no trace is sent twice");
+            let mut all: Vec<naive::GenTrace> = naive::generate(11, 120, BASE);
+            all.extend(naive::generate(12, 5, BASE + 1_000_000_000_000_000));
+            let want: BTreeSet<String> = naive::evaluate(&query_lang::parse(q).expect("parse"), &all)
+                .into_iter()
+                .take(limit as usize)
+                .map(|t| t.trace_id)
+                .collect();
+            assert_eq!(unique.into_iter().cloned().collect::<BTreeSet<String>>(), want, "{q} limit {limit}");
+        }
+
+        // Grafana's streaming health check: `{}` limit 1 over the last 15 minutes answers (possibly empty).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as u32;
+        let mut stream = client
+            .search(SearchRequest { query: "{}".into(), limit: 1, start: now - 900, end: now, ..Default::default() })
+            .await
+            .expect("health search")
+            .into_inner();
+        assert!(stream.message().await.expect("first message").is_some());
+
+        let bad = client.search(SearchRequest { query: "{ .a = ".into(), ..Default::default() }).await;
+        let err = match bad {
+            Err(e) => e,
+            Ok(resp) => resp.into_inner().message().await.expect_err("a bad query is an error"),
+        };
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("1:8"), "{}", err.message());
+
+        let tags = client.search_tags_v2(SearchTagsRequest::default()).await.expect("tags").into_inner();
+        let tags = tags.collect_all().await;
+        let scopes: Vec<String> = tags.iter().flat_map(|m| m.scopes.iter().map(|s| s.name.clone())).collect();
+        assert!(scopes.contains(&"resource".to_string()) && scopes.contains(&"span".to_string()), "{scopes:?}");
+        let values = client
+            .search_tag_values_v2(SearchTagValuesRequest {
+                tag_name: "resource.service.name".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("values")
+            .into_inner()
+            .collect_all()
+            .await;
+        let got: BTreeSet<String> = values.iter().flat_map(|m| m.tag_values.iter().map(|v| v.value.clone())).collect();
+        let want: BTreeSet<String> = traces
+            .iter()
+            .flat_map(|t| &t.spans)
+            .filter_map(|s| {
+                s.resource.attributes.iter().find(|kv| kv.key == "service.name").and_then(|kv| {
+                    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                            Some(s.clone())
+                        }
+                        _ => None,
+                    }
+                })
+            })
+            .collect();
+        assert!(want.is_subset(&got), "service names {want:?} all listed in {got:?}");
+    });
+}
+
+/// Drains a tonic stream into its messages.
+trait CollectAll<T> {
+    async fn collect_all(self) -> Vec<T>;
+}
+
+impl<T> CollectAll<T> for tonic::Streaming<T> {
+    async fn collect_all(mut self) -> Vec<T> {
+        let mut out = Vec::new();
+        while let Some(m) = self.message().await.expect("stream message") {
+            out.push(m);
+        }
+        out
+    }
+}
+
+/// Typed values of a tag over generated spans, as `/api/v2/search/tag/<tag>/values` lists them.
+fn typed_values(
+    traces: &[GenTrace],
+    pick: fn(&naive::GenSpan) -> Vec<&KeyValue>,
+    key: &str,
+) -> BTreeSet<(String, String)> {
+    fn push(v: &AnyValue, out: &mut BTreeSet<(String, String)>) {
+        match &v.value {
+            Some(Value::StringValue(s)) => {
+                out.insert(("string".into(), s.clone()));
+            }
+            Some(Value::IntValue(i)) => {
+                out.insert(("int".into(), i.to_string()));
+            }
+            Some(Value::DoubleValue(d)) => {
+                out.insert(("float".into(), d.to_string()));
+            }
+            Some(Value::BoolValue(b)) => {
+                out.insert(("bool".into(), b.to_string()));
+            }
+            Some(Value::ArrayValue(a)) => {
+                a.values.iter().filter(|x| !matches!(x.value, Some(Value::ArrayValue(_)))).for_each(|x| push(x, out))
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    for s in traces.iter().flat_map(|t| &t.spans) {
+        // Every occurrence counts: a repeated key lists all its values.
+        for kv in pick(s).into_iter().filter(|kv| kv.key == key) {
+            if let Some(v) = &kv.value {
+                push(v, &mut out);
+            }
+        }
+    }
+    out
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TagsV2 {
+    scopes: Vec<TagScope>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TagScope {
+    name: String,
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TagValuesV2 {
+    tag_values: Vec<TypedValue>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TypedValue {
+    r#type: String,
+    value: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TagsV1 {
+    tag_names: Vec<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TagValuesV1 {
+    tag_values: Vec<String>,
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(srv: &Server, tenant: Option<&str>, path: &str, q: &[(&str, &str)]) -> T {
+    let mut req = http().get(format!("{}{path}", srv.api)).query(q);
+    if let Some(t) = tenant {
+        req = req.header("X-Scope-OrgID", t);
+    }
+    let r = req.send().expect("request");
+    let status = r.status();
+    let body = r.text().expect("body");
+    assert!(status.is_success(), "{path} {q:?}: {status} {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("strict decode of {path}: {e}\n{body}"))
+}
+
+#[test]
+fn tags_and_tag_values_list_what_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&dir.path().join("data"), &[]);
+    let traces = naive::generate(21, 120, BASE);
+    load(&srv, None, &traces);
+
+    let tags: TagsV2 = get_json(&srv, None, "/api/v2/search/tags", &[("limit", "5000")]);
+    let scope = |name: &str| -> BTreeSet<String> {
+        tags.scopes.iter().find(|s| s.name == name).map(|s| s.tags.iter().cloned().collect()).unwrap_or_default()
+    };
+    let keys = |pick: &dyn Fn(&naive::GenSpan) -> Vec<String>| -> BTreeSet<String> {
+        traces.iter().flat_map(|t| &t.spans).flat_map(pick).collect()
+    };
+    assert_eq!(scope("span"), keys(&|s| s.span.attributes.iter().map(|kv| kv.key.clone()).collect()));
+    assert_eq!(scope("resource"), keys(&|s| s.resource.attributes.iter().map(|kv| kv.key.clone()).collect()));
+    assert_eq!(
+        scope("event"),
+        keys(&|s| s.span.events.iter().flat_map(|e| e.attributes.iter().map(|kv| kv.key.clone())).collect())
+    );
+    assert_eq!(
+        scope("link"),
+        keys(&|s| s.span.links.iter().flat_map(|l| l.attributes.iter().map(|kv| kv.key.clone())).collect())
+    );
+    assert!(scope("intrinsic").contains("status") && scope("intrinsic").contains("trace:rootService"));
+    let only_span: TagsV2 = get_json(&srv, None, "/api/v2/search/tags", &[("scope", "span")]);
+    assert_eq!(only_span.scopes.len(), 1);
+    let v1: TagsV1 = get_json(&srv, None, "/api/search/tags", &[]);
+    assert!(v1.tag_names.iter().any(|t| t == "service.name"));
+
+    fn span_attrs(s: &naive::GenSpan) -> Vec<&KeyValue> {
+        s.span.attributes.iter().collect()
+    }
+    fn res_attrs(s: &naive::GenSpan) -> Vec<&KeyValue> {
+        s.resource.attributes.iter().collect()
+    }
+    for (tag, want) in [
+        ("span.http.method", typed_values(&traces, span_attrs, "http.method")),
+        ("span.http.status_code", typed_values(&traces, span_attrs, "http.status_code")),
+        ("span.user.id", typed_values(&traces, span_attrs, "user.id")),
+        ("span.tags", typed_values(&traces, span_attrs, "tags")),
+        ("resource.service.name", typed_values(&traces, res_attrs, "service.name")),
+        ("resource.deployment.environment", typed_values(&traces, res_attrs, "deployment.environment")),
+    ] {
+        let got: TagValuesV2 = get_json(&srv, None, &format!("/api/v2/search/tag/{tag}/values"), &[]);
+        let got: BTreeSet<(String, String)> = got.tag_values.into_iter().map(|v| (v.r#type, v.value)).collect();
+        assert_eq!(got, want, "{tag}");
+    }
+    let status: TagValuesV2 = get_json(&srv, None, "/api/v2/search/tag/status/values", &[]);
+    assert!(status.tag_values.iter().all(|v| v.r#type == "keyword"));
+    assert!(status.tag_values.iter().any(|v| v.value == "error"));
+    let v1: TagValuesV1 = get_json(&srv, None, "/api/search/tag/service.name/values", &[]);
+    let want: BTreeSet<String> = typed_values(&traces, res_attrs, "service.name").into_iter().map(|(_, v)| v).collect();
+    assert_eq!(v1.tag_values.into_iter().collect::<BTreeSet<_>>(), want);
+
+    // q narrows values to the traces the query matches.
+    let q = "{ status = error }";
+    let matching: BTreeSet<String> =
+        naive::evaluate(&query_lang::parse(q).expect("parse"), &traces).into_iter().map(|t| t.trace_id).collect();
+    let narrowed: Vec<GenTrace> =
+        naive::generate(21, 120, BASE).into_iter().filter(|t| matching.contains(&hex::encode(t.id))).collect();
+    let got: TagValuesV2 = get_json(&srv, None, "/api/v2/search/tag/resource.service.name/values", &[("q", q)]);
+    let got: BTreeSet<(String, String)> = got.tag_values.into_iter().map(|v| (v.r#type, v.value)).collect();
+    assert_eq!(got, typed_values(&narrowed, res_attrs, "service.name"));
+    // An unfinished query from the editor never fails the request.
+    for q in ["{ span.http.", "{ resource.service.name = ", "{}", "((("] {
+        let _: TagValuesV2 = get_json(&srv, None, "/api/v2/search/tag/name/values", &[("q", q)]);
+        let _: TagsV2 = get_json(&srv, None, "/api/v2/search/tags", &[("q", q)]);
+    }
+    // Other tenants see none of it.
+    let other: TagsV2 = get_json(&srv, Some("someone-else"), "/api/v2/search/tags", &[]);
+    assert!(other.scopes.iter().all(|s| s.name == "intrinsic"), "{other:?}");
+    let other: TagValuesV2 =
+        get_json(&srv, Some("someone-else"), "/api/v2/search/tag/resource.service.name/values", &[]);
+    assert!(other.tag_values.is_empty());
+}
+
+fn sql(srv: &Server, tenant: Option<&str>, statement: &str) -> (u16, String) {
+    let mut req = http().post(format!("{}/api/sql", srv.api)).body(statement.to_string());
+    if let Some(t) = tenant {
+        req = req.header("X-Scope-OrgID", t);
+    }
+    let r = req.send().expect("sql");
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+#[test]
+fn sql_reads_one_tenant_and_never_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&dir.path().join("data"), &[]);
+    let a = naive::generate(31, 30, BASE);
+    let b = naive::generate(32, 20, BASE);
+    send(&srv, Some("team-a"), &a, |t, _| t % 2 == 0);
+    srv.flush();
+    send(&srv, Some("team-a"), &a, |t, _| t % 2 == 1);
+    send(&srv, Some("team-b"), &b, |_, _| true);
+    srv.flush();
+    // Rows as stored: a block keeps one copy of a span (same ID and kind).
+    let spans = |t: &[GenTrace]| -> usize {
+        t.iter()
+            .map(|t| t.spans.iter().map(|s| (s.span.span_id.clone(), s.span.kind)).collect::<BTreeSet<_>>().len())
+            .sum()
+    };
+    let count = |tenant: &str| -> u64 {
+        let (status, body) = sql(&srv, Some(tenant), "SELECT count(*) AS n FROM spans");
+        assert_eq!(status, 200, "{body}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("JSON rows");
+        rows[0]["n"].as_u64().expect("count")
+    };
+    assert_eq!(count("team-a") as usize, spans(&a));
+    assert_eq!(count("team-b") as usize, spans(&b));
+    assert_eq!(count("nobody"), 0);
+
+    // Attributes in slots and in lists read alike.
+    let (status, body) = sql(
+        &srv,
+        Some("team-b"),
+        "SELECT attr(resource_attrs, 'service.name') AS svc, count(*) AS n FROM spans GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("JSON rows");
+    let total: u64 = rows.iter().map(|r| r["n"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(total as usize, spans(&b));
+
+    let r = http()
+        .post(format!("{}/api/sql", srv.api))
+        .header("X-Scope-OrgID", "team-b")
+        .header("Accept", "application/vnd.apache.arrow.stream")
+        .body("SELECT name FROM spans")
+        .send()
+        .expect("sql");
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().expect("body");
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None).expect("IPC");
+    let rows: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(rows, spans(&b));
+
+    for bad in [
+        "CREATE TABLE x AS SELECT 1",
+        "INSERT INTO spans SELECT * FROM spans",
+        "COPY (SELECT * FROM spans) TO '/tmp/strata-copy.csv'",
+        "DROP TABLE spans",
+        "SET datafusion.execution.batch_size = 1",
+        "SELECT * FROM 'data/blocks'",
+        "SELECT nope FROM spans",
+        "SELEC 1",
+        "",
+    ] {
+        let (status, body) = sql(&srv, Some("team-a"), bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    assert!(!std::path::Path::new("/tmp/strata-copy.csv").exists());
+}
+
+#[test]
+fn searches_during_ingest_and_flush_see_every_acknowledged_trace_once() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = Arc::new(Server::start(&dir.path().join("data"), &[("STRATA_MAX_BLOCK_SPANS", "400")]));
+    let traces = Arc::new(naive::generate(41, 300, BASE));
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::new(Mutex::new(BTreeSet::new()));
+    let writer = {
+        let (srv, traces, acked) = (srv.clone(), traces.clone(), acked.clone());
+        std::thread::spawn(move || {
+            for (i, chunk) in traces.chunks(5).enumerate() {
+                send(&srv, None, chunk, |_, _| true);
+                acked.lock().expect("lock").extend(chunk.iter().map(|t| hex::encode(t.id)));
+                if i % 6 == 5 {
+                    srv.flush();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let mut rounds = 0;
+    loop {
+        let done = writer.is_finished();
+        let before: BTreeSet<String> = acked.lock().expect("lock").clone();
+        let got: Vec<String> = search(&srv, None, "{ }", 100_000).traces.iter().map(|t| pad_id(&t.traceID)).collect();
+        let unique: BTreeSet<String> = got.iter().cloned().collect();
+        assert_eq!(unique.len(), got.len(), "a trace was returned twice");
+        let missing: Vec<&String> = before.difference(&unique).collect();
+        assert!(missing.is_empty(), "acknowledged traces missing from a search: {missing:?}");
+        rounds += 1;
+        if done {
+            break;
+        }
+    }
+    writer.join().expect("writer");
+    assert!(rounds > 3, "only {rounds} searches ran while ingesting");
+    assert_eq!(search(&srv, None, "{ }", 100_000).traces.len(), traces.len());
+}
+
+#[test]
+fn query_limits_answer_with_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traces = naive::generate(51, 40, BASE);
+    {
+        let srv = Server::start(&dir.path().join("a"), &[("STRATA_MAX_RESPONSE_BYTES", "2000")]);
+        load(&srv, None, &traces);
+        let r = search_raw(&srv, None, &[("q", "{ }"), ("limit", "1000")], false);
+        assert_eq!(r.status(), 422);
+        assert!(r.text().unwrap_or_default().contains("max_response_bytes"));
+        let (status, body) = sql(&srv, None, "SELECT * FROM spans");
+        assert_eq!(status, 422, "{body}");
+        assert!(search(&srv, None, "{ }", 1).traces.len() == 1, "small answers still fit");
+    }
+    {
+        let srv = Server::start(&dir.path().join("b"), &[("STRATA_MAX_QUERY_SCAN_BYTES", "1")]);
+        load(&srv, None, &traces);
+        let r = search_raw(&srv, None, &[("q", "{ }"), ("limit", "1000")], false);
+        assert_eq!(r.status(), 422);
+        assert!(r.text().unwrap_or_default().contains("max_query_scan_bytes"));
+    }
+    {
+        let srv = Server::start(&dir.path().join("c"), &[("STRATA_QUERY_TIMEOUT", "1ns")]);
+        load(&srv, None, &traces);
+        let r = search_raw(&srv, None, &[("q", "{ }")], false);
+        assert_eq!(r.status(), 504);
+        assert!(r.text().unwrap_or_default().contains("query_timeout"));
+        // The server is still fine.
+        assert!(http().get(format!("{}/ready", srv.api)).send().expect("ready").status().is_success());
+    }
 }

@@ -168,13 +168,13 @@ impl SearchEngine {
 
     /// The sources a query over `[start, end]` reads: memory first (it may hold anything, and it is read before
     /// the block list so a head that moves into a block meanwhile is seen at least once), then blocks overlapping
-    /// the range, newest end time first. Also returns every block of the tenant, for fetching whole traces.
+    /// the range, newest end time first.
     pub(crate) fn sources(
         &self,
         tenant: &Tenant,
         start: Option<u64>,
         end: Option<u64>,
-    ) -> Result<(Vec<Source>, Vec<Arc<BlockEntry>>), QueryError> {
+    ) -> Result<Vec<Source>, QueryError> {
         let mut sources = vec![Source::Memory(self.ingester.search_batches(tenant)?)];
         let all_blocks = self.blocks.blocks(tenant);
         let mut in_range: Vec<Arc<BlockEntry>> = all_blocks
@@ -192,7 +192,7 @@ impl SearchEngine {
                 .then_with(|| a.meta.block_id.cmp(&b.meta.block_id))
         });
         sources.extend(in_range.into_iter().map(Source::Block));
-        Ok((sources, all_blocks))
+        Ok(sources)
     }
 
     pub async fn search(&self, tenant: &Tenant, req: &SearchRequest) -> Result<SearchResult, QueryError> {
@@ -223,7 +223,7 @@ impl SearchEngine {
         let eval = Evaluator::new(req.pipeline.clone());
         let limit = req.limit.max(1);
         let mut stats = SearchStats::default();
-        let (sources, all_blocks) = self.sources(tenant, req.start, req.end)?;
+        let sources = self.sources(tenant, req.start, req.end)?;
         stats.total_blocks = (sources.len() - 1) as u32;
         stats.total_block_bytes =
             sources.iter().map(|s| if let Source::Block(b) = s { b.meta.data_size } else { 0 }).sum();
@@ -251,8 +251,7 @@ impl SearchEngine {
                 if batch.is_empty() {
                     break;
                 }
-                self.evaluate(tenant, &all_blocks, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut())
-                    .await?;
+                self.evaluate(tenant, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
                 hits.sort_by(|a, b| {
                     b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id))
                 });
@@ -345,7 +344,6 @@ impl SearchEngine {
     async fn evaluate(
         &self,
         tenant: &Tenant,
-        blocks: &[Arc<BlockEntry>],
         eval: &Evaluator,
         req: &SearchRequest,
         mut ids: Vec<TraceId>,
@@ -359,6 +357,9 @@ impl SearchEngine {
         for id in &ids {
             spans.insert(*id, self.ingester.find_trace(tenant, id));
         }
+        // The block list is read after memory, not taken from the start of the search: a head flushed meanwhile
+        // has left memory only once its block is listed, so every fragment is found in one place or the other.
+        let blocks = self.blocks.blocks(tenant);
         let jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>)> = blocks
             .iter()
             .filter_map(|b| {

@@ -49,7 +49,7 @@ impl SearchEngine {
     /// Runs one read-only statement over the tenant's spans; the result may hold at most `max_bytes` of Arrow data.
     pub async fn sql(&self, tenant: &Tenant, sql: &str, max_bytes: usize) -> Result<SqlOutput, QueryError> {
         let ctx = self.context();
-        let (sources, _) = self.sources(tenant, None, None)?;
+        let sources = self.sources(tenant, None, None)?;
         let mut plans = Vec::new();
         for source in &sources {
             let Some((table, _)) = self.table(tenant, source)? else { continue };

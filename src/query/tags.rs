@@ -146,7 +146,7 @@ impl SearchEngine {
                 }
             }
         } else {
-            let (sources, _) = self.sources(tenant, req.start, req.end)?;
+            let sources = self.sources(tenant, req.start, req.end)?;
             for source in &sources {
                 for (scope, names) in &mut out {
                     let Some(list) = scope.list_column() else { continue };
@@ -207,7 +207,7 @@ impl SearchEngine {
                 }
             }
         } else {
-            let (sources, _) = self.sources(tenant, req.start, req.end)?;
+            let sources = self.sources(tenant, req.start, req.end)?;
             for source in &sources {
                 texts.extend(self.source_values(tenant, source, tag).await?);
             }
