@@ -12,12 +12,11 @@ mod generator;
 mod proc;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use proc::{Proc, free_port, metric, percentile, start, status_kb};
+use proc::{free_port, metric, percentile, start, status_kb};
 use prost::Message;
 
 #[derive(Parser, Debug)]
@@ -98,34 +97,11 @@ fn main() {
     let args = Args::parse();
     let tmp = tempfile::tempdir().expect("tmp");
     let data = args.data.clone().unwrap_or_else(|| tmp.path().join("data"));
-    let mut env: Vec<(String, String)> = Vec::new();
-    let _moto = if args.s3 {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server on PATH (pip install 'moto[server]')");
-        let ep = format!("http://127.0.0.1:{port}");
-        let t = Instant::now();
-        while reqwest::blocking::Client::new().put(format!("{ep}/bench")).send().is_err() {
-            assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for (k, v) in [
-            ("STRATA_STORAGE", "s3"),
-            ("STRATA_S3_ENDPOINT", ep.as_str()),
-            ("STRATA_S3_BUCKET", "bench"),
-            ("AWS_ACCESS_KEY_ID", "x"),
-            ("AWS_SECRET_ACCESS_KEY", "x"),
-            ("AWS_REGION", "us-east-1"),
-        ] {
-            env.push((k.into(), v.into()));
-        }
-        Some(Proc { child, api: ep })
+    let (_moto, env) = if args.s3 {
+        let (moto, env) = proc::start_moto();
+        (Some(moto), env)
     } else {
-        None
+        (None, Vec::new())
     };
     let ports = (free_port(), free_port(), free_port());
 

@@ -106,3 +106,32 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// Starts a moto S3 server with a `bench` bucket; returns it and the environment that points strata at it.
+pub fn start_moto() -> (Proc, Vec<(String, String)>) {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server on PATH (pip install 'moto[server]')");
+    let ep = format!("http://127.0.0.1:{port}");
+    let t = Instant::now();
+    while reqwest::blocking::Client::new().put(format!("{ep}/bench")).send().is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let env = [
+        ("STRATA_STORAGE", "s3"),
+        ("STRATA_S3_ENDPOINT", ep.as_str()),
+        ("STRATA_S3_BUCKET", "bench"),
+        ("AWS_ACCESS_KEY_ID", "x"),
+        ("AWS_SECRET_ACCESS_KEY", "x"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    (Proc { child, api: ep }, env)
+}
