@@ -412,8 +412,9 @@ fn bad_search_requests_are_400s_with_a_reason() {
         assert_eq!(status, 400, "{params:?}: {body}");
         assert!(body.contains(needle), "{params:?}: {body:?} should mention {needle:?}");
     }
-    // Still serving.
+    // Still serving; hints are accepted (results are always newest first).
     assert!(search(&srv, None, "{ }", 5).traces.is_empty());
+    assert!(search(&srv, None, "{ } with(most_recent=true)", 5).traces.is_empty());
 }
 
 #[test]

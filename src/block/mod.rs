@@ -181,6 +181,10 @@ mod tests {
         );
         assert!(!names.contains(&"service.name"));
         assert!(built.bloom_filter.may_contain(&TraceId([2; 16])));
+        let kv = built.parquet_meta.file_metadata().key_value_metadata().expect("key-value metadata");
+        let slots = kv.iter().find(|k| k.key == writer::DEDICATED_COLUMNS_KEY).and_then(|k| k.value.clone());
+        let slots: Vec<DedicatedColumn> = serde_json::from_str(&slots.expect("slots recorded")).expect("JSON");
+        assert_eq!(slots, built.meta.dedicated_columns, "the file describes its own slots");
 
         // Read one trace back through the row filter, as the storage layer does.
         let target = TraceId([2; 16]);

@@ -22,6 +22,9 @@ use super::schema::{self, RES_STR_SLOTS, SPAN_INT_SLOTS, SPAN_STR_SLOTS, col, ev
 use super::{BlockError, BlockMeta, DedicatedColumn, FORMAT, TraceBloom};
 use crate::model::{Origin, SpanRecord, TraceId};
 
+/// Parquet key-value metadata key holding the block's dedicated-column mapping (JSON, as in `meta.json`).
+pub const DEDICATED_COLUMNS_KEY: &str = "strata.dedicated_columns";
+
 /// Tuning knobs for block building.
 #[derive(Debug, Clone)]
 pub struct BlockOptions {
@@ -68,6 +71,11 @@ pub fn build_block(
         .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
         .set_column_dictionary_enabled(ColumnPath::from(col::SPAN_ID), false)
         .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false)
+        // The file describes its own slots too, so it can be read without its meta.json.
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            DEDICATED_COLUMNS_KEY.to_string(),
+            serde_json::to_string(&dedicated.columns())?,
+        )]))
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema::schema(), Some(props))?;
     let mut bloom = TraceBloom::with_capacity(traces.len())?;
