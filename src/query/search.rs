@@ -32,8 +32,11 @@ use crate::ingest::Ingester;
 use crate::model::{SpanRecord, Tenant, TraceId, service_name};
 use crate::storage::{BlockEntry, BlockStore};
 
-/// How many sources are scanned at once, and how many traces are fetched and evaluated per round.
-const SOURCES_PER_ROUND: usize = 4;
+/// Sources scanned in the first round (memory and the newest block), doubling each round up to the maximum: a
+/// `limit=20` search usually ends after the first, a search for everything soon scans several blocks at once.
+const FIRST_ROUND: usize = 2;
+const MAX_ROUND: usize = 8;
+/// Fewest traces fetched and evaluated together.
 const MIN_EVAL_BATCH: usize = 64;
 /// Concurrent block reads when fetching candidate traces.
 const FETCH_CONCURRENCY: usize = 8;
@@ -234,6 +237,7 @@ impl SearchEngine {
         let mut seen: HashSet<TraceId> = HashSet::new();
         let mut hits: Vec<TraceHit> = Vec::new();
         let mut next = 0usize;
+        let mut round_size = FIRST_ROUND;
         loop {
             let watermark = sources[next..].iter().map(Source::max_start).max();
             // Evaluate candidates that could still enter the top `limit`, newest bound first.
@@ -273,7 +277,8 @@ impl SearchEngine {
                 Some(w) if kth.is_some_and(|k| w < k) => break,
                 Some(_) => {}
             }
-            let round: Vec<&Source> = sources[next..].iter().take(SOURCES_PER_ROUND).collect();
+            let round: Vec<&Source> = sources[next..].iter().take(round_size).collect();
+            round_size = (round_size * 2).min(MAX_ROUND);
             next += round.len();
             stats.inspected_bytes += round.iter().filter_map(|s| s.block()).map(|b| b.meta.data_size).sum::<u64>();
             if stats.inspected_bytes > self.max_scan_bytes {
