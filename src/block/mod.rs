@@ -13,7 +13,9 @@ pub mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use bloom::TraceBloom;
-pub use reader::{batch_to_spans, only_trace, only_traces, page_selection, page_selection_any, trace_id_filter};
+pub use reader::{
+    SpanParts, batch_to_spans, only_trace, only_traces, page_selection, page_selection_any, trace_id_filter,
+};
 pub use writer::{BlockOptions, BuiltBlock, build_block, traces_to_batches};
 
 /// Object names inside a block's folder.

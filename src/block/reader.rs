@@ -108,6 +108,114 @@ fn list_structs<'a>(batch: &'a RecordBatch, name: &str) -> Result<(&'a ListArray
     Ok((list, st))
 }
 
+/// The optional parts of a span a read needs; every other column is always read. Searches leave out what their
+/// query never looks at (most queries need neither events nor links), which is most of the decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanParts {
+    pub span_attrs: bool,
+    pub resource_attrs: bool,
+    pub scope_attrs: bool,
+    pub events: bool,
+    pub links: bool,
+}
+
+impl SpanParts {
+    pub const ALL: SpanParts =
+        SpanParts { span_attrs: true, resource_attrs: true, scope_attrs: true, events: true, links: true };
+
+    /// Whether a read with these parts includes `column`.
+    pub fn keeps(&self, column: &str) -> bool {
+        match column {
+            col::SPAN_ATTRS => self.span_attrs,
+            col::RESOURCE_ATTRS => self.resource_attrs,
+            col::SCOPE_ATTRS => self.scope_attrs,
+            col::EVENTS => self.events,
+            col::LINKS => self.links,
+            c if c.starts_with("span_str_") || c.starts_with("span_int_") => self.span_attrs,
+            c if c.starts_with("res_str_") => self.resource_attrs,
+            _ => true,
+        }
+    }
+}
+
+/// The events column's arrays.
+struct EventCols<'a> {
+    list: &'a ListArray,
+    time: &'a Int64Array,
+    name: &'a StringArray,
+    attrs: AttrListReader<'a>,
+    dropped: &'a UInt32Array,
+}
+
+impl<'a> EventCols<'a> {
+    fn new(batch: &'a RecordBatch) -> Result<Self, BlockError> {
+        let (list, ev) = list_structs(batch, col::EVENTS)?;
+        Ok(EventCols {
+            list,
+            time: struct_child(ev, "time_unix_nano")?,
+            name: struct_child(ev, "name")?,
+            attrs: AttrListReader::new(ev.column_by_name("attrs").ok_or_else(missing)?.as_ref())?,
+            dropped: struct_child(ev, "dropped_attributes_count")?,
+        })
+    }
+
+    fn read(&self, row: usize) -> Result<Vec<span::Event>, BlockError> {
+        let offs = self.list.value_offsets();
+        (offs[row] as usize..offs[row + 1] as usize)
+            .map(|j| {
+                Ok(span::Event {
+                    time_unix_nano: self.time.value(j) as u64,
+                    name: self.name.value(j).to_string(),
+                    attributes: self.attrs.read(j)?,
+                    dropped_attributes_count: self.dropped.value(j),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The links column's arrays.
+struct LinkCols<'a> {
+    list: &'a ListArray,
+    trace: &'a BinaryArray,
+    span: &'a BinaryArray,
+    state: &'a StringArray,
+    flags: &'a UInt32Array,
+    attrs: AttrListReader<'a>,
+    dropped: &'a UInt32Array,
+}
+
+impl<'a> LinkCols<'a> {
+    fn new(batch: &'a RecordBatch) -> Result<Self, BlockError> {
+        let (list, ln) = list_structs(batch, col::LINKS)?;
+        Ok(LinkCols {
+            list,
+            trace: struct_child(ln, "trace_id")?,
+            span: struct_child(ln, "span_id")?,
+            state: struct_child(ln, "trace_state")?,
+            flags: struct_child(ln, "flags")?,
+            attrs: AttrListReader::new(ln.column_by_name("attrs").ok_or_else(missing)?.as_ref())?,
+            dropped: struct_child(ln, "dropped_attributes_count")?,
+        })
+    }
+
+    fn read(&self, row: usize) -> Result<Vec<span::Link>, BlockError> {
+        let offs = self.list.value_offsets();
+        (offs[row] as usize..offs[row + 1] as usize)
+            .map(|j| {
+                Ok(span::Link {
+                    trace_id: self.trace.value(j).to_vec(),
+                    span_id: self.span.value(j).to_vec(),
+                    trace_state: opt_str(self.state, j),
+                    attributes: self.attrs.read(j)?,
+                    dropped_attributes_count: self.dropped.value(j),
+                    flags: self.flags.value(j),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Decodes every row of a batch (full block schema) into spans with their origin. Consecutive rows with the same
 /// resource and scope share one `Origin`, so a trace's spans group cheaply afterwards.
 pub fn batch_to_spans(
@@ -129,28 +237,27 @@ pub fn batch_to_spans(
     let dropped_events: &UInt32Array = column(batch, col::DROPPED_EVENTS)?;
     let dropped_links: &UInt32Array = column(batch, col::DROPPED_LINKS)?;
     let service: &StringArray = column(batch, col::SERVICE_NAME)?;
-    let res_attrs = AttrListReader::new(batch.column_by_name(col::RESOURCE_ATTRS).ok_or_else(missing)?.as_ref())?;
+    // Attribute, event and link lists may be left out of a read (searches project only what the query uses):
+    // missing ones decode as empty.
+    let optional_list = |name: &str| batch.column_by_name(name).map(|c| AttrListReader::new(c.as_ref())).transpose();
+    let res_attrs = optional_list(col::RESOURCE_ATTRS)?;
     let res_dropped: &UInt32Array = column(batch, col::RESOURCE_DROPPED)?;
     let res_schema: &StringArray = column(batch, col::RESOURCE_SCHEMA_URL)?;
     let scope_name: &StringArray = column(batch, col::SCOPE_NAME)?;
     let scope_version: &StringArray = column(batch, col::SCOPE_VERSION)?;
-    let scope_attrs = AttrListReader::new(batch.column_by_name(col::SCOPE_ATTRS).ok_or_else(missing)?.as_ref())?;
+    let scope_attrs = optional_list(col::SCOPE_ATTRS)?;
     let scope_dropped: &UInt32Array = column(batch, col::SCOPE_DROPPED)?;
     let scope_schema: &StringArray = column(batch, col::SCOPE_SCHEMA_URL)?;
-    let span_attrs = AttrListReader::new(batch.column_by_name(col::SPAN_ATTRS).ok_or_else(missing)?.as_ref())?;
+    let span_attrs = optional_list(col::SPAN_ATTRS)?;
 
-    let (ev_list, ev) = list_structs(batch, col::EVENTS)?;
-    let ev_time: &Int64Array = struct_child(ev, "time_unix_nano")?;
-    let ev_name: &StringArray = struct_child(ev, "name")?;
-    let ev_attrs = AttrListReader::new(ev.column_by_name("attrs").ok_or_else(missing)?.as_ref())?;
-    let ev_dropped: &UInt32Array = struct_child(ev, "dropped_attributes_count")?;
-    let (ln_list, ln) = list_structs(batch, col::LINKS)?;
-    let ln_trace: &BinaryArray = struct_child(ln, "trace_id")?;
-    let ln_span: &BinaryArray = struct_child(ln, "span_id")?;
-    let ln_state: &StringArray = struct_child(ln, "trace_state")?;
-    let ln_flags: &UInt32Array = struct_child(ln, "flags")?;
-    let ln_attrs = AttrListReader::new(ln.column_by_name("attrs").ok_or_else(missing)?.as_ref())?;
-    let ln_dropped: &UInt32Array = struct_child(ln, "dropped_attributes_count")?;
+    let events = match batch.column_by_name(col::EVENTS) {
+        Some(_) => Some(EventCols::new(batch)?),
+        None => None,
+    };
+    let links = match batch.column_by_name(col::LINKS) {
+        Some(_) => Some(LinkCols::new(batch)?),
+        None => None,
+    };
 
     // Dedicated slots present in this batch, with the attribute they hold.
     let mut res_slots: Vec<(&str, &StringArray)> = Vec::new();
@@ -179,14 +286,16 @@ pub fn batch_to_spans(
                 resource.attributes.push(kv(*k, string_value(a.value(i))));
             }
         }
-        res_attrs.read_into(i, &mut resource.attributes)?;
+        if let Some(r) = &res_attrs {
+            r.read_into(i, &mut resource.attributes)?;
+        }
         let origin = Origin {
             resource,
             resource_schema_url: opt_str(res_schema, i),
             scope: InstrumentationScope {
                 name: opt_str(scope_name, i),
                 version: opt_str(scope_version, i),
-                attributes: scope_attrs.read(i)?,
+                attributes: scope_attrs.as_ref().map(|r| r.read(i)).transpose()?.unwrap_or_default(),
                 dropped_attributes_count: scope_dropped.value(i),
             },
             scope_schema_url: opt_str(scope_schema, i),
@@ -211,31 +320,11 @@ pub fn batch_to_spans(
                 attributes.push(kv(*k, int_value(a.value(i))));
             }
         }
-        span_attrs.read_into(i, &mut attributes)?;
-        let offs = ev_list.value_offsets();
-        let events = (offs[i] as usize..offs[i + 1] as usize)
-            .map(|j| {
-                Ok(span::Event {
-                    time_unix_nano: ev_time.value(j) as u64,
-                    name: ev_name.value(j).to_string(),
-                    attributes: ev_attrs.read(j)?,
-                    dropped_attributes_count: ev_dropped.value(j),
-                })
-            })
-            .collect::<Result<Vec<_>, BlockError>>()?;
-        let offs = ln_list.value_offsets();
-        let links = (offs[i] as usize..offs[i + 1] as usize)
-            .map(|j| {
-                Ok(span::Link {
-                    trace_id: ln_trace.value(j).to_vec(),
-                    span_id: ln_span.value(j).to_vec(),
-                    trace_state: opt_str(ln_state, j),
-                    attributes: ln_attrs.read(j)?,
-                    dropped_attributes_count: ln_dropped.value(j),
-                    flags: ln_flags.value(j),
-                })
-            })
-            .collect::<Result<Vec<_>, BlockError>>()?;
+        if let Some(r) = &span_attrs {
+            r.read_into(i, &mut attributes)?;
+        }
+        let events = events.as_ref().map(|e| e.read(i)).transpose()?.unwrap_or_default();
+        let links = links.as_ref().map(|l| l.read(i)).transpose()?.unwrap_or_default();
         let st = start.value(i) as u64;
         let span = Span {
             trace_id: trace_id.value(i).to_vec(),

@@ -806,6 +806,83 @@ fn structural(op: SpansetOp, a: &[bool], b: &[bool], t: &TraceData) -> Vec<bool>
     out
 }
 
+/// The parts of a span the pipeline reads: what a whole-trace fetch must decode.
+pub fn span_parts(p: &Pipeline) -> crate::block::SpanParts {
+    let mut parts = crate::block::SpanParts {
+        span_attrs: false,
+        resource_attrs: false,
+        scope_attrs: false,
+        events: false,
+        links: false,
+    };
+    fn field(f: &Field, parts: &mut crate::block::SpanParts) {
+        match f {
+            Field::Attribute(a) => match a.scope {
+                Scope::Span => parts.span_attrs = true,
+                Scope::Resource => parts.resource_attrs = true,
+                Scope::Instrumentation => parts.scope_attrs = true,
+                Scope::Event => parts.events = true,
+                Scope::Link => parts.links = true,
+                Scope::Unscoped => {
+                    parts.span_attrs = true;
+                    parts.resource_attrs = true;
+                    parts.events = true;
+                    parts.links = true;
+                }
+            },
+            Field::Intrinsic(Intrinsic::EventName | Intrinsic::EventTimeSinceStart) => parts.events = true,
+            Field::Intrinsic(Intrinsic::LinkTraceId | Intrinsic::LinkSpanId) => parts.links = true,
+            Field::Intrinsic(_) => {}
+        }
+    }
+    fn expr(e: &FieldExpr, parts: &mut crate::block::SpanParts) {
+        match e {
+            FieldExpr::Field(f) => field(f, parts),
+            FieldExpr::Binary { lhs, rhs, .. } => {
+                expr(lhs, parts);
+                expr(rhs, parts);
+            }
+            FieldExpr::Unary { expr: x, .. } => expr(x, parts),
+            FieldExpr::Literal(_) => {}
+        }
+    }
+    fn spanset(e: &SpansetExpr, parts: &mut crate::block::SpanParts) {
+        match e {
+            SpansetExpr::Filter(f) => {
+                if let Some(x) = &f.expr {
+                    expr(x, parts);
+                }
+            }
+            SpansetExpr::Op { lhs, rhs, .. } => {
+                spanset(lhs, parts);
+                spanset(rhs, parts);
+            }
+            SpansetExpr::Pipeline(p) => pipeline(p, parts),
+        }
+    }
+    fn pipeline(p: &Pipeline, parts: &mut crate::block::SpanParts) {
+        for stage in &p.stages {
+            match stage {
+                Stage::Spanset(e) => spanset(e, parts),
+                Stage::By(e) => expr(e, parts),
+                Stage::Select(fields) => fields.iter().for_each(|f| field(f, parts)),
+                Stage::ScalarFilter(f) => {
+                    for side in [&f.lhs, &f.rhs] {
+                        if let ScalarExpr::Aggregate(a) = side
+                            && let Some(e) = &a.expr
+                        {
+                            expr(e, parts);
+                        }
+                    }
+                }
+                Stage::Coalesce => {}
+            }
+        }
+    }
+    pipeline(p, &mut parts);
+    parts
+}
+
 /// Attributes named in filters and `select()`, in query order, one per key.
 fn collect_shown(p: &Pipeline, out: &mut Vec<(String, Attribute)>) {
     fn add(a: &Attribute, out: &mut Vec<(String, Attribute)>) {

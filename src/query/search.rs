@@ -365,6 +365,11 @@ impl SearchEngine {
         // The block list is read after memory, not taken from the start of the search: a head flushed meanwhile
         // has left memory only once its block is listed, so every fragment is found in one place or the other.
         let blocks = self.blocks.blocks(tenant);
+        let parts = match keep {
+            // Tag listings read names and values of any part.
+            Some(_) => crate::block::SpanParts::ALL,
+            None => super::eval::span_parts(&req.pipeline),
+        };
         let jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>)> = blocks
             .iter()
             .filter_map(|b| {
@@ -377,7 +382,7 @@ impl SearchEngine {
             .map(|(b, wanted)| {
                 let store = store.clone();
                 let tenant = tenant.clone();
-                async move { store.read_traces(&tenant, &b, &wanted).await }
+                async move { store.read_traces(&tenant, &b, &wanted, parts).await }
             })
             .buffer_unordered(FETCH_CONCURRENCY);
         while let Some(part) = reads.next().await {

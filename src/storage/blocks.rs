@@ -8,14 +8,14 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::RwLock;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::StorageError;
 use super::file::{ObjectFile, reader_options};
-use crate::block::{self, BLOOM_OBJECT, BlockMeta, BuiltBlock, DATA_OBJECT, META_OBJECT, TraceBloom};
+use crate::block::{self, BLOOM_OBJECT, BlockMeta, BuiltBlock, DATA_OBJECT, META_OBJECT, SpanParts, TraceBloom};
 use crate::model::{SpanRecord, Tenant, TraceId};
 use crate::telemetry::Metrics;
 
@@ -200,16 +200,17 @@ impl BlockStore {
     }
 
     async fn read_trace(&self, tenant: &Tenant, b: &BlockEntry, id: TraceId) -> Result<Vec<SpanRecord>, StorageError> {
-        Ok(self.read_traces(tenant, b, &[id]).await?.into_iter().map(|(_, s)| s).collect())
+        Ok(self.read_traces(tenant, b, &[id], SpanParts::ALL).await?.into_iter().map(|(_, s)| s).collect())
     }
 
     /// All spans of the traces `ids` (sorted ascending) held by one block, in one read: row groups and pages
-    /// whose trace-ID range holds none of them are skipped.
+    /// whose trace-ID range holds none of them are skipped, and only the columns of `parts` are decoded.
     pub async fn read_traces(
         &self,
         tenant: &Tenant,
         b: &BlockEntry,
         ids: &[TraceId],
+        parts: SpanParts,
     ) -> Result<Vec<(TraceId, SpanRecord)>, StorageError> {
         let path = block_path(tenant.as_str(), &b.meta.block_id, DATA_OBJECT);
         let reader = ObjectFile::new(self.store.clone(), path, b.meta.data_size);
@@ -248,7 +249,16 @@ impl BlockStore {
         }
         // With the page index, only the pages that may hold the traces are fetched, all columns in coalesced
         // requests, and filtered in memory; without it, whole row groups are read and filtered.
-        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone());
+        let roots: Vec<usize> = footer
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| parts.keeps(f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone()).with_projection(mask);
         let builder = match block::page_selection_any(footer.metadata(), &groups, ids) {
             Some(sel) => builder.with_row_groups(groups).with_row_selection(sel),
             None => builder.with_row_groups(groups),
