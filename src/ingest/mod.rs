@@ -63,11 +63,55 @@ struct Head {
     spans: usize,
     bytes: usize,
     created: Instant,
+    /// Every span in arrival order, as (trace, index in the trace's list): lets searches convert only the spans
+    /// that arrived since the last search.
+    order: Vec<(TraceId, u32)>,
+    /// Record batches of the first `converted` spans of `order`, kept for searches.
+    search: parking_lot::Mutex<LiveBatches>,
 }
+
+#[derive(Default)]
+struct LiveBatches {
+    converted: usize,
+    batches: Vec<RecordBatch>,
+}
+
+/// Past this many small batches, the live head's batches are merged into one.
+const MAX_LIVE_BATCHES: usize = 32;
 
 impl Head {
     fn new() -> Self {
-        Head { traces: HashMap::new(), spans: 0, bytes: 0, created: Instant::now() }
+        Head {
+            traces: HashMap::new(),
+            spans: 0,
+            bytes: 0,
+            created: Instant::now(),
+            order: Vec::new(),
+            search: parking_lot::Mutex::new(LiveBatches::default()),
+        }
+    }
+
+    /// The head as record batches, converting only what arrived since the last call. Each batch holds a
+    /// trace's spans of one arrival window, so trace-level columns are per window (a search takes the minimum
+    /// start over them and evaluates whole traces later).
+    fn batches(&self) -> Result<Vec<RecordBatch>, BlockError> {
+        let mut cache = self.search.lock();
+        if cache.converted < self.order.len() {
+            // New spans of a trace are a suffix of its list: find where each trace's suffix starts.
+            let mut first: HashMap<TraceId, u32> = HashMap::new();
+            for (id, idx) in &self.order[cache.converted..] {
+                first.entry(*id).or_insert(*idx);
+            }
+            let slices = first.iter().filter_map(|(id, from)| self.traces.get(id).map(|v| (id, &v[*from as usize..])));
+            let fresh = traces_to_batches(slices, SEARCH_BATCH_ROWS)?;
+            cache.batches.extend(fresh);
+            cache.converted = self.order.len();
+            if cache.batches.len() > MAX_LIVE_BATCHES {
+                let merged = arrow::compute::concat_batches(&crate::block::schema::schema(), &cache.batches)?;
+                cache.batches = vec![merged];
+            }
+        }
+        Ok(cache.batches.clone())
     }
 }
 
@@ -250,13 +294,13 @@ impl Ingester {
     }
 
     /// The tenant's spans still in memory as record batches of the block schema (built by the block writer's
-    /// row builder), so searches run the same plan over them as over blocks. The live head is converted on each
-    /// call; frozen heads once.
+    /// row builder), so searches run the same plan over them as over blocks. Each span is converted once: the
+    /// live head converts what arrived since the previous search, a frozen head once.
     pub fn search_batches(&self, tenant: &Tenant) -> Result<Vec<RecordBatch>, BlockError> {
         let mut out = Vec::new();
         // Live first, then frozen: a head frozen in between is then seen twice (deduplicated later), never missed.
         if let Some(head) = self.shared.live.read().get(tenant) {
-            out.extend(traces_to_batches(head.traces.iter().map(|(id, r)| (id, r.as_slice())), SEARCH_BATCH_ROWS)?);
+            out.extend(head.batches()?);
         }
         let frozen: Vec<Arc<FrozenHead>> =
             self.shared.flushing.read().iter().filter(|f| &f.tenant == tenant).cloned().collect();
@@ -303,7 +347,9 @@ fn insert(live: &mut HashMap<Tenant, Head>, tenant: Tenant, spans: Vec<(TraceId,
     head.spans += spans.len();
     head.bytes += bytes;
     for (id, rec) in spans {
-        head.traces.entry(id).or_default().push(rec);
+        let list = head.traces.entry(id).or_default();
+        head.order.push((id, list.len() as u32));
+        list.push(rec);
     }
 }
 
@@ -416,13 +462,13 @@ fn cut(segment: &mut wal::Segment, shared: &Shared, cfg: &IngestConfig, cuts: &m
         for (tenant, head) in taken {
             let mut traces: Vec<(TraceId, Vec<SpanRecord>)> = head.traces.into_iter().collect();
             traces.sort_unstable_by_key(|t| t.0);
-            let f = Arc::new(FrozenHead {
-                tenant,
-                traces,
-                spans: head.spans,
-                bytes: head.bytes,
-                batches: std::sync::OnceLock::new(),
-            });
+            // Batches searches already built cover the frozen head if they cover every span.
+            let batches = std::sync::OnceLock::new();
+            let cached = head.search.into_inner();
+            if cached.converted == head.order.len() && cached.converted > 0 {
+                let _ = batches.set(cached.batches);
+            }
+            let f = Arc::new(FrozenHead { tenant, traces, spans: head.spans, bytes: head.bytes, batches });
             shared.backlog.fetch_add(f.bytes, Ordering::Relaxed);
             flushing.push(f.clone());
             frozen.push(f);
