@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use bloom::TraceBloom;
 pub use reader::{
     SpanParts, batch_to_spans, only_trace, only_traces, page_selection, page_selection_any, trace_id_filter,
+    trace_ids_filter,
 };
 pub use writer::{BlockOptions, BuiltBlock, build_block, traces_to_batches};
 
@@ -52,6 +53,14 @@ pub struct DedicatedColumn {
     pub value_type: String,
     /// The slot column that holds it, e.g. `span_str_03`.
     pub column: String,
+    /// Whether some values of this key stayed in the generic list too (another type, or a repeated key), so a
+    /// search must look there as well. Blocks written before this field existed are assumed to have some.
+    #[serde(default = "yes", rename = "alsoInList")]
+    pub also_in_list: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The small JSON object that describes a block and makes it visible.
@@ -78,6 +87,10 @@ pub struct BlockMeta {
     pub compaction_level: u32,
     pub created_at_unix: u64,
     pub dedicated_columns: Vec<DedicatedColumn>,
+    /// Whether some `service.name` values are in the generic resource list rather than the `service_name`
+    /// column (non-string or repeated). Blocks written before this field existed are assumed to have some.
+    #[serde(default = "yes")]
+    pub service_name_in_list: bool,
 }
 
 impl BlockMeta {

@@ -81,6 +81,21 @@ pub fn trace_id_filter(parquet_schema: &SchemaDescriptor, id: TraceId) -> RowFil
     RowFilter::new(vec![Box::new(pred)])
 }
 
+/// A Parquet row filter keeping only rows of the traces `ids` (sorted ascending). Reading several traces, it
+/// decodes the other columns only for their rows instead of for every row of the pages that hold them.
+pub fn trace_ids_filter(parquet_schema: &SchemaDescriptor, ids: Arc<Vec<TraceId>>) -> RowFilter {
+    let mask = ProjectionMask::leaves(parquet_schema, [0]);
+    let pred = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+        let col = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError("trace_id is not fixed-size binary".into()))?;
+        Ok((0..col.len()).map(|i| Some(ids.binary_search_by(|id| id.0[..].cmp(col.value(i))).is_ok())).collect())
+    });
+    RowFilter::new(vec![Box::new(pred)])
+}
+
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, BlockError> {
     batch
         .column_by_name(name)

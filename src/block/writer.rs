@@ -71,21 +71,22 @@ pub fn build_block(
         .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
         .set_column_dictionary_enabled(ColumnPath::from(col::SPAN_ID), false)
         .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false)
-        // The file describes its own slots too, so it can be read without its meta.json.
-        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
-            DEDICATED_COLUMNS_KEY.to_string(),
-            serde_json::to_string(&dedicated.columns())?,
-        )]))
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema::schema(), Some(props))?;
     let mut bloom = TraceBloom::with_capacity(traces.len())?;
     for (id, _) in traces {
         bloom.insert(id);
     }
-    let (start, end, spans) =
+    let (start, end, spans, spilled) =
         write_rows(traces.iter().map(|(id, r)| (id, r.as_slice())), &dedicated, opts.row_group_rows, |b| {
             Ok(writer.write(&b)?)
         })?;
+    let dedicated_columns = dedicated.columns(&spilled);
+    // The file describes its own slots too, so it can be read without its meta.json.
+    writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+        DEDICATED_COLUMNS_KEY.to_string(),
+        serde_json::to_string(&dedicated_columns)?,
+    ));
     let data = Bytes::from(writer.into_inner()?);
     let parquet_meta = Arc::new(
         ParquetMetaDataReader::new().with_page_index_policy(PageIndexPolicy::Optional).parse_and_finish(&data)?,
@@ -109,7 +110,8 @@ pub fn build_block(
         raw_bytes,
         compaction_level: 0,
         created_at_unix: now,
-        dedicated_columns: dedicated.columns(),
+        dedicated_columns,
+        service_name_in_list: spilled.contains(&(true, "service.name".to_string())),
     };
     Ok(BuiltBlock { meta, data, bloom: bloom_bytes, bloom_filter: bloom, parquet_meta })
 }
@@ -136,7 +138,7 @@ fn write_rows<'a>(
     dedicated: &Dedicated,
     batch_rows: usize,
     mut sink: impl FnMut(RecordBatch) -> Result<(), BlockError>,
-) -> Result<(u64, u64, u64), BlockError> {
+) -> Result<(u64, u64, u64, std::collections::HashSet<(bool, String)>), BlockError> {
     let mut rows = Rows::new(dedicated);
     let (mut start, mut end, mut spans) = (u64::MAX, 0u64, 0u64);
     for (id, records) in traces {
@@ -168,7 +170,7 @@ fn write_rows<'a>(
     if rows.len > 0 {
         sink(rows.finish()?)?;
     }
-    Ok((start, end, spans))
+    Ok((start, end, spans, rows.spilled))
 }
 
 /// Position of a span in its trace's tree, in nested-set form.
@@ -255,7 +257,7 @@ struct Dedicated {
 }
 
 impl Dedicated {
-    fn columns(&self) -> Vec<DedicatedColumn> {
+    fn columns(&self, spilled: &std::collections::HashSet<(bool, String)>) -> Vec<DedicatedColumn> {
         let mk = |scope: &str, ty: &str, names: &[String], colname: fn(usize) -> String| {
             names
                 .iter()
@@ -265,6 +267,7 @@ impl Dedicated {
                     name: n.clone(),
                     value_type: ty.into(),
                     column: colname(i),
+                    also_in_list: spilled.contains(&(scope == "resource", n.clone())),
                 })
                 .collect::<Vec<_>>()
         };
@@ -338,6 +341,8 @@ struct ResourceSplit {
 
 struct Rows {
     len: usize,
+    /// Dedicated keys (and `service.name`) that also have values in the generic lists: (is resource, key).
+    spilled: std::collections::HashSet<(bool, String)>,
     res_split: HashMap<*const Origin, ResourceSplit>,
     res_keys: HashMap<String, usize>,
     /// Span attribute key -> (string slot, int slot) of the dedicated columns.
@@ -390,6 +395,7 @@ impl Rows {
         Rows {
             len: 0,
             res_split: HashMap::new(),
+            spilled: std::collections::HashSet::new(),
             res_keys: idx(&d.res_str),
             span_keys: {
                 let mut m: HashMap<String, (Option<usize>, Option<usize>)> = HashMap::new();
@@ -466,6 +472,7 @@ impl Rows {
 
         // Resource: service.name and dedicated keys get columns, the rest the generic list.
         let res_keys = &self.res_keys;
+        let spilled = &mut self.spilled;
         let split = self.res_split.entry(Arc::as_ptr(origin)).or_insert_with(|| {
             let mut sp = ResourceSplit { service: None, slots: [None; RES_STR_SLOTS], generic: Vec::new() };
             for (idx, kv) in origin.resource.attributes.iter().enumerate() {
@@ -482,6 +489,9 @@ impl Rows {
                         sp.slots[i] = Some(idx);
                         continue;
                     }
+                }
+                if kv.key == "service.name" || res_keys.contains_key(&kv.key) {
+                    spilled.insert((true, kv.key.clone()));
                 }
                 sp.generic.push(idx);
             }
@@ -523,7 +533,12 @@ impl Rows {
             match (value_of(kv), slots) {
                 (Some(Value::StringValue(v)), (Some(i), _)) if str_slots[i].is_none() => str_slots[i] = Some(v),
                 (Some(Value::IntValue(v)), (_, Some(i))) if int_slots[i].is_none() => int_slots[i] = Some(*v),
-                _ => self.span_attrs.push(&kv.key, kv.value.as_ref()),
+                _ => {
+                    if self.span_keys.contains_key(&kv.key) {
+                        self.spilled.insert((false, kv.key.clone()));
+                    }
+                    self.span_attrs.push(&kv.key, kv.value.as_ref())
+                }
             }
         }
         self.span_attrs.end_row();

@@ -27,6 +27,9 @@ pub struct Slots {
     res_str: HashMap<String, String>,
     span_str: HashMap<String, String>,
     span_int: HashMap<String, String>,
+    /// Dedicated keys none of whose values are in the generic list: (is resource, key). For them, the list
+    /// need not be read.
+    only_in_slots: std::collections::HashSet<(bool, String)>,
 }
 
 impl Slots {
@@ -48,9 +51,16 @@ impl Slots {
             .chain(self.span_str.keys().chain(self.span_int.keys()).map(|k| (false, k.as_str())))
     }
 
-    pub fn new(dedicated: &[DedicatedColumn]) -> Self {
+    /// The slots of a block; `service_name_in_list` is the block meta's flag of the same name.
+    pub fn new(dedicated: &[DedicatedColumn], service_name_in_list: bool) -> Self {
         let mut s = Slots::default();
+        if !service_name_in_list {
+            s.only_in_slots.insert((true, "service.name".into()));
+        }
         for d in dedicated {
+            if !d.also_in_list {
+                s.only_in_slots.insert((d.scope == "resource", d.name.clone()));
+            }
             let map = match (d.scope.as_str(), d.value_type.as_str()) {
                 ("resource", "string") => &mut s.res_str,
                 ("span", "string") => &mut s.span_str,
@@ -217,27 +227,32 @@ fn attribute(a: &Attribute, op: BinaryOp, value: &Literal, slots: &Slots) -> Opt
         Scope::Resource => {
             let s = if a.name == "service.name" { Some(c::SERVICE_NAME.to_string()) } else { None };
             let slot = s.or_else(|| slots.res_str.get(&a.name).cloned());
-            return Some(attribute_in(c::RESOURCE_ATTRS, slot.as_ref(), None, &a.name, op, value));
+            let list = (!slots.only_in_slots.contains(&(true, a.name.clone()))).then_some(c::RESOURCE_ATTRS);
+            return Some(attribute_in(list, slot.as_ref(), None, &a.name, op, value));
         }
         _ => return None,
     };
+    let list = (!slots.only_in_slots.contains(&(false, a.name.clone()))).then_some(list);
     Some(attribute_in(list, str_slot, int_slot, &a.name, op, value))
 }
 
 /// A condition on one attribute kept in a generic list and possibly in a string and/or an int slot.
 fn attribute_in(
-    list: &str,
+    list: Option<&str>,
     str_slot: Option<&String>,
     int_slot: Option<&String>,
     key: &str,
     op: BinaryOp,
     value: &Literal,
 ) -> Expr {
-    let in_list = match (value, op) {
-        (Literal::String(s), BinaryOp::Eq) => attr_may_match(col(list), key, Some(s)),
-        _ => attr_may_match(col(list), key, None),
-    };
-    let mut parts = vec![in_list];
+    let mut parts = Vec::new();
+    // The generic list, unless the block says every value of the key sits in its slots.
+    if let Some(list) = list {
+        parts.push(match (value, op) {
+            (Literal::String(s), BinaryOp::Eq) => attr_may_match(col(list), key, Some(s)),
+            _ => attr_may_match(col(list), key, None),
+        });
+    }
     if let Some(slot) = str_slot {
         let slot_cond = match value {
             Literal::String(s) => string_cond(col(slot.as_str()), op, s),
@@ -262,5 +277,6 @@ fn attribute_in(
             parts.push(e);
         }
     }
-    parts.into_iter().reduce(Expr::or).unwrap_or_else(|| lit(true))
+    // No list and no usable slot: nothing in this source can match.
+    parts.into_iter().reduce(Expr::or).unwrap_or_else(|| lit(false))
 }

@@ -37,7 +37,10 @@ use crate::storage::{BlockEntry, BlockStore};
 const FIRST_ROUND: usize = 2;
 const MAX_ROUND: usize = 8;
 /// Fewest traces fetched and evaluated together.
-const MIN_EVAL_BATCH: usize = 64;
+const MIN_EVAL_BATCH: usize = 16;
+/// Above this `limit`, a search evaluates after scanning everything, in trace-ID order, `BULK_CHUNK` at a time.
+const BULK_LIMIT: usize = 1000;
+const BULK_CHUNK: usize = 16384;
 /// Concurrent block reads when fetching candidate traces.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -240,26 +243,42 @@ impl SearchEngine {
         let mut round_size = FIRST_ROUND;
         loop {
             let watermark = sources[next..].iter().map(Source::max_start).max();
-            // Evaluate candidates that could still enter the top `limit`, newest bound first.
-            loop {
-                let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
-                let mut batch: Vec<TraceId> = Vec::new();
-                while let Some(&(ub, Reverse(id))) = pending.peek() {
-                    let ready = watermark.is_none_or(|w| ub >= w) && kth.is_none_or(|k| ub >= k);
-                    if !ready || batch.len() >= MIN_EVAL_BATCH.max(limit.min(4096)) {
+            if limit > BULK_LIMIT {
+                // Asking for (nearly) everything: evaluating early cannot stop the walk, so wait until every
+                // source is scanned, then take the candidates in trace-ID order, a chunk at a time: each chunk
+                // reads one stretch of every block (rows are sorted by trace ID), so blocks are read once.
+                if watermark.is_none() && !pending.is_empty() {
+                    let mut ids: Vec<TraceId> = pending.drain().map(|(_, Reverse(id))| id).collect();
+                    ids.sort_unstable();
+                    for chunk in ids.chunks(BULK_CHUNK) {
+                        self.evaluate(tenant, &eval, req, chunk.to_vec(), &mut hits, &mut stats, keep.as_deref_mut())
+                            .await?;
+                    }
+                    sort_hits(&mut hits);
+                    hits.truncate(limit);
+                }
+            } else {
+                // Evaluate candidates that could still enter the top `limit`, newest bound first, a few at a time:
+                // the first batch usually settles the answer.
+                loop {
+                    let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
+                    let size = limit.saturating_sub(hits.len()).max(MIN_EVAL_BATCH);
+                    let mut batch: Vec<TraceId> = Vec::new();
+                    while let Some(&(ub, Reverse(id))) = pending.peek() {
+                        let ready = watermark.is_none_or(|w| ub >= w) && kth.is_none_or(|k| ub >= k);
+                        if !ready || batch.len() >= size {
+                            break;
+                        }
+                        pending.pop();
+                        batch.push(id);
+                    }
+                    if batch.is_empty() {
                         break;
                     }
-                    pending.pop();
-                    batch.push(id);
+                    self.evaluate(tenant, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
+                    sort_hits(&mut hits);
+                    hits.truncate(limit);
                 }
-                if batch.is_empty() {
-                    break;
-                }
-                self.evaluate(tenant, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
-                hits.sort_by(|a, b| {
-                    b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id))
-                });
-                hits.truncate(limit);
             }
             if let Some(p) = progress.as_deref_mut().filter(|_| stats.completed_jobs > 0) {
                 // Nothing unread can be newer than the watermark, so hits above it keep their place.
@@ -312,7 +331,7 @@ impl SearchEngine {
             }
             Source::Block(b) => Some((
                 Arc::new(BlockTable::new(tenant, b, self.blocks.object_store())),
-                Slots::new(&b.meta.dedicated_columns),
+                Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list),
             )),
         })
     }
@@ -415,6 +434,11 @@ impl SearchEngine {
         }
         Ok(())
     }
+}
+
+/// Newest first, ties by trace ID.
+fn sort_hits(hits: &mut [TraceHit]) {
+    hits.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id)));
 }
 
 fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<super::eval::SpanSet>, spss: usize) -> TraceHit {

@@ -157,7 +157,7 @@ impl SearchEngine {
                             .cloned(),
                     );
                     if let Some(b) = source.block() {
-                        let slots = super::prune::Slots::new(&b.meta.dedicated_columns);
+                        let slots = super::prune::Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
                         for (resource, key) in slots.keys() {
                             let s = if resource { TagScope::Resource } else { TagScope::Span };
                             if s == *scope {
@@ -239,7 +239,10 @@ impl SearchEngine {
 
     /// Tag values in one source, from the generic lists and slot columns that can hold the tag.
     async fn source_values(&self, tenant: &Tenant, source: &Source, tag: &Field) -> Result<Vec<String>, QueryError> {
-        let slots = source.block().map(|b| super::prune::Slots::new(&b.meta.dedicated_columns)).unwrap_or_default();
+        let slots = source
+            .block()
+            .map(|b| super::prune::Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list))
+            .unwrap_or_default();
         let mut out: Vec<String> = Vec::new();
         match tag {
             Field::Attribute(Attribute { scope, name, .. }) => {

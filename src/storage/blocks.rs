@@ -263,6 +263,15 @@ impl BlockStore {
             Some(sel) => builder.with_row_groups(groups).with_row_selection(sel),
             None => builder.with_row_groups(groups),
         };
+        // One trace: its pages are decoded whole (one request). Several: trace IDs are read first and the other
+        // columns decoded only for their rows.
+        let builder = if ids.len() > 1 {
+            let filter =
+                block::trace_ids_filter(footer.metadata().file_metadata().schema_descr(), Arc::new(ids.to_vec()));
+            builder.with_row_filter(filter)
+        } else {
+            builder
+        };
         let stream = builder.build()?;
         let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
             self.metrics.object_store_errors.inc();
