@@ -40,7 +40,7 @@ const MAX_ROUND: usize = 8;
 const MIN_EVAL_BATCH: usize = 16;
 /// Above this `limit`, a search evaluates after scanning everything, in trace-ID order, `BULK_CHUNK` at a time.
 const BULK_LIMIT: usize = 1000;
-const BULK_CHUNK: usize = 16384;
+const BULK_CHUNK: usize = 4096;
 /// Concurrent block reads when fetching candidate traces.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -241,6 +241,7 @@ impl SearchEngine {
         let mut hits: Vec<TraceHit> = Vec::new();
         let mut next = 0usize;
         let mut round_size = FIRST_ROUND;
+        let mut evaluated = 0usize;
         loop {
             let watermark = sources[next..].iter().map(Source::max_start).max();
             if limit > BULK_LIMIT {
@@ -262,7 +263,9 @@ impl SearchEngine {
                 // the first batch usually settles the answer.
                 loop {
                     let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
-                    let size = limit.saturating_sub(hits.len()).max(MIN_EVAL_BATCH);
+                    // Batches grow with what was already evaluated, so a query whose candidates rarely match
+                    // does not pay a full read of the blocks for every few traces.
+                    let size = limit.saturating_sub(hits.len()).max(MIN_EVAL_BATCH).max(evaluated).min(BULK_CHUNK);
                     let mut batch: Vec<TraceId> = Vec::new();
                     while let Some(&(ub, Reverse(id))) = pending.peek() {
                         let ready = watermark.is_none_or(|w| ub >= w) && kth.is_none_or(|k| ub >= k);
@@ -275,6 +278,7 @@ impl SearchEngine {
                     if batch.is_empty() {
                         break;
                     }
+                    evaluated += batch.len();
                     self.evaluate(tenant, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
                     sort_hits(&mut hits);
                     hits.truncate(limit);
@@ -307,8 +311,11 @@ impl SearchEngine {
                     self.max_scan_bytes
                 )));
             }
+            let scanned = std::time::Instant::now();
             let scans = round.into_iter().map(|s| self.candidates(&ctx, tenant, &req.pipeline, s));
-            for found in futures::future::join_all(scans).await {
+            let results = futures::future::join_all(scans).await;
+            tracing::debug!(sources = results.len(), ms = scanned.elapsed().as_secs_f64() * 1e3, "candidate scan");
+            for found in results {
                 for (id, ub) in found? {
                     if seen.insert(id) {
                         pending.push((ub, Reverse(id)));
@@ -377,6 +384,8 @@ impl SearchEngine {
     ) -> Result<(), QueryError> {
         let mut keep = keep;
         ids.sort_unstable();
+        let started = std::time::Instant::now();
+        let wanted = ids.len();
         let mut spans: HashMap<TraceId, Vec<SpanRecord>> = HashMap::with_capacity(ids.len());
         for id in &ids {
             spans.insert(*id, self.ingester.find_trace(tenant, id));
@@ -412,6 +421,7 @@ impl SearchEngine {
             }
         }
         drop(reads);
+        let fetched = started.elapsed();
         for id in ids {
             let records = spans.remove(&id).unwrap_or_default();
             if records.is_empty() {
@@ -432,6 +442,12 @@ impl SearchEngine {
                 k.push(t);
             }
         }
+        tracing::debug!(
+            traces = wanted,
+            fetch_ms = fetched.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "whole-trace evaluation"
+        );
         Ok(())
     }
 }
