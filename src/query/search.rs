@@ -244,7 +244,10 @@ impl SearchEngine {
         let mut evaluated = 0usize;
         loop {
             let watermark = sources[next..].iter().map(Source::max_start).max();
-            if limit > BULK_LIMIT {
+            // A limited search whose candidates keep failing becomes a bulk one once everything is scanned:
+            // more ranked batches would each read the blocks again.
+            let bulk = limit > BULK_LIMIT || (watermark.is_none() && evaluated >= BULK_CHUNK);
+            if bulk {
                 // Asking for (nearly) everything: evaluating early cannot stop the walk, so wait until every
                 // source is scanned, then take the candidates in trace-ID order, a chunk at a time: each chunk
                 // reads one stretch of every block (rows are sorted by trace ID), so blocks are read once.
