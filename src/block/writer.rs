@@ -25,6 +25,9 @@ use crate::model::{Origin, SpanRecord, TraceId};
 /// Parquet key-value metadata key holding the block's dedicated-column mapping (JSON, as in `meta.json`).
 pub const DEDICATED_COLUMNS_KEY: &str = "strata.dedicated_columns";
 
+/// Dedicated keys (and `service.name`) with values left in the generic lists: (is a resource key, key).
+type Spilled = std::collections::HashSet<(bool, String)>;
+
 /// Tuning knobs for block building.
 #[derive(Debug, Clone)]
 pub struct BlockOptions {
@@ -138,7 +141,7 @@ fn write_rows<'a>(
     dedicated: &Dedicated,
     batch_rows: usize,
     mut sink: impl FnMut(RecordBatch) -> Result<(), BlockError>,
-) -> Result<(u64, u64, u64, std::collections::HashSet<(bool, String)>), BlockError> {
+) -> Result<(u64, u64, u64, Spilled), BlockError> {
     let mut rows = Rows::new(dedicated);
     let (mut start, mut end, mut spans) = (u64::MAX, 0u64, 0u64);
     for (id, records) in traces {
@@ -257,7 +260,7 @@ struct Dedicated {
 }
 
 impl Dedicated {
-    fn columns(&self, spilled: &std::collections::HashSet<(bool, String)>) -> Vec<DedicatedColumn> {
+    fn columns(&self, spilled: &Spilled) -> Vec<DedicatedColumn> {
         let mk = |scope: &str, ty: &str, names: &[String], colname: fn(usize) -> String| {
             names
                 .iter()
@@ -342,7 +345,7 @@ struct ResourceSplit {
 struct Rows {
     len: usize,
     /// Dedicated keys (and `service.name`) that also have values in the generic lists: (is resource, key).
-    spilled: std::collections::HashSet<(bool, String)>,
+    spilled: Spilled,
     res_split: HashMap<*const Origin, ResourceSplit>,
     res_keys: HashMap<String, usize>,
     /// Span attribute key -> (string slot, int slot) of the dedicated columns.
@@ -395,7 +398,7 @@ impl Rows {
         Rows {
             len: 0,
             res_split: HashMap::new(),
-            spilled: std::collections::HashSet::new(),
+            spilled: Spilled::new(),
             res_keys: idx(&d.res_str),
             span_keys: {
                 let mut m: HashMap<String, (Option<usize>, Option<usize>)> = HashMap::new();
