@@ -244,27 +244,17 @@ impl SearchEngine {
         let mut evaluated = 0usize;
         loop {
             let watermark = sources[next..].iter().map(Source::max_start).max();
-            // A limited search whose candidates keep failing becomes a bulk one once everything is scanned:
-            // more ranked batches would each read the blocks again.
-            let bulk = limit > BULK_LIMIT || (watermark.is_none() && evaluated >= BULK_CHUNK);
-            if bulk {
-                // Asking for (nearly) everything: evaluating early cannot stop the walk, so wait until every
-                // source is scanned, then take the candidates in trace-ID order, a chunk at a time: each chunk
-                // reads one stretch of every block (rows are sorted by trace ID), so blocks are read once.
-                if watermark.is_none() && !pending.is_empty() {
-                    let mut ids: Vec<TraceId> = pending.drain().map(|(_, Reverse(id))| id).collect();
-                    ids.sort_unstable();
-                    for chunk in ids.chunks(BULK_CHUNK) {
-                        self.evaluate(tenant, &eval, req, chunk.to_vec(), &mut hits, &mut stats, keep.as_deref_mut())
-                            .await?;
-                    }
-                    sort_hits(&mut hits);
-                    hits.truncate(limit);
-                }
-            } else {
+            let mut bulk = limit > BULK_LIMIT;
+            if !bulk {
                 // Evaluate candidates that could still enter the top `limit`, newest bound first, a few at a time:
                 // the first batch usually settles the answer.
                 loop {
+                    // A limited search whose candidates keep failing turns bulk once everything is scanned: more
+                    // ranked batches would each read the blocks again.
+                    if watermark.is_none() && evaluated >= BULK_CHUNK {
+                        bulk = true;
+                        break;
+                    }
                     let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
                     // Batches grow with what was already evaluated, so a query whose candidates rarely match
                     // does not pay a full read of the blocks for every few traces.
@@ -283,6 +273,21 @@ impl SearchEngine {
                     }
                     evaluated += batch.len();
                     self.evaluate(tenant, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
+                    sort_hits(&mut hits);
+                    hits.truncate(limit);
+                }
+            }
+            // Bulk: evaluating early cannot stop the walk, so wait until every source is scanned, then take the
+            // candidates that can still place in trace-ID order, a chunk at a time: each chunk reads one stretch
+            // of every block (rows are sorted by trace ID), so blocks are read once.
+            if bulk && watermark.is_none() && !pending.is_empty() {
+                let kth = (hits.len() >= limit).then(|| hits[limit - 1].start_unix_nano);
+                let mut ids: Vec<TraceId> =
+                    pending.drain().filter(|(ub, _)| kth.is_none_or(|k| *ub >= k)).map(|(_, Reverse(id))| id).collect();
+                ids.sort_unstable();
+                for chunk in ids.chunks(BULK_CHUNK) {
+                    self.evaluate(tenant, &eval, req, chunk.to_vec(), &mut hits, &mut stats, keep.as_deref_mut())
+                        .await?;
                     sort_hits(&mut hits);
                     hits.truncate(limit);
                 }
