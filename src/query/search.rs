@@ -127,6 +127,9 @@ impl Source {
 /// Per-block tag answers: (block ID, what was asked) -> names or rendered values.
 pub(crate) type TagCache = parking_lot::Mutex<HashMap<(String, String), Arc<Vec<String>>>>;
 
+/// Sees each matching trace whole, as the search evaluates it.
+pub(crate) type Visit<'a> = &'a mut (dyn FnMut(&TraceData) + Send);
+
 /// Receives the traces a search is already sure of, with the counters so far.
 pub type Progress<'a> = &'a mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send);
 
@@ -216,13 +219,13 @@ impl SearchEngine {
         self.search_with(tenant, req, None, Some(progress)).await
     }
 
-    /// Runs a search; when `keep` is given, every matching trace's spans are also handed over (tag values
+    /// Runs a search; when `keep` is given, it sees every matching trace whole, one at a time (tag values
     /// narrowed by a query need them).
     pub(crate) async fn search_with(
         &self,
         tenant: &Tenant,
         req: &SearchRequest,
-        mut keep: Option<&mut Vec<TraceData>>,
+        mut keep: Option<Visit<'_>>,
         mut progress: Option<Progress<'_>>,
     ) -> Result<SearchResult, QueryError> {
         let mut reported: HashSet<TraceId> = HashSet::new();
@@ -380,7 +383,7 @@ impl SearchEngine {
 
     /// Phase 2: fetches every fragment of the traces, evaluates the query on each whole trace, keeps matches.
     #[allow(clippy::too_many_arguments)]
-    async fn evaluate(
+    async fn evaluate<'v>(
         &self,
         tenant: &Tenant,
         eval: &Evaluator,
@@ -388,7 +391,7 @@ impl SearchEngine {
         mut ids: Vec<TraceId>,
         hits: &mut Vec<TraceHit>,
         stats: &mut SearchStats,
-        keep: Option<&mut Vec<TraceData>>,
+        keep: Option<&mut (dyn FnMut(&TraceData) + Send + 'v)>,
     ) -> Result<(), QueryError> {
         let mut keep = keep;
         ids.sort_unstable();
@@ -447,7 +450,7 @@ impl SearchEngine {
             }
             hits.push(trace_hit(&t, eval, sets, req.spans_per_spanset));
             if let Some(k) = keep.as_deref_mut() {
-                k.push(t);
+                k(&t);
             }
         }
         tracing::debug!(

@@ -130,9 +130,9 @@ impl SearchEngine {
     ) -> Result<Vec<(TagScope, Vec<String>)>, QueryError> {
         let mut out: Vec<(TagScope, BTreeSet<String>)> = scopes.iter().map(|s| (*s, BTreeSet::new())).collect();
         if let Some(p) = &req.narrow {
-            for t in self.matching(tenant, p, req).await? {
+            let mut visit = |t: &TraceData| {
                 for r in &t.spans {
-                    for (scope, names) in &mut out {
+                    for (scope, names) in out.iter_mut() {
                         let lists: Vec<&[KeyValue]> = match scope {
                             TagScope::Resource => vec![&r.origin.resource.attributes],
                             TagScope::Span => vec![&r.span.attributes],
@@ -144,7 +144,8 @@ impl SearchEngine {
                         names.extend(lists.into_iter().flatten().map(|kv| kv.key.clone()));
                     }
                 }
-            }
+            };
+            self.matching(tenant, p, req, &mut visit).await?;
         } else {
             let sources = self.sources(tenant, req.start, req.end)?;
             for source in &sources {
@@ -201,11 +202,12 @@ impl SearchEngine {
         let mut texts: BTreeSet<String> = BTreeSet::new();
         if let Some(p) = &req.narrow {
             let eval = Evaluator::new(p.clone());
-            for t in self.matching(tenant, p, req).await? {
+            let mut visit = |t: &TraceData| {
                 for i in 0..t.spans.len() {
-                    texts.extend(eval.tag_values(&t, i, tag));
+                    texts.extend(eval.tag_values(t, i, tag));
                 }
-            }
+            };
+            self.matching(tenant, p, req, &mut visit).await?;
         } else {
             let sources = self.sources(tenant, req.start, req.end)?;
             for source in &sources {
@@ -223,8 +225,14 @@ impl SearchEngine {
         Ok(out)
     }
 
-    /// Every trace the pipeline matches in the range, whole.
-    async fn matching(&self, tenant: &Tenant, p: &Pipeline, req: &TagRequest) -> Result<Vec<TraceData>, QueryError> {
+    /// Hands every trace the pipeline matches in the range, whole, to `visit` (one at a time: memory stays bounded).
+    async fn matching(
+        &self,
+        tenant: &Tenant,
+        p: &Pipeline,
+        req: &TagRequest,
+        visit: super::search::Visit<'_>,
+    ) -> Result<(), QueryError> {
         let search = SearchRequest {
             pipeline: p.clone(),
             limit: usize::MAX,
@@ -232,9 +240,8 @@ impl SearchEngine {
             start: req.start,
             end: req.end,
         };
-        let mut kept = Vec::new();
-        self.search_with(tenant, &search, Some(&mut kept), None).await?;
-        Ok(kept)
+        self.search_with(tenant, &search, Some(visit), None).await?;
+        Ok(())
     }
 
     /// Tag values in one source, from the generic lists and slot columns that can hold the tag.
