@@ -183,7 +183,10 @@ fn main() {
     let mut fresh = Vec::new();
     let otlp = format!("http://127.0.0.1:{}/v1/traces", ports.1);
     for n in 0..20u64 {
-        let (mut reqs, _) = generator::requests(1000 + n, 1, 1);
+        // A new trace ID every run: a kept data set already holds earlier runs' traces, and a span sent again
+        // under the same IDs is a duplicate (the first copy wins).
+        let seed = u64::from(std::process::id()) << 20 | n;
+        let (mut reqs, _) = generator::requests(seed, 1, 1);
         let nonce = format!("fresh-{n}-{}", std::process::id());
         for rs in &mut reqs[0].resource_spans {
             for ss in &mut rs.scope_spans {
