@@ -13,10 +13,7 @@ pub mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use bloom::TraceBloom;
-pub use reader::{
-    SpanParts, batch_to_spans, only_trace, only_traces, page_selection, page_selection_any, trace_id_filter,
-    trace_ids_filter,
-};
+pub use reader::{SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, trace_ids_filter};
 pub use writer::{BlockOptions, BuiltBlock, build_block, traces_to_batches};
 
 /// Object names inside a block's folder.
@@ -204,7 +201,7 @@ mod tests {
         // Read one trace back through the row filter, as the storage layer does.
         let target = TraceId([2; 16]);
         let b = ParquetRecordBatchReaderBuilder::try_new(built.data.clone()).expect("reader");
-        let filter = trace_id_filter(b.parquet_schema(), target);
+        let filter = trace_ids_filter(b.parquet_schema(), std::sync::Arc::new(vec![target]));
         let batches: Vec<_> =
             b.with_row_filter(filter).build().expect("build").collect::<Result<_, _>>().expect("read");
         let mut got: Vec<SpanRecord> = Vec::new();

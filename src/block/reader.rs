@@ -53,32 +53,12 @@ pub fn page_selection_any(md: &ParquetMetaData, groups: &[usize], ids: &[TraceId
     Some(RowSelection::from(selectors))
 }
 
-/// Keeps the rows of `id` in a batch read by page selection.
-pub fn only_trace(batch: &RecordBatch, id: &TraceId) -> Result<RecordBatch, BlockError> {
-    let target = FixedSizeBinaryArray::new_scalar(id.0);
-    let col =
-        batch.column_by_name(col::TRACE_ID).ok_or_else(|| BlockError::Layout("trace_id column missing".into()))?;
-    let mask = arrow::compute::kernels::cmp::eq(col, &target)?;
-    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
-}
-
 /// Keeps the rows whose trace is one of `ids` (sorted ascending).
 pub fn only_traces(batch: &RecordBatch, ids: &[TraceId]) -> Result<RecordBatch, BlockError> {
     let col: &FixedSizeBinaryArray = column(batch, col::TRACE_ID)?;
     let mask: arrow::array::BooleanArray =
         (0..col.len()).map(|i| Some(ids.binary_search_by(|id| id.0[..].cmp(col.value(i))).is_ok())).collect();
     Ok(arrow::compute::filter_record_batch(batch, &mask)?)
-}
-
-/// A Parquet row filter keeping only rows of `id`; combined with row-group pruning on the sorted `trace_id`
-/// statistics and the page index, only the pages holding the trace are decoded.
-pub fn trace_id_filter(parquet_schema: &SchemaDescriptor, id: TraceId) -> RowFilter {
-    let mask = ProjectionMask::leaves(parquet_schema, [0]);
-    let pred = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
-        let target = FixedSizeBinaryArray::new_scalar(id.0);
-        arrow::compute::kernels::cmp::eq(batch.column(0), &target)
-    });
-    RowFilter::new(vec![Box::new(pred)])
 }
 
 /// A Parquet row filter keeping only rows of the traces `ids` (sorted ascending). Reading several traces, it
