@@ -6,6 +6,7 @@
 
 pub mod attrs;
 pub mod bloom;
+pub mod index;
 pub mod reader;
 pub mod schema;
 pub mod writer;
@@ -13,7 +14,10 @@ pub mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use bloom::TraceBloom;
-pub use reader::{SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, trace_ids_filter};
+pub use index::TraceIndex;
+pub use reader::{
+    SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, rows_selection, trace_ids_filter,
+};
 pub use writer::{BlockOptions, BuiltBlock, build_block, traces_to_batches};
 
 /// Object names inside a block's folder.
@@ -229,6 +233,38 @@ mod tests {
         want_res.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(res, want_res);
         assert_eq!(got[0].origin.scope, origin.scope);
+    }
+
+    #[test]
+    fn trace_index_selects_exactly_the_rows_of_chosen_traces() {
+        let origin = Arc::new(Origin::default());
+        let traces: Vec<_> = (1..=30).map(|n| trace(n, &origin)).collect();
+        // Row groups of 7 rows and pages of 3: traces (5 rows each) straddle both.
+        let opts = BlockOptions { row_group_rows: 7, page_rows: 3, ..Default::default() };
+        let built = build_block("t", "b", &traces, 0, &opts).expect("build");
+        let read = |sel: Option<(Vec<usize>, parquet::arrow::arrow_reader::RowSelection)>| {
+            let b = ParquetRecordBatchReaderBuilder::try_new(built.data.clone()).expect("reader");
+            let b = match sel {
+                Some((groups, s)) => b.with_row_groups(groups).with_row_selection(s),
+                None => b,
+            };
+            b.build().expect("build").collect::<Result<Vec<_>, _>>().expect("read")
+        };
+        let index = TraceIndex::from_batches(&read(None)).expect("index");
+        assert_eq!(index.len(), 30);
+        assert_eq!(index.num_rows(), 150);
+        for chosen in [vec![1u8], vec![2, 3], vec![1, 30], vec![4, 9, 10, 11, 25], (1..=30).collect()] {
+            let mut runs: Vec<_> = chosen.iter().map(|&n| index.rows(index.find(&TraceId([n; 16])).unwrap())).collect();
+            runs.sort_by_key(|r| r.start);
+            let batches = read(Some(rows_selection(&built.parquet_meta, &runs)));
+            let mut got: Vec<u8> = Vec::new();
+            for batch in &batches {
+                got.extend(batch_to_spans(batch, &built.meta.dedicated_columns).unwrap().iter().map(|(id, _)| id.0[0]));
+            }
+            let want: Vec<u8> = chosen.iter().flat_map(|&n| [n; 5]).collect();
+            assert_eq!(got, want, "traces {chosen:?}");
+        }
+        assert_eq!(index.trace_of_row(7), index.find(&TraceId([2; 16])));
     }
 
     #[test]

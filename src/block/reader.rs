@@ -1,5 +1,6 @@
 //! Turns block rows back into spans, and the row filter that selects one trace.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,6 +18,7 @@ use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::schema::types::SchemaDescriptor;
 
 use super::attrs::{AttrListReader, int_value, string_value};
+
 use super::schema::col;
 use super::{BlockError, DedicatedColumn};
 use crate::model::{Origin, SpanRecord, TraceId, kv};
@@ -51,6 +53,47 @@ pub fn page_selection_any(md: &ParquetMetaData, groups: &[usize], ids: &[TraceId
         }
     }
     Some(RowSelection::from(selectors))
+}
+
+/// The row groups holding `runs` (file row ranges, sorted and disjoint) and a selection of exactly those rows
+/// within the chosen groups, for reading a few traces whose rows the trace index located.
+pub fn rows_selection(md: &ParquetMetaData, runs: &[Range<usize>]) -> (Vec<usize>, RowSelection) {
+    let mut groups = Vec::new();
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    let mut group_start = 0usize;
+    let mut next = 0usize;
+    for (g, rg) in md.row_groups().iter().enumerate() {
+        let group_end = group_start + rg.num_rows().max(0) as usize;
+        while next < runs.len() && runs[next].end <= group_start {
+            next += 1;
+        }
+        let mut at = group_start;
+        let mut wanted = false;
+        let mut i = next;
+        while i < runs.len() && runs[i].start < group_end {
+            let (s, e) = (runs[i].start.max(group_start), runs[i].end.min(group_end));
+            if s < e {
+                if s > at {
+                    selectors.push(RowSelector::skip(s - at));
+                }
+                selectors.push(RowSelector::select(e - s));
+                at = e;
+                wanted = true;
+            }
+            if runs[i].end > group_end {
+                break;
+            }
+            i += 1;
+        }
+        if wanted {
+            if group_end > at {
+                selectors.push(RowSelector::skip(group_end - at));
+            }
+            groups.push(g);
+        }
+        group_start = group_end;
+    }
+    (groups, RowSelection::from(selectors))
 }
 
 /// Keeps the rows whose trace is one of `ids` (sorted ascending).

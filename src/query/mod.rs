@@ -36,6 +36,9 @@ pub enum QueryError {
     Engine(#[from] datafusion::error::DataFusionError),
     #[error("query engine: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A query task died (a bug, reported rather than taking the server down).
+    #[error("query task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// The query asked for more than the configured limits allow; the message says which and how to narrow it.
     #[error("{0}")]
     Limit(String),

@@ -26,7 +26,7 @@ use query_lang::Pipeline;
 use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, TraceData};
 use super::prune::{Slots, candidate_filter};
-use super::table::BlockTable;
+use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::ingest::Ingester;
 use crate::model::{SpanRecord, Tenant, TraceId, service_name};
@@ -354,7 +354,8 @@ impl SearchEngine {
         })
     }
 
-    /// Phase 1 over one source: candidate trace IDs with the earliest start of their rows there.
+    /// Phase 1 over one source: candidate trace IDs with the earliest start of their rows there. The scan runs
+    /// as its own task, so the sources of a round are decoded on every core.
     pub(crate) async fn candidates(
         &self,
         ctx: &SessionContext,
@@ -362,14 +363,18 @@ impl SearchEngine {
         pipeline: &Pipeline,
         source: &Source,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
+        if let Source::Block(b) = source {
+            return self.block_candidates(ctx, tenant, pipeline, b).await;
+        }
         let Some((table, slots)) = self.table(tenant, source)? else { return Ok(Vec::new()) };
         let mut df = ctx.read_table(table)?;
         if let Some(filter) = candidate_filter(pipeline, &slots) {
             df = df.filter(filter)?;
         }
         let df = df.aggregate(vec![col(c::TRACE_ID)], vec![min(col(c::TRACE_START)).alias("ub")])?;
+        let batches = tokio::spawn(df.collect()).await??;
         let mut out = Vec::new();
-        for batch in df.collect().await? {
+        for batch in batches {
             let ids = batch.column(0).as_fixed_size_binary();
             let ubs = batch.column(1).as_primitive::<Int64Type>();
             for i in 0..batch.num_rows() {
@@ -379,6 +384,36 @@ impl SearchEngine {
             }
         }
         Ok(out)
+    }
+
+    /// Phase 1 over a block, through its trace index: the scan yields the numbers of the rows that pass the
+    /// candidate predicate, which the index maps to traces (with their start in the block), so the 16-byte trace
+    /// ID column is never decoded and nothing is grouped; a query without a predicate takes the index as it is.
+    async fn block_candidates(
+        &self,
+        ctx: &SessionContext,
+        tenant: &Tenant,
+        pipeline: &Pipeline,
+        b: &Arc<BlockEntry>,
+    ) -> Result<Vec<(TraceId, u64)>, QueryError> {
+        let index = self.blocks.trace_index(tenant, b).await?;
+        let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
+        let Some(filter) = candidate_filter(pipeline, &slots) else { return Ok(index.traces().collect()) };
+        let table = BlockTable::new(tenant, b, self.blocks.object_store()).with_row_numbers();
+        let df = ctx.read_table(Arc::new(table))?.filter(filter)?.select(vec![col(ROW_NUMBER)])?;
+        let batches = tokio::spawn(df.collect()).await??;
+        let mut matched = vec![false; index.len()];
+        for batch in &batches {
+            let rows = batch.column(0).as_primitive::<Int64Type>();
+            let mut last: Option<usize> = None;
+            for row in rows.iter().flatten() {
+                let known = last.filter(|&t| index.rows(t).contains(&(row as usize)));
+                let Some(t) = known.or_else(|| index.trace_of_row(row as usize)) else { continue };
+                matched[t] = true;
+                last = Some(t);
+            }
+        }
+        Ok(matched.iter().enumerate().filter(|(_, m)| **m).map(|(t, _)| (index.id(t), index.start(t))).collect())
     }
 
     /// Phase 2: fetches every fragment of the traces, evaluates the query on each whole trace, keeps matches.
@@ -421,7 +456,9 @@ impl SearchEngine {
             .map(|(b, wanted)| {
                 let store = store.clone();
                 let tenant = tenant.clone();
-                async move { store.read_traces(&tenant, &b, &wanted, parts).await }
+                // Each block is decoded in its own task, on any core.
+                let read = tokio::spawn(async move { store.read_traces(&tenant, &b, &wanted, parts).await });
+                async move { Ok::<_, QueryError>(read.await??) }
             })
             .buffer_unordered(FETCH_CONCURRENCY);
         while let Some(part) = reads.next().await {

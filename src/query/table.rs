@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result};
@@ -17,11 +17,13 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchemaBuilder;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::ObjectStore;
+use parquet::arrow::RowNumber;
 
 use crate::block::schema;
 use crate::model::Tenant;
@@ -35,12 +37,38 @@ pub struct BlockTable {
     path: String,
     size: u64,
     store: Arc<dyn ObjectStore>,
+    /// The file schema, plus the reader's row-number column when asked for.
+    schema: SchemaRef,
+    row_numbers: bool,
 }
+
+/// The virtual column holding each row's number in its block's file, on tables made `with_row_numbers`.
+pub const ROW_NUMBER: &str = "row_number";
 
 impl BlockTable {
     pub fn new(tenant: &Tenant, block: &BlockEntry, store: Arc<dyn ObjectStore>) -> Self {
-        BlockTable { path: data_path(tenant, &block.meta.block_id).to_string(), size: block.meta.data_size, store }
+        BlockTable {
+            path: data_path(tenant, &block.meta.block_id).to_string(),
+            size: block.meta.data_size,
+            store,
+            schema: schema::schema(),
+            row_numbers: false,
+        }
     }
+
+    /// Adds the [`ROW_NUMBER`] column (produced by the Parquet reader, not stored), so a scan can name the rows
+    /// it matched without reading the trace ID column.
+    pub fn with_row_numbers(mut self) -> Self {
+        let mut fields: Vec<FieldRef> = schema::schema().fields().iter().cloned().collect();
+        fields.push(row_number_field());
+        self.schema = Arc::new(Schema::new(fields));
+        self.row_numbers = true;
+        self
+    }
+}
+
+fn row_number_field() -> FieldRef {
+    Arc::new(Field::new(ROW_NUMBER, DataType::Int64, false).with_extension_type(RowNumber))
 }
 
 impl fmt::Debug for BlockTable {
@@ -52,7 +80,7 @@ impl fmt::Debug for BlockTable {
 #[async_trait]
 impl TableProvider for BlockTable {
     fn schema(&self) -> SchemaRef {
-        schema::schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -67,10 +95,17 @@ impl TableProvider for BlockTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let table_schema = self.schema();
+        let mut file_schema = TableSchemaBuilder::new(schema::schema());
+        if self.row_numbers {
+            file_schema = file_schema.with_virtual_columns(vec![row_number_field()]);
+        }
         let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-        let mut source = ParquetSource::new(table_schema.clone())
+        let mut source = ParquetSource::new(file_schema.build())
             .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(self.store.clone(), cache)))
-            .with_enable_page_index(true);
+            .with_enable_page_index(true)
+            // Late materialisation: filter columns are decoded first, the others only for rows that pass.
+            .with_pushdown_filters(true)
+            .with_reorder_filters(true);
         if let Some(predicate) = conjunction(filters.to_vec()) {
             let df_schema = DFSchema::try_from(table_schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);

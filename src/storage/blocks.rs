@@ -15,7 +15,9 @@ use tokio::sync::OnceCell;
 
 use super::StorageError;
 use super::file::{ObjectFile, reader_options};
-use crate::block::{self, BLOOM_OBJECT, BlockMeta, BuiltBlock, DATA_OBJECT, META_OBJECT, SpanParts, TraceBloom};
+use crate::block::{
+    self, BLOOM_OBJECT, BlockMeta, BuiltBlock, DATA_OBJECT, META_OBJECT, SpanParts, TraceBloom, TraceIndex,
+};
 use crate::model::{SpanRecord, Tenant, TraceId};
 use crate::telemetry::Metrics;
 
@@ -30,13 +32,15 @@ pub struct BlockEntry {
     pub max_id: TraceId,
     bloom: TraceBloom,
     footer: OnceCell<ArrowReaderMetadata>,
+    /// Where each trace's rows are, read from the data on first use by a search.
+    index: OnceCell<Arc<TraceIndex>>,
 }
 
 impl BlockEntry {
     fn new(meta: BlockMeta, bloom: TraceBloom) -> Self {
         let min_id = TraceId::from_hex(&meta.min_trace_id).unwrap_or_default();
         let max_id = TraceId::from_hex(&meta.max_trace_id).unwrap_or(TraceId([0xff; 16]));
-        BlockEntry { meta, min_id, max_id, bloom, footer: OnceCell::new() }
+        BlockEntry { meta, min_id, max_id, bloom, footer: OnceCell::new(), index: OnceCell::new() }
     }
 
     /// Cheap, in-memory test: can this block hold the trace?
@@ -212,19 +216,34 @@ impl BlockStore {
         ids: &[TraceId],
         parts: SpanParts,
     ) -> Result<Vec<(TraceId, SpanRecord)>, StorageError> {
-        let path = block_path(tenant.as_str(), &b.meta.block_id, DATA_OBJECT);
-        let reader = ObjectFile::new(self.store.clone(), path, b.meta.data_size);
-        let footer = b
-            .footer
-            .get_or_try_init(|| {
-                let mut r = reader.clone();
-                async move { ArrowReaderMetadata::load_async(&mut r, reader_options()).await }
-            })
-            .await
-            .inspect_err(|_| {
+        let reader = self.data_file(tenant, b);
+        let footer = self.footer(tenant, b).await?;
+        // A search reads several traces: the block's trace index gives their exact rows (and says which the block
+        // does not hold at all). A lookup by ID uses the index only if a search already loaded it.
+        let index = if ids.len() > 1 { Some(self.trace_index(tenant, b).await?) } else { b.index.get().cloned() };
+        if let Some(index) = index {
+            let mut runs: Vec<std::ops::Range<usize>> =
+                ids.iter().filter_map(|id| index.find(id)).map(|i| index.rows(i)).collect();
+            if runs.is_empty() {
+                return Ok(Vec::new());
+            }
+            runs.sort_by_key(|r| r.start);
+            let (groups, selection) = block::rows_selection(footer.metadata(), &runs);
+            let mask = parts_mask(&footer, parts);
+            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone())
+                .with_projection(mask)
+                .with_row_groups(groups)
+                .with_row_selection(selection)
+                .build()?;
+            let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
                 self.metrics.object_store_errors.inc();
-            })?
-            .clone();
+            })?;
+            let mut out = Vec::new();
+            for batch in &batches {
+                out.extend(block::batch_to_spans(batch, &b.meta.dedicated_columns)?);
+            }
+            return Ok(out);
+        }
         // Rows are sorted by trace ID, so row-group statistics narrow the read to the groups that may hold them.
         let holds_any = |lo: &[u8], hi: &[u8]| {
             let at = ids.partition_point(|id| &id.0[..] < lo);
@@ -249,15 +268,7 @@ impl BlockStore {
         }
         // With the page index, only the pages that may hold the traces are fetched, all columns in coalesced
         // requests, and filtered in memory; without it, whole row groups are read and filtered.
-        let roots: Vec<usize> = footer
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| parts.keeps(f.name()))
-            .map(|(i, _)| i)
-            .collect();
-        let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
+        let mask = parts_mask(&footer, parts);
         let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone()).with_projection(mask);
         let builder = match block::page_selection_any(footer.metadata(), &groups, ids) {
             Some(sel) => builder.with_row_groups(groups).with_row_selection(sel),
@@ -284,8 +295,69 @@ impl BlockStore {
         Ok(out)
     }
 
+    fn data_file(&self, tenant: &Tenant, b: &BlockEntry) -> ObjectFile {
+        ObjectFile::new(
+            self.store.clone(),
+            block_path(tenant.as_str(), &b.meta.block_id, DATA_OBJECT),
+            b.meta.data_size,
+        )
+    }
+
+    /// The block's Parquet footer (with page index), fetched once and kept with the block.
+    async fn footer(&self, tenant: &Tenant, b: &BlockEntry) -> Result<ArrowReaderMetadata, StorageError> {
+        let reader = self.data_file(tenant, b);
+        Ok(b.footer
+            .get_or_try_init(|| {
+                let mut r = reader.clone();
+                async move { ArrowReaderMetadata::load_async(&mut r, reader_options()).await }
+            })
+            .await
+            .inspect_err(|_| {
+                self.metrics.object_store_errors.inc();
+            })?
+            .clone())
+    }
+
+    /// The block's trace index, built on first use from its trace ID and trace start columns (one read of two
+    /// columns) and kept with the block.
+    pub async fn trace_index(&self, tenant: &Tenant, b: &BlockEntry) -> Result<Arc<TraceIndex>, StorageError> {
+        let footer = self.footer(tenant, b).await?;
+        let index = b
+            .index
+            .get_or_try_init(|| async {
+                let names = [block::schema::col::TRACE_ID, block::schema::col::TRACE_START];
+                let roots: Vec<usize> = footer
+                    .schema()
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| names.contains(&f.name().as_str()))
+                    .map(|(i, _)| i)
+                    .collect();
+                let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
+                let stream =
+                    ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
+                        .with_projection(mask)
+                        .with_batch_size(65536)
+                        .build()?;
+                let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
+                    self.metrics.object_store_errors.inc();
+                })?;
+                Ok::<_, StorageError>(Arc::new(TraceIndex::from_batches(&batches)?))
+            })
+            .await?;
+        Ok(index.clone())
+    }
+
     /// The object store blocks live in, for query engines that read them directly.
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
     }
+}
+
+/// The top-level columns holding `parts` of a span.
+fn parts_mask(footer: &ArrowReaderMetadata, parts: SpanParts) -> ProjectionMask {
+    let roots: Vec<usize> =
+        footer.schema().fields().iter().enumerate().filter(|(_, f)| parts.keeps(f.name())).map(|(i, _)| i).collect();
+    ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots)
 }
