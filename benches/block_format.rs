@@ -45,6 +45,7 @@ fn main() {
     let base = BlockOptions::default();
     let variants: Vec<(&str, BlockOptions)> = vec![
         ("default (zstd 3, 16k rows/group, 4k rows/page, dedicated on)", base.clone()),
+        ("all zstd (no LZ4 search columns)", BlockOptions { lz4_search_columns: false, ..base.clone() }),
         ("zstd 1", BlockOptions { zstd_level: 1, ..base.clone() }),
         ("zstd 6", BlockOptions { zstd_level: 6, ..base.clone() }),
         ("zstd 9", BlockOptions { zstd_level: 9, ..base.clone() }),

@@ -267,6 +267,16 @@ impl Config {
                 message: "max_query_scan_bytes, max_response_bytes and query_memory_bytes must be positive".into(),
             });
         }
+        if cfg.max_request_bytes > crate::ingest::wal::MAX_BODY {
+            return Err(ConfigError::Invalid {
+                field: "max_request_bytes",
+                message: format!(
+                    "{} is more than one write-ahead-log record holds ({} bytes)",
+                    cfg.max_request_bytes,
+                    crate::ingest::wal::MAX_BODY
+                ),
+            });
+        }
         if cfg.max_block_spans == 0 || cfg.max_block_bytes == 0 || cfg.max_request_bytes == 0 {
             return Err(ConfigError::Invalid {
                 field: "limits",

@@ -104,7 +104,7 @@ fn http_bad_input_classes() {
     // Still alive and serving.
     assert_eq!(http().get(format!("{}/ready", server.api)).send().expect("ready").status(), 200);
     let metrics = http().get(format!("{}/metrics", server.api)).send().expect("metrics").text().expect("text");
-    assert!(metrics.contains("strata_ingest_spans_rejected_total{reason=\"invalid_id\"} 3"), "{metrics}");
+    assert!(metrics.contains("strata_ingest_spans_rejected_total{reason=\"invalid_span\"} 3"), "{metrics}");
 }
 
 #[test]
@@ -238,7 +238,8 @@ fn full_wal_disk_answers_503_and_recovers() {
     }
     // Flushing moves the data into blocks (another disk) and frees the WAL: ingest works again.
     server.flush();
-    assert_eq!(server.post_otlp(None, &request(9_000_000, 1, 1, "disk")), 200);
+    let status = server.post_otlp(None, &request(9_000_000, 1, 1, "disk"));
+    assert_eq!(status, 200, "ingest after the flush freed the WAL:\n{}", server.logs());
     for t in acked.iter().step_by(7) {
         assert_eq!(server.trace(None, &common::trace_id(*t)).map(|r| common::span_count(&r)), Some(5), "trace {t}");
     }

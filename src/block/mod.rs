@@ -92,6 +92,19 @@ pub struct BlockMeta {
     /// column (non-string or repeated). Blocks written before this field existed are assumed to have some.
     #[serde(default = "yes")]
     pub service_name_in_list: bool,
+    /// The write-ahead-log segments this block's spans came from: a restart skips the tenant's records in them
+    /// instead of replaying them into a second copy (a crash between upload and WAL cleanup). Absent on blocks
+    /// written before it existed and on compacted blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalRange>,
+}
+
+/// Segments `first..=last` of the WAL identified by `instance` (a UUID kept in the WAL directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalRange {
+    pub instance: String,
+    pub first: u64,
+    pub last: u64,
 }
 
 impl BlockMeta {
@@ -265,6 +278,24 @@ mod tests {
             assert_eq!(got, want, "traces {chosen:?}");
         }
         assert_eq!(index.trace_of_row(7), index.find(&TraceId([2; 16])));
+    }
+
+    #[test]
+    fn a_meta_written_by_the_first_version_still_reads() {
+        // meta.json as the first block writer wrote it: no alsoInList, serviceNameInList or wal fields.
+        let old = r#"{
+          "format": "strata-parquet", "schemaVersion": 1, "blockId": "b0", "tenant": "single-tenant",
+          "startTimeUnixNano": 10, "endTimeUnixNano": 20, "spanCount": 3, "traceCount": 1,
+          "minTraceId": "01010101010101010101010101010101", "maxTraceId": "01010101010101010101010101010101",
+          "dataSize": 100, "bloomSize": 10, "rowGroups": 1, "rawBytes": 300, "compactionLevel": 0,
+          "createdAtUnix": 1700000000,
+          "dedicatedColumns": [{"scope": "span", "name": "http.method", "type": "string", "column": "span_str_00"}]
+        }"#;
+        let meta = BlockMeta::from_json(old.as_bytes()).expect("old meta reads");
+        assert!(meta.service_name_in_list && meta.dedicated_columns[0].also_in_list, "old blocks assume lists");
+        assert_eq!(meta.wal, None);
+        // And what this version writes reads back the same.
+        assert_eq!(BlockMeta::from_json(&meta.to_json().unwrap()).unwrap(), meta);
     }
 
     #[test]

@@ -38,11 +38,49 @@ pub struct BlockOptions {
     pub page_rows: usize,
     /// An attribute key must occur in at least this share of spans to earn a dedicated column.
     pub dedicated_min_share: f64,
+    /// LZ4 instead of zstd for the columns searches filter on (see [`search_columns`]).
+    pub lz4_search_columns: bool,
+}
+
+/// Columns compressed with LZ4 rather than zstd: the intrinsics and dedicated slots that search scans decode on
+/// every query (zstd decompression was 40% of a warm search's CPU), and span IDs, which are random so zstd saves
+/// nothing on them. Measured on the 800k-span set: warm limit-20 searches ~2x faster for ~9% more bytes; the bulky
+/// columns a fetch reads whole (timestamps, IDs, attribute lists, events, links) stay zstd, where it saves most.
+pub fn search_columns() -> Vec<String> {
+    let mut cols: Vec<String> = [
+        col::SPAN_ID,
+        col::NAME,
+        col::KIND,
+        col::DURATION,
+        col::STATUS_CODE,
+        col::STATUS_MESSAGE,
+        col::NESTED_LEFT,
+        col::NESTED_RIGHT,
+        col::NESTED_PARENT,
+        col::SERVICE_NAME,
+        col::SCOPE_NAME,
+        col::SCOPE_VERSION,
+        col::ROOT_SERVICE,
+        col::ROOT_NAME,
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    cols.extend((0..schema::RES_STR_SLOTS).map(schema::res_str_col));
+    cols.extend((0..schema::SPAN_STR_SLOTS).map(schema::span_str_col));
+    cols.extend((0..schema::SPAN_INT_SLOTS).map(schema::span_int_col));
+    cols
 }
 
 impl Default for BlockOptions {
     fn default() -> Self {
-        BlockOptions { row_group_rows: 16 * 1024, zstd_level: 3, page_rows: 4096, dedicated_min_share: 0.05 }
+        BlockOptions {
+            row_group_rows: 16 * 1024,
+            zstd_level: 3,
+            page_rows: 4096,
+            dedicated_min_share: 0.05,
+            lz4_search_columns: true,
+        }
     }
 }
 
@@ -73,8 +111,15 @@ pub fn build_block(
         .set_data_page_row_count_limit(opts.page_rows.max(1))
         .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
         .set_column_dictionary_enabled(ColumnPath::from(col::SPAN_ID), false)
-        .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false)
-        .build();
+        .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false);
+    let props = if opts.lz4_search_columns {
+        search_columns()
+            .into_iter()
+            .fold(props, |p, c| p.set_column_compression(ColumnPath::from(c), Compression::LZ4_RAW))
+    } else {
+        props
+    }
+    .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema::schema(), Some(props))?;
     let mut bloom = TraceBloom::with_capacity(traces.len())?;
     for (id, _) in traces {
@@ -115,6 +160,7 @@ pub fn build_block(
         created_at_unix: now,
         dedicated_columns,
         service_name_in_list: spilled.contains(&(true, "service.name".to_string())),
+        wal: None,
     };
     Ok(BuiltBlock { meta, data, bloom: bloom_bytes, bloom_filter: bloom, parquet_meta })
 }
@@ -460,11 +506,11 @@ impl Rows {
         self.trace_state.append_option(non_empty(&s.trace_state));
         self.flags.append_value(s.flags);
         self.name.append_value(&s.name);
-        self.kind.append_value(s.kind as i8);
-        self.start.append_value(s.start_time_unix_nano as i64);
-        self.duration.append_value(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64);
+        self.kind.append_value(i8::try_from(s.kind).unwrap_or(0));
+        self.start.append_value(nanos(s.start_time_unix_nano));
+        self.duration.append_value(nanos(s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano)));
         let (code, msg) = s.status.as_ref().map(|st| (st.code, st.message.as_str())).unwrap_or((0, ""));
-        self.status_code.append_value(code as i8);
+        self.status_code.append_value(i8::try_from(code).unwrap_or(0));
         self.status_message.append_option(non_empty(msg));
         self.dropped_attrs.append_value(s.dropped_attributes_count);
         self.dropped_events.append_value(s.dropped_events_count);
@@ -552,7 +598,7 @@ impl Rows {
             b.append_option(v);
         }
         for e in &s.events {
-            self.events.time.append_value(e.time_unix_nano as i64);
+            self.events.time.append_value(nanos(e.time_unix_nano));
             self.events.name.append_value(&e.name);
             for kv in &e.attributes {
                 self.events.attrs.push(&kv.key, kv.value.as_ref());
@@ -575,8 +621,8 @@ impl Rows {
             self.links.len += 1;
         }
         self.links.offsets.push(self.links.len);
-        self.trace_start.append_value(t.start as i64);
-        self.trace_end.append_value(t.end as i64);
+        self.trace_start.append_value(nanos(t.start));
+        self.trace_end.append_value(nanos(t.end));
         self.root_service.append_option(t.root_service);
         self.root_name.append_option(t.root_name);
     }
@@ -702,4 +748,10 @@ impl LinksBuilder {
         ];
         list_array(link_fields(), children, &mut self.offsets)
     }
+}
+
+/// Nanoseconds as the block stores them (signed 64-bit). Receivers reject later times; data logged before they did
+/// is clamped rather than wrapped into the past.
+fn nanos(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
 }

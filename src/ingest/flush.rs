@@ -28,14 +28,15 @@ pub(super) async fn run(
             shared.drained.notify_waiters();
             shared.metrics.live_spans.dec_by(head.spans as i64);
         }
-        let dir = cfg.wal_dir.clone();
-        let seq = cut.seq;
-        match tokio::task::spawn_blocking(move || super::wal::remove_through(&dir, seq)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete flushed WAL segments"),
-            Err(e) => tracing::warn!(error = %e, "WAL cleanup task failed"),
+        if let Some(seq) = cut.seq {
+            let dir = cfg.wal_dir.clone();
+            match tokio::task::spawn_blocking(move || super::wal::remove_through(&dir, seq)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete flushed WAL segments"),
+                Err(e) => tracing::warn!(error = %e, "WAL cleanup task failed"),
+            }
         }
-        flushed.send_replace(cut.seq);
+        flushed.send_replace(cut.id);
     }
 }
 
@@ -45,7 +46,7 @@ async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore
     }
     let started = Instant::now();
     let block_id = uuid::Uuid::new_v4().to_string();
-    let built: BuiltBlock = loop {
+    let mut built: BuiltBlock = loop {
         let h = head.clone();
         let opts = cfg.block.clone();
         let id = block_id.clone();
@@ -59,6 +60,7 @@ async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    built.meta.wal = head.wal.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
         match blocks.publish(&head.tenant, &built).await {

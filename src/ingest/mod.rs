@@ -23,7 +23,7 @@ use parking_lot::RwLock;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::block::{BlockError, BlockOptions, traces_to_batches};
+use crate::block::{BlockError, BlockOptions, WalRange, traces_to_batches};
 use crate::model::{Origin, SpanRecord, Tenant, TraceId};
 use crate::storage::BlockStore;
 use crate::telemetry::Metrics;
@@ -118,6 +118,8 @@ impl Head {
 /// A head cut from the live set, waiting to become a block. Traces are sorted, as the block wants them.
 pub struct FrozenHead {
     pub tenant: Tenant,
+    /// The WAL segments holding this head's spans (and none of the tenant's later ones), recorded in its block.
+    pub wal: Option<WalRange>,
     pub traces: Vec<(TraceId, Vec<SpanRecord>)>,
     pub spans: usize,
     pub bytes: usize,
@@ -133,7 +135,12 @@ impl FrozenHead {
 
 /// All heads frozen at one WAL rotation. When all are in blocks, segments up to `seq` can go.
 pub struct Cut {
-    pub seq: u64,
+    /// Cuts are numbered in order; `/flush` waits for its cut's number, not for a WAL sequence (a failed rotation
+    /// leaves the WAL sequence where an earlier cut already was).
+    pub id: u64,
+    /// WAL segments through this one hold only data of this and earlier cuts (the segment before the current
+    /// one when the rotation failed: the current one is still written to and goes with a later cut).
+    pub seq: Option<u64>,
     pub heads: Vec<Arc<FrozenHead>>,
 }
 
@@ -156,7 +163,7 @@ enum Cmd {
         spans: Vec<(TraceId, SpanRecord)>,
         ack: oneshot::Sender<Result<(), IngestError>>,
     },
-    /// Rotate the WAL and freeze every head; replies with the cut's sequence number.
+    /// Rotate the WAL and freeze every head; replies with the cut's number.
     Cut { reply: Option<oneshot::Sender<u64>> },
     /// Cut if some head is older than the maximum block age.
     Tick,
@@ -183,24 +190,47 @@ impl Ingester {
             metrics: metrics.clone(),
         });
         let seqs = wal::list_segments(&cfg.wal_dir).map_err(|e| IngestError::Wal(e.to_string()))?;
-        let mut replayed = 0usize;
+        let instance = wal::instance_id(&cfg.wal_dir, seqs.is_empty()).map_err(|e| IngestError::Wal(e.to_string()))?;
+        // Segments a tenant's blocks already hold (a crash after upload, before the WAL was cleaned): their
+        // records are skipped rather than replayed into a second copy.
+        let mut in_blocks: HashMap<Tenant, Vec<(u64, u64)>> = HashMap::new();
+        let (mut replayed, mut skipped) = (0usize, 0usize);
         for &seq in &seqs {
             let records = wal::read_segment(&cfg.wal_dir, seq).map_err(|e| IngestError::Wal(e.to_string()))?;
             let mut live = shared.live.write();
             for rec in records {
                 let Ok(tenant) = Tenant::parse(Some(&rec.tenant)) else { continue };
+                let ranges = in_blocks.entry(tenant.clone()).or_insert_with(|| {
+                    blocks
+                        .blocks(&tenant)
+                        .iter()
+                        .filter_map(|b| b.meta.wal.as_ref().filter(|w| w.instance == instance))
+                        .map(|w| (w.first, w.last))
+                        .collect()
+                });
+                if ranges.iter().any(|&(first, last)| (first..=last).contains(&seq)) {
+                    skipped += 1;
+                    continue;
+                }
                 let Ok(req) = ExportTraceServiceRequest::decode(rec.body.clone()) else { continue };
                 let spans = to_records(req);
                 replayed += spans.len();
                 insert(&mut live, tenant, spans, rec.body.len());
             }
         }
-        if replayed > 0 {
-            tracing::info!(spans = replayed, segments = seqs.len(), "replayed WAL");
+        if replayed > 0 || skipped > 0 {
+            tracing::info!(spans = replayed, segments = seqs.len(), skipped_records = skipped, "replayed WAL");
         }
         metrics.live_spans.set(replayed as i64);
-        let next = seqs.last().map_or(1, |s| s + 1);
-        let segment = wal::Segment::create(&cfg.wal_dir, next).map_err(|e| IngestError::Wal(e.to_string()))?;
+        // Segment numbers never repeat under one instance: a block's claim on a number must not cover records
+        // written later.
+        let claimed = blocks
+            .all_blocks()
+            .iter()
+            .filter_map(|b| b.meta.wal.as_ref().filter(|w| w.instance == instance).map(|w| w.last))
+            .max();
+        let next = seqs.last().copied().max(claimed).map_or(1, |s| s + 1);
+        let segment = wal::Wal::open(&cfg.wal_dir, next).map_err(|e| IngestError::Wal(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4096);
         let (cut_tx, cut_rx) = mpsc::unbounded_channel();
         let (flushed_tx, flushed) = watch::channel(0u64);
@@ -211,7 +241,10 @@ impl Ingester {
             let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name("strata-wal".into())
-                .spawn(move || wal_thread(rx, segment, shared, cfg, cut_tx))
+                .spawn(move || {
+                    let since = seqs.first().copied().unwrap_or(next);
+                    wal_thread(rx, WalState { wal: segment, instance, since, next_cut: 0 }, shared, cfg, cut_tx)
+                })
                 .map_err(|e| IngestError::Wal(e.to_string()))?;
         }
         tokio::spawn(flush::run(cut_rx, shared.clone(), blocks, cfg.clone(), flushed_tx));
@@ -238,6 +271,10 @@ impl Ingester {
     ) -> Result<(), IngestError> {
         self.wait_for_backlog().await?;
         let body = raw.unwrap_or_else(|| Bytes::from(req.encode_to_vec()));
+        if body.len() > wal::MAX_BODY || tenant.as_str().len() > wal::MAX_TENANT {
+            // Receivers cap requests below this (see config); a record that large would not replay.
+            return Err(IngestError::Wal(format!("request of {} bytes does not fit a WAL record", body.len())));
+        }
         let header = wal::record_header(tenant.as_str(), &body);
         let spans = to_records(req);
         if spans.is_empty() {
@@ -273,9 +310,9 @@ impl Ingester {
     pub async fn flush(&self) -> Result<(), IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Cmd::Cut { reply: Some(reply) }).await.map_err(|_| IngestError::Shutdown)?;
-        let seq = rx.await.map_err(|_| IngestError::Shutdown)?;
+        let cut = rx.await.map_err(|_| IngestError::Shutdown)?;
         let mut flushed = self.flushed.clone();
-        flushed.wait_for(|done| *done >= seq).await.map_err(|_| IngestError::Shutdown)?;
+        flushed.wait_for(|done| *done >= cut).await.map_err(|_| IngestError::Shutdown)?;
         Ok(())
     }
 
@@ -353,9 +390,19 @@ fn insert(live: &mut HashMap<Tenant, Head>, tenant: Tenant, spans: Vec<(TraceId,
     }
 }
 
+/// The WAL thread's log state.
+struct WalState {
+    wal: wal::Wal,
+    /// This WAL's identity, recorded in blocks.
+    instance: String,
+    /// First segment whose records no cut has claimed yet.
+    since: u64,
+    next_cut: u64,
+}
+
 fn wal_thread(
     mut rx: mpsc::Receiver<Cmd>,
-    mut segment: wal::Segment,
+    mut segment: WalState,
     shared: Arc<Shared>,
     cfg: IngestConfig,
     cuts: mpsc::UnboundedSender<Cut>,
@@ -374,33 +421,33 @@ fn wal_thread(
             match cmd {
                 Cmd::Append { .. } => group.push(cmd),
                 Cmd::Cut { reply } => {
-                    commit(&mut segment, &mut group, &shared);
-                    let seq = cut(&mut segment, &shared, &cfg, &cuts);
+                    commit(&mut segment.wal, &mut group, &shared);
+                    let id = cut(&mut segment, &shared, &cuts);
                     if let Some(r) = reply {
-                        let _ = r.send(seq);
+                        let _ = r.send(id);
                     }
                 }
                 Cmd::Tick => {
-                    commit(&mut segment, &mut group, &shared);
+                    commit(&mut segment.wal, &mut group, &shared);
                     let old = shared.live.read().values().any(|h| h.created.elapsed() >= cfg.max_block_age);
                     if old {
-                        cut(&mut segment, &shared, &cfg, &cuts);
+                        cut(&mut segment, &shared, &cuts);
                     }
                 }
             }
         }
-        commit(&mut segment, &mut group, &shared);
+        commit(&mut segment.wal, &mut group, &shared);
         let full =
             shared.live.read().values().any(|h| h.spans >= cfg.max_block_spans || h.bytes >= cfg.max_block_bytes);
         if full {
-            cut(&mut segment, &shared, &cfg, &cuts);
+            cut(&mut segment, &shared, &cuts);
         }
     }
     tracing::debug!("WAL thread stopped");
 }
 
 /// Writes a group of appends with one fsync, then makes them live and acknowledges them.
-fn commit(segment: &mut wal::Segment, group: &mut Vec<Cmd>, shared: &Shared) {
+fn commit(segment: &mut wal::Wal, group: &mut Vec<Cmd>, shared: &Shared) {
     if group.is_empty() {
         return;
     }
@@ -444,15 +491,30 @@ fn commit(segment: &mut wal::Segment, group: &mut Vec<Cmd>, shared: &Shared) {
     }
 }
 
-/// Rotates the WAL and freezes every head. Returns the sequence of the segment that was closed.
-fn cut(segment: &mut wal::Segment, shared: &Shared, cfg: &IngestConfig, cuts: &mpsc::UnboundedSender<Cut>) -> u64 {
-    let closed = segment.seq;
-    match wal::Segment::create(&cfg.wal_dir, closed + 1) {
-        Ok(next) => *segment = next,
+/// Rotates the WAL and freezes every head. Returns the cut's number.
+fn cut(st: &mut WalState, shared: &Shared, cuts: &mpsc::UnboundedSender<Cut>) -> u64 {
+    st.next_cut += 1;
+    let id = st.next_cut;
+    let current = st.wal.seq();
+    // Segments before the current one hold only data of this cut and earlier ones: once this cut is in blocks
+    // they can go (which is also what frees a full WAL disk), and its blocks claim them.
+    let claimed = match st.wal.rotate() {
+        Ok(closed) => Some(closed),
         Err(e) => {
-            // Keep appending to the current segment; the cut still happens, its segment is deleted later.
+            // Keep appending to the current segment; the cut still happens, the segment goes with a later cut.
             tracing::error!(error = %e, "cannot create a new WAL segment");
+            // A segment that failed takes no more records, so this cut can claim it too: deleting it once the
+            // cut is uploaded is what frees a full disk.
+            if st.wal.failed() { Some(current) } else { current.checked_sub(1) }
         }
+    };
+    let range = claimed.filter(|&last| last >= st.since).map(|last| WalRange {
+        instance: st.instance.clone(),
+        first: st.since,
+        last,
+    });
+    if let Some(last) = claimed {
+        st.since = st.since.max(last + 1);
     }
     let heads: Vec<Arc<FrozenHead>> = {
         let mut live = shared.live.write();
@@ -468,17 +530,22 @@ fn cut(segment: &mut wal::Segment, shared: &Shared, cfg: &IngestConfig, cuts: &m
             if cached.converted == head.order.len() && cached.converted > 0 {
                 let _ = batches.set(cached.batches);
             }
-            let f = Arc::new(FrozenHead { tenant, traces, spans: head.spans, bytes: head.bytes, batches });
+            let f = Arc::new(FrozenHead {
+                tenant,
+                wal: range.clone(),
+                traces,
+                spans: head.spans,
+                bytes: head.bytes,
+                batches,
+            });
             shared.backlog.fetch_add(f.bytes, Ordering::Relaxed);
             flushing.push(f.clone());
             frozen.push(f);
         }
         frozen
     };
-    // The segment is still appended to if rotation failed, so it must not be deleted with this cut.
-    let seq = if segment.seq == closed { closed.saturating_sub(1) } else { closed };
-    if cuts.send(Cut { seq, heads }).is_err() {
+    if cuts.send(Cut { id, seq: claimed, heads }).is_err() {
         tracing::error!("flusher stopped; frozen data stays in the WAL");
     }
-    seq
+    id
 }

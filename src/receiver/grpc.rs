@@ -55,7 +55,10 @@ impl TraceService for GrpcReceiver {
         };
         let v = validate(request.into_inner());
         if v.rejected > 0 {
-            self.metrics.spans_rejected.get_or_create(&ReasonLabel { reason: "invalid_id" }).inc_by(v.rejected as u64);
+            self.metrics
+                .spans_rejected
+                .get_or_create(&ReasonLabel { reason: "invalid_span" })
+                .inc_by(v.rejected as u64);
         }
         let accepted = v.accepted as u64;
         self.ingester

@@ -144,7 +144,7 @@ async fn export(
     };
     let v = validate(request);
     if v.rejected > 0 {
-        st.metrics.spans_rejected.get_or_create(&ReasonLabel { reason: "invalid_id" }).inc_by(v.rejected as u64);
+        st.metrics.spans_rejected.get_or_create(&ReasonLabel { reason: "invalid_span" }).inc_by(v.rejected as u64);
     }
     let raw = (format == Format::Protobuf && v.unchanged()).then_some(body);
     let accepted = v.accepted as u64;

@@ -189,6 +189,11 @@ impl BlockStore {
         Ok(())
     }
 
+    /// Every tenant's blocks.
+    pub fn all_blocks(&self) -> Vec<Arc<BlockEntry>> {
+        self.tenants.read().values().flatten().cloned().collect()
+    }
+
     /// The tenant's blocks, for queriers that scan.
     pub fn blocks(&self, tenant: &Tenant) -> Vec<Arc<BlockEntry>> {
         self.tenants.read().get(tenant).cloned().unwrap_or_default()
