@@ -3,6 +3,7 @@
 //! clap reads flags and `STRATA_*` variables in one place; the YAML file fills whatever neither sets, so a
 //! container can ship a file and still be tuned per deployment with environment variables.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,6 +103,46 @@ pub struct Args {
     /// Log filter in tracing's EnvFilter syntax [default: info]
     #[arg(long, env = "STRATA_LOG")]
     pub log: Option<String>,
+    /// Which roles this process runs: all (ingest, query, compaction), compactor (compaction only, beside other
+    /// processes on the same bucket) [default: all]
+    #[arg(long, env = "STRATA_TARGET", value_enum)]
+    pub target: Option<Target>,
+    /// Run compaction in the all-in-one process [default: true]
+    #[arg(long, env = "STRATA_COMPACTION")]
+    pub compaction: Option<bool>,
+    /// Time between compaction passes, e.g. 30s [default: 30s]
+    #[arg(long, env = "STRATA_COMPACTION_INTERVAL", value_parser = humantime::parse_duration)]
+    pub compaction_interval: Option<Duration>,
+    /// Blocks whose latest spans fall in the same window of this length are merged, e.g. 1h [default: 1h]
+    #[arg(long, env = "STRATA_COMPACTION_WINDOW", value_parser = humantime::parse_duration)]
+    pub compaction_window: Option<Duration>,
+    /// Blocks of one time window and level are merged once there are this many [default: 4]
+    #[arg(long, env = "STRATA_COMPACTION_MIN_INPUTS")]
+    pub compaction_min_inputs: Option<usize>,
+    /// Compaction stops growing a block at this many bytes [default: 512MiB]
+    #[arg(long, env = "STRATA_COMPACTION_TARGET_BYTES")]
+    pub compaction_target_bytes: Option<u64>,
+    /// How long blocks replaced by compaction stay readable before deletion, e.g. 10m [default: 10m]
+    #[arg(long, env = "STRATA_COMPACTION_GRACE", value_parser = humantime::parse_duration)]
+    pub compaction_grace: Option<Duration>,
+    /// Delete blocks whose latest span is older than this, e.g. 14d; 0 keeps everything [default: 0]
+    #[arg(long, env = "STRATA_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// How often the block list is re-read from the bucket (blocks written or compacted by other processes)
+    /// [default: 1m]
+    #[arg(long, env = "STRATA_BLOCKLIST_REFRESH", value_parser = humantime::parse_duration)]
+    pub blocklist_refresh: Option<Duration>,
+}
+
+/// The roles one process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Ingest, query and compaction in one process.
+    #[default]
+    All,
+    /// Compaction and retention only (plus /metrics and /ready on the HTTP address).
+    Compactor,
 }
 
 /// The YAML file's shape. Every key is optional; names match the long flags with `_`.
@@ -128,6 +169,22 @@ pub struct FileConfig {
     pub max_response_bytes: Option<usize>,
     pub query_memory_bytes: Option<usize>,
     pub log: Option<String>,
+    pub target: Option<Target>,
+    pub compaction: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    pub compaction_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub compaction_window: Option<Duration>,
+    pub compaction_target_bytes: Option<u64>,
+    pub compaction_min_inputs: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    pub compaction_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub retention: Option<Duration>,
+    /// Per-tenant retention overriding `retention`, e.g. `{team-a: 7d}` (file only).
+    pub tenant_retention: Option<HashMap<String, String>>,
+    #[serde(default, with = "opt_duration")]
+    pub blocklist_refresh: Option<Duration>,
 }
 
 /// The `s3:` section of the YAML file.
@@ -183,6 +240,11 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub query: QueryLimits,
     pub log: String,
+    pub target: Target,
+    /// Whether this process compacts (always for the compactor target).
+    pub compaction: bool,
+    pub compact: crate::compact::CompactConfig,
+    pub blocklist_refresh: Duration,
 }
 
 /// Bounds on every query, so one request cannot take the server down.
@@ -260,6 +322,30 @@ impl Config {
                 }
             },
             log: a.log.or(f.log).unwrap_or_else(|| "info".into()),
+            target: a.target.or(f.target).unwrap_or_default(),
+            compaction: a.compaction.or(f.compaction).unwrap_or(true),
+            compact: {
+                let d = crate::compact::CompactConfig::default();
+                let mut tenant_retention = HashMap::new();
+                for (tenant, v) in f.tenant_retention.unwrap_or_default() {
+                    let keep = humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
+                        field: "tenant_retention",
+                        message: format!("{tenant}: {e}"),
+                    })?;
+                    tenant_retention.insert(tenant, keep);
+                }
+                crate::compact::CompactConfig {
+                    interval: a.compaction_interval.or(f.compaction_interval).unwrap_or(d.interval),
+                    window: a.compaction_window.or(f.compaction_window).unwrap_or(d.window),
+                    target_bytes: a.compaction_target_bytes.or(f.compaction_target_bytes).unwrap_or(d.target_bytes),
+                    min_inputs: a.compaction_min_inputs.or(f.compaction_min_inputs).unwrap_or(d.min_inputs),
+                    grace: a.compaction_grace.or(f.compaction_grace).unwrap_or(d.grace),
+                    retention: a.retention.or(f.retention).filter(|r| !r.is_zero()),
+                    tenant_retention,
+                    ..d
+                }
+            },
+            blocklist_refresh: a.blocklist_refresh.or(f.blocklist_refresh).unwrap_or(Duration::from_secs(60)),
         };
         if cfg.query.max_scan_bytes == 0 || cfg.query.max_response_bytes == 0 || cfg.query.memory_bytes == 0 {
             return Err(ConfigError::Invalid {

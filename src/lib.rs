@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod block;
+pub mod compact;
 pub mod config;
 pub mod ingest;
 pub mod model;

@@ -7,7 +7,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::block::BlockOptions;
-use crate::config::Config;
+use crate::compact::Compactor;
+use crate::config::{Config, Target};
 use crate::ingest::{IngestConfig, IngestError, Ingester};
 use crate::query::Querier;
 use crate::receiver;
@@ -39,6 +40,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let metrics = Arc::new(Metrics::new());
     let store = open_store(&cfg.storage, &metrics)?;
     let blocks = Arc::new(BlockStore::open(store, metrics.clone()).await?);
+    // Background work on the block list: re-reading it (other processes write and compact the same bucket) and,
+    // where this process compacts, compaction. Both stop when `stop_bg` turns true.
+    let (stop_bg_tx, stop_bg) = watch::channel(false);
+    tokio::spawn(refresh_blocks(blocks.clone(), cfg.blocklist_refresh, stop_bg.clone()));
+    let compactor = if cfg.compaction || cfg.target == Target::Compactor {
+        let owner = node_id(&cfg.data_dir).map_err(|e| ServerError::Ingest(IngestError::Wal(e.to_string())))?;
+        Some(Arc::new(Compactor::new(blocks.clone(), cfg.compact.clone(), metrics.clone(), owner)))
+    } else {
+        None
+    };
+    let compaction = compactor.clone().map(|c| tokio::spawn(c.run(stop_bg.clone())));
+    if cfg.target == Target::Compactor {
+        let result = run_compactor_only(&cfg, metrics, shutdown).await;
+        let _ = stop_bg_tx.send(true);
+        if let Some(task) = compaction {
+            let _ = task.await;
+        }
+        return result;
+    }
     let ingester = Ingester::start(
         IngestConfig {
             wal_dir: cfg.data_dir.join("wal"),
@@ -104,11 +124,89 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
         Err(_) => tracing::error!("flush on shutdown timed out; the WAL keeps the data for the next start"),
     }
+    let _ = stop_bg_tx.send(true);
+    if let Some(task) = compaction {
+        // A merge in progress is abandoned at the next await; its partial upload is collected later.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     let _ = stop_api_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api_task).await;
     match early {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// This process's identity (kept in `<data dir>/node-id`), stable across restarts.
+fn node_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Re-reads the block list every `every` (blocks from other processes; compacted ones leave).
+async fn refresh_blocks(blocks: Arc<BlockStore>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        if let Err(e) = blocks.refresh().await {
+            tracing::warn!(error = %e, "block list refresh failed");
+        }
+    }
+}
+
+/// The compactor role: compaction runs in the background; the HTTP address serves `/metrics` and `/ready`.
+async fn run_compactor_only(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    use axum::routing::get;
+    let listener = bind(cfg.http_addr).await?;
+    tracing::info!(api = %cfg.http_addr, storage = ?cfg.storage, "strata compactor is running");
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route("/ready", get(|| async { "ready" }))
+        .route("/api/echo", get(|| async { "echo" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        );
+    let (stop_tx, mut stop) = watch::channel(false);
+    let task = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .into_future(),
+    );
+    shutdown.await;
+    tracing::info!("shutting down the compactor");
+    let _ = stop_tx.send(true);
+    match task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServerError::Serve { what: "compactor HTTP", message: e.to_string() }),
+        Err(e) => Err(ServerError::Serve { what: "compactor HTTP", message: e.to_string() }),
     }
 }
 

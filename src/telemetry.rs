@@ -44,6 +44,11 @@ pub struct Metrics {
     pub search_seconds: Histogram,
     pub search_errors: Counter,
     pub trace_lookup_seconds: Histogram,
+    pub compactions: Counter,
+    pub compaction_errors: Counter,
+    pub compacted_blocks: Counter,
+    pub compacted_spans: Counter,
+    pub blocks_deleted: Counter,
 }
 
 impl Metrics {
@@ -68,6 +73,11 @@ impl Metrics {
             searches: Counter::default(),
             search_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             search_errors: Counter::default(),
+            compactions: Counter::default(),
+            compaction_errors: Counter::default(),
+            compacted_blocks: Counter::default(),
+            compacted_spans: Counter::default(),
+            blocks_deleted: Counter::default(),
             trace_lookup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             registry: Registry::default(),
         };
@@ -87,6 +97,15 @@ impl Metrics {
         registry.register("object_store_read_bytes", "Bytes read from object storage", m.object_read_bytes.clone());
         registry.register("trace_lookups", "Trace-by-ID lookups", m.trace_lookups.clone());
         registry.register("searches", "TraceQL searches run", m.searches.clone());
+        registry.register("compactions", "Compaction jobs finished (blocks merged into one)", m.compactions.clone());
+        registry.register(
+            "compaction_errors",
+            "Compaction jobs that failed (retried later)",
+            m.compaction_errors.clone(),
+        );
+        registry.register("compacted_blocks", "Input blocks merged by compaction", m.compacted_blocks.clone());
+        registry.register("compacted_spans", "Spans written by compaction", m.compacted_spans.clone());
+        registry.register("blocks_deleted", "Blocks deleted (replaced, expired or orphaned)", m.blocks_deleted.clone());
         registry.register("search_seconds", "TraceQL search latency", m.search_seconds.clone());
         registry.register(
             "search_errors",

@@ -18,7 +18,10 @@ pub use index::TraceIndex;
 pub use reader::{
     SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, rows_selection, trace_ids_filter,
 };
-pub use writer::{BlockOptions, BuiltBlock, build_block, traces_to_batches};
+pub use writer::{
+    BlockOptions, BuiltBlock, Dedicated, TraceRowWriter, build_block, dedicated_for_merge, traces_to_batches,
+    writer_properties,
+};
 
 /// Object names inside a block's folder.
 pub const DATA_OBJECT: &str = "data.parquet";
@@ -94,9 +97,13 @@ pub struct BlockMeta {
     pub service_name_in_list: bool,
     /// The write-ahead-log segments this block's spans came from: a restart skips the tenant's records in them
     /// instead of replaying them into a second copy (a crash between upload and WAL cleanup). Absent on blocks
-    /// written before it existed and on compacted blocks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wal: Option<WalRange>,
+    /// written before it existed; a compacted block carries its inputs' ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wal: Vec<WalRange>,
+    /// Blocks this one was compacted from. They are hidden as soon as this meta exists (the switch is atomic for
+    /// any reader that lists the bucket) and deleted after a grace period, so queries already reading them finish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// Segments `first..=last` of the WAL identified by `instance` (a UUID kept in the WAL directory).
@@ -293,7 +300,7 @@ mod tests {
         }"#;
         let meta = BlockMeta::from_json(old.as_bytes()).expect("old meta reads");
         assert!(meta.service_name_in_list && meta.dedicated_columns[0].also_in_list, "old blocks assume lists");
-        assert_eq!(meta.wal, None);
+        assert!(meta.wal.is_empty() && meta.replaces.is_empty());
         // And what this version writes reads back the same.
         assert_eq!(BlockMeta::from_json(&meta.to_json().unwrap()).unwrap(), meta);
     }

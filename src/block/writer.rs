@@ -42,34 +42,15 @@ pub struct BlockOptions {
     pub lz4_search_columns: bool,
 }
 
-/// Columns compressed with LZ4 rather than zstd: the intrinsics and dedicated slots that search scans decode on
-/// every query (zstd decompression was 40% of a warm search's CPU), and span IDs, which are random so zstd saves
-/// nothing on them. Measured on the 800k-span set: warm limit-20 searches ~2x faster for ~9% more bytes; the bulky
-/// columns a fetch reads whole (timestamps, IDs, attribute lists, events, links) stay zstd, where it saves most.
+/// Columns compressed with LZ4 rather than zstd: the numeric intrinsics search scans decode on every query
+/// (zstd decompression was 40% of a warm search's CPU; LZ4 halved `duration` range searches), and span IDs, which
+/// are random so zstd saves nothing on them. Dictionary-encoded strings (names, services, slots) gained nothing
+/// measurable and stay zstd, as do the bulky columns a fetch reads whole. Cost: ~5% more bytes per span.
 pub fn search_columns() -> Vec<String> {
-    let mut cols: Vec<String> = [
-        col::SPAN_ID,
-        col::NAME,
-        col::KIND,
-        col::DURATION,
-        col::STATUS_CODE,
-        col::STATUS_MESSAGE,
-        col::NESTED_LEFT,
-        col::NESTED_RIGHT,
-        col::NESTED_PARENT,
-        col::SERVICE_NAME,
-        col::SCOPE_NAME,
-        col::SCOPE_VERSION,
-        col::ROOT_SERVICE,
-        col::ROOT_NAME,
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect();
-    cols.extend((0..schema::RES_STR_SLOTS).map(schema::res_str_col));
-    cols.extend((0..schema::SPAN_STR_SLOTS).map(schema::span_str_col));
-    cols.extend((0..schema::SPAN_INT_SLOTS).map(schema::span_int_col));
-    cols
+    [col::SPAN_ID, col::KIND, col::DURATION, col::STATUS_CODE, col::NESTED_LEFT, col::NESTED_RIGHT, col::NESTED_PARENT]
+        .into_iter()
+        .map(str::to_string)
+        .collect()
 }
 
 impl Default for BlockOptions {
@@ -105,21 +86,7 @@ pub fn build_block(
         return Err(BlockError::Layout("traces must be sorted by trace ID and unique".into()));
     }
     let dedicated = choose_dedicated(traces, opts.dedicated_min_share);
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
-        .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
-        .set_data_page_row_count_limit(opts.page_rows.max(1))
-        .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
-        .set_column_dictionary_enabled(ColumnPath::from(col::SPAN_ID), false)
-        .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false);
-    let props = if opts.lz4_search_columns {
-        search_columns()
-            .into_iter()
-            .fold(props, |p, c| p.set_column_compression(ColumnPath::from(c), Compression::LZ4_RAW))
-    } else {
-        props
-    }
-    .build();
+    let props = writer_properties(opts)?;
     let mut writer = ArrowWriter::try_new(Vec::new(), schema::schema(), Some(props))?;
     let mut bloom = TraceBloom::with_capacity(traces.len())?;
     for (id, _) in traces {
@@ -160,9 +127,30 @@ pub fn build_block(
         created_at_unix: now,
         dedicated_columns,
         service_name_in_list: spilled.contains(&(true, "service.name".to_string())),
-        wal: None,
+        wal: Vec::new(),
+        replaces: Vec::new(),
     };
     Ok(BuiltBlock { meta, data, bloom: bloom_bytes, bloom_filter: bloom, parquet_meta })
+}
+
+/// Parquet settings every block is written with.
+pub fn writer_properties(opts: &BlockOptions) -> Result<WriterProperties, BlockError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
+        .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
+        .set_data_page_row_count_limit(opts.page_rows.max(1))
+        .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
+        .set_column_dictionary_enabled(ColumnPath::from(col::SPAN_ID), false)
+        .set_column_dictionary_enabled(ColumnPath::from(col::PARENT_SPAN_ID), false);
+    let props = if opts.lz4_search_columns {
+        search_columns()
+            .into_iter()
+            .fold(props, |p, c| p.set_column_compression(ColumnPath::from(c), Compression::LZ4_RAW))
+    } else {
+        props
+    }
+    .build();
+    Ok(props)
 }
 
 /// Turns traces into record batches of the block schema, without dedicated columns: how data still in memory
@@ -180,22 +168,64 @@ pub fn traces_to_batches<'a>(
     Ok(out)
 }
 
-/// Builds the rows of every trace (tree-ordered, trace-level columns filled in), handing a batch to `sink` every
-/// `batch_rows` rows. Returns the earliest start, latest end and number of spans written.
+/// Writes traces as rows through `sink`, one record batch per `batch_rows` rows. Returns the earliest start,
+/// latest end and number of spans written.
 fn write_rows<'a>(
     traces: impl IntoIterator<Item = (&'a TraceId, &'a [SpanRecord])>,
     dedicated: &Dedicated,
     batch_rows: usize,
     mut sink: impl FnMut(RecordBatch) -> Result<(), BlockError>,
 ) -> Result<(u64, u64, u64, Spilled), BlockError> {
-    let mut rows = Rows::new(dedicated);
-    let (mut start, mut end, mut spans) = (u64::MAX, 0u64, 0u64);
+    let mut w = TraceRowWriter::new(dedicated.clone(), batch_rows);
     for (id, records) in traces {
+        if let Some(b) = w.push(id, records)? {
+            sink(b)?;
+        }
+    }
+    if let Some(b) = w.finish()? {
+        sink(b)?;
+    }
+    Ok((w.start, w.end, w.spans, w.rows.spilled))
+}
+
+/// Turns whole traces, given one at a time in trace-ID order, into block rows (tree numbered, trace-level
+/// columns computed, duplicate spans dropped), handing back a record batch whenever `batch_rows` rows are ready.
+/// Block building and compaction's streaming merge both write through it.
+pub struct TraceRowWriter {
+    rows: Rows,
+    dedicated: Dedicated,
+    batch_rows: usize,
+    /// Earliest span start and latest span end written.
+    pub start: u64,
+    pub end: u64,
+    pub spans: u64,
+    pub traces: u64,
+    pub min_id: Option<TraceId>,
+    pub max_id: Option<TraceId>,
+}
+
+impl TraceRowWriter {
+    pub fn new(dedicated: Dedicated, batch_rows: usize) -> Self {
+        TraceRowWriter {
+            rows: Rows::new(&dedicated),
+            dedicated,
+            batch_rows: batch_rows.max(1),
+            start: u64::MAX,
+            end: 0,
+            spans: 0,
+            traces: 0,
+            min_id: None,
+            max_id: None,
+        }
+    }
+
+    /// Adds one trace, all its spans (a block wants traces in increasing ID order; batches for searches do not).
+    pub fn push(&mut self, id: &TraceId, records: &[SpanRecord]) -> Result<Option<RecordBatch>, BlockError> {
         let ordered = order_trace(records);
         let t_start = ordered.iter().map(|o| records[o.idx].span.start_time_unix_nano).min().unwrap_or(0);
         let t_end = ordered.iter().map(|o| records[o.idx].span.end_time_unix_nano).max().unwrap_or(0);
-        start = start.min(t_start);
-        end = end.max(t_end);
+        self.start = self.start.min(t_start);
+        self.end = self.end.max(t_end);
         let root = ordered
             .iter()
             .filter(|o| records[o.idx].span.parent_span_id.is_empty())
@@ -209,17 +239,29 @@ fn write_rows<'a>(
             root_name: root.map(|r| r.span.name.as_str()),
         };
         for o in &ordered {
-            rows.push(&trace, &records[o.idx], o);
-            spans += 1;
-            if rows.len >= batch_rows.max(1) {
-                sink(rows.finish()?)?;
-            }
+            self.rows.push(&trace, &records[o.idx], o);
+            self.spans += 1;
         }
+        self.traces += 1;
+        self.min_id = Some(self.min_id.map_or(*id, |m| m.min(*id)));
+        self.max_id = Some(self.max_id.map_or(*id, |m| m.max(*id)));
+        if self.rows.len >= self.batch_rows { Ok(Some(self.rows.finish()?)) } else { Ok(None) }
     }
-    if rows.len > 0 {
-        sink(rows.finish()?)?;
+
+    /// The rows not handed out yet.
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, BlockError> {
+        if self.rows.len == 0 { Ok(None) } else { Ok(Some(self.rows.finish()?)) }
     }
-    Ok((start, end, spans, rows.spilled))
+
+    /// The slot mapping of what was written (which keys also have values in the generic lists).
+    pub fn dedicated_columns(&self) -> Vec<DedicatedColumn> {
+        self.dedicated.columns(&self.rows.spilled)
+    }
+
+    /// Whether some `service.name` values went to the generic resource list.
+    pub fn service_name_in_list(&self) -> bool {
+        self.rows.spilled.contains(&(true, "service.name".to_string()))
+    }
 }
 
 /// Position of a span in its trace's tree, in nested-set form.
@@ -299,7 +341,8 @@ fn order_trace(records: &[SpanRecord]) -> Vec<Ordered> {
 }
 
 /// The attributes chosen for dedicated slot columns in one block.
-struct Dedicated {
+#[derive(Clone, Debug, Default)]
+pub struct Dedicated {
     res_str: Vec<String>,
     span_str: Vec<String>,
     span_int: Vec<String>,
@@ -368,6 +411,35 @@ fn choose_dedicated(traces: &[(TraceId, Vec<SpanRecord>)], min_share: f64) -> De
     }
 }
 
+/// Dedicated columns for a block merged from blocks with these metas: per scope and type, the keys the inputs
+/// dedicated, ranked by the spans of the inputs that dedicated them, kept when those hold at least `min_share` of
+/// all spans. A streaming merge cannot count keys over the merged data before writing it; the inputs' own choices
+/// (each made over all of its spans) are the measure at hand.
+pub fn dedicated_for_merge(inputs: &[&BlockMeta], min_share: f64) -> Dedicated {
+    let total: u64 = inputs.iter().map(|m| m.span_count).sum();
+    let min = ((total as f64) * min_share).ceil().max(1.0) as u64;
+    let mut score: HashMap<(&str, &str, &str), u64> = HashMap::new();
+    for m in inputs {
+        for d in &m.dedicated_columns {
+            *score.entry((d.scope.as_str(), d.value_type.as_str(), d.name.as_str())).or_default() += m.span_count;
+        }
+    }
+    let top = |scope: &str, ty: &str, n: usize| {
+        let mut v: Vec<(&str, u64)> = score
+            .iter()
+            .filter(|((s, t, _), c)| *s == scope && *t == ty && **c >= min)
+            .map(|(k, c)| (k.2, *c))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.into_iter().take(n).map(|(k, _)| k.to_string()).collect::<Vec<_>>()
+    };
+    Dedicated {
+        res_str: top("resource", "string", RES_STR_SLOTS),
+        span_str: top("span", "string", SPAN_STR_SLOTS),
+        span_int: top("span", "int", SPAN_INT_SLOTS),
+    }
+}
+
 fn value_of(kv: &KeyValue) -> Option<&Value> {
     kv.value.as_ref().and_then(|v| v.value.as_ref())
 }
@@ -392,7 +464,9 @@ struct Rows {
     len: usize,
     /// Dedicated keys (and `service.name`) that also have values in the generic lists: (is resource, key).
     spilled: Spilled,
-    res_split: HashMap<*const Origin, ResourceSplit>,
+    /// Per origin (keyed by address; the `Arc` held keeps the address from being reused), where its resource
+    /// attributes go. Cleared with every batch.
+    res_split: HashMap<usize, (Arc<Origin>, ResourceSplit)>,
     res_keys: HashMap<String, usize>,
     /// Span attribute key -> (string slot, int slot) of the dedicated columns.
     span_keys: HashMap<String, (Option<usize>, Option<usize>)>,
@@ -522,30 +596,34 @@ impl Rows {
         // Resource: service.name and dedicated keys get columns, the rest the generic list.
         let res_keys = &self.res_keys;
         let spilled = &mut self.spilled;
-        let split = self.res_split.entry(Arc::as_ptr(origin)).or_insert_with(|| {
-            let mut sp = ResourceSplit { service: None, slots: [None; RES_STR_SLOTS], generic: Vec::new() };
-            for (idx, kv) in origin.resource.attributes.iter().enumerate() {
-                // As for span attributes, only a key's first occurrence may leave the generic list.
-                let first = !origin.resource.attributes[..idx].iter().any(|o| o.key == kv.key);
-                if first && let Some(Value::StringValue(_)) = value_of(kv) {
-                    if kv.key == "service.name" && sp.service.is_none() {
-                        sp.service = Some(idx);
-                        continue;
+        let split = &self
+            .res_split
+            .entry(Arc::as_ptr(origin) as usize)
+            .or_insert_with(|| {
+                let mut sp = ResourceSplit { service: None, slots: [None; RES_STR_SLOTS], generic: Vec::new() };
+                for (idx, kv) in origin.resource.attributes.iter().enumerate() {
+                    // As for span attributes, only a key's first occurrence may leave the generic list.
+                    let first = !origin.resource.attributes[..idx].iter().any(|o| o.key == kv.key);
+                    if first && let Some(Value::StringValue(_)) = value_of(kv) {
+                        if kv.key == "service.name" && sp.service.is_none() {
+                            sp.service = Some(idx);
+                            continue;
+                        }
+                        if let Some(&i) = res_keys.get(&kv.key)
+                            && sp.slots[i].is_none()
+                        {
+                            sp.slots[i] = Some(idx);
+                            continue;
+                        }
                     }
-                    if let Some(&i) = res_keys.get(&kv.key)
-                        && sp.slots[i].is_none()
-                    {
-                        sp.slots[i] = Some(idx);
-                        continue;
+                    if kv.key == "service.name" || res_keys.contains_key(&kv.key) {
+                        spilled.insert((true, kv.key.clone()));
                     }
+                    sp.generic.push(idx);
                 }
-                if kv.key == "service.name" || res_keys.contains_key(&kv.key) {
-                    spilled.insert((true, kv.key.clone()));
-                }
-                sp.generic.push(idx);
-            }
-            sp
-        });
+                (origin.clone(), sp)
+            })
+            .1;
         let attrs = &origin.resource.attributes;
         let str_at = |i: Option<usize>| match i.and_then(|i| value_of(&attrs[i])) {
             Some(Value::StringValue(v)) => Some(v.as_str()),
@@ -629,6 +707,7 @@ impl Rows {
 
     fn finish(&mut self) -> Result<RecordBatch, BlockError> {
         self.len = 0;
+        self.res_split.clear();
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),

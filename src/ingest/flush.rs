@@ -60,7 +60,7 @@ async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    built.meta.wal = head.wal.clone();
+    built.meta.wal = head.wal.clone().into_iter().collect();
     let mut backoff = Duration::from_millis(100);
     loop {
         match blocks.publish(&head.tenant, &built).await {

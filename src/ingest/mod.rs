@@ -204,8 +204,7 @@ impl Ingester {
                     blocks
                         .blocks(&tenant)
                         .iter()
-                        .filter_map(|b| b.meta.wal.as_ref().filter(|w| w.instance == instance))
-                        .map(|w| (w.first, w.last))
+                        .flat_map(|b| b.meta.wal.iter().filter(|w| w.instance == instance).map(|w| (w.first, w.last)))
                         .collect()
                 });
                 if ranges.iter().any(|&(first, last)| (first..=last).contains(&seq)) {
@@ -227,7 +226,7 @@ impl Ingester {
         let claimed = blocks
             .all_blocks()
             .iter()
-            .filter_map(|b| b.meta.wal.as_ref().filter(|w| w.instance == instance).map(|w| w.last))
+            .flat_map(|b| b.meta.wal.iter().filter(|w| w.instance == instance).map(|w| w.last))
             .max();
         let next = seqs.last().copied().max(claimed).map_or(1, |s| s + 1);
         let segment = wal::Wal::open(&cfg.wal_dir, next).map_err(|e| IngestError::Wal(e.to_string()))?;

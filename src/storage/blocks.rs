@@ -34,13 +34,16 @@ pub struct BlockEntry {
     footer: OnceCell<ArrowReaderMetadata>,
     /// Where each trace's rows are, read from the data on first use by a search.
     index: OnceCell<Arc<TraceIndex>>,
+    /// The block list generation when this process added the entry (0: loaded from the bucket), so a refresh
+    /// that listed the bucket before the block was published does not drop it.
+    added_gen: u64,
 }
 
 impl BlockEntry {
     fn new(meta: BlockMeta, bloom: TraceBloom) -> Self {
         let min_id = TraceId::from_hex(&meta.min_trace_id).unwrap_or_default();
         let max_id = TraceId::from_hex(&meta.max_trace_id).unwrap_or(TraceId([0xff; 16]));
-        BlockEntry { meta, min_id, max_id, bloom, footer: OnceCell::new(), index: OnceCell::new() }
+        BlockEntry { meta, min_id, max_id, bloom, footer: OnceCell::new(), index: OnceCell::new(), added_gen: 0 }
     }
 
     /// Cheap, in-memory test: can this block hold the trace?
@@ -59,7 +62,17 @@ struct IndexFile {
 pub struct BlockStore {
     store: Arc<dyn ObjectStore>,
     tenants: RwLock<HashMap<Tenant, Vec<Arc<BlockEntry>>>>,
+    /// Blocks replaced by compaction, still in the bucket for queries that started on them: with the time they
+    /// were replaced (unix seconds), until garbage collection deletes them.
+    retired: RwLock<HashMap<Tenant, Vec<(BlockMeta, u64)>>>,
+    /// Bumped by every block this process adds; see `BlockEntry::added_gen`.
+    generation: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn block_path(tenant: &str, block: &str, object: &str) -> Path {
@@ -75,17 +88,118 @@ impl BlockStore {
     /// Loads every tenant's block list: `index.json` plus a listing to catch blocks it does not name yet
     /// (a crash between writing a block's meta and the index). Listing happens here only, never per query.
     pub async fn open(store: Arc<dyn ObjectStore>, metrics: Arc<Metrics>) -> Result<Self, StorageError> {
-        let bs = BlockStore { store, tenants: RwLock::new(HashMap::new()), metrics };
+        let bs = BlockStore {
+            store,
+            tenants: RwLock::new(HashMap::new()),
+            retired: RwLock::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            metrics,
+        };
         let top = bs.store.list_with_delimiter(None).await.map_err(|e| bs.err(e))?;
         for dir in top.common_prefixes {
             let Some(name) = dir.filename() else { continue };
             let Ok(tenant) = Tenant::parse(Some(name)) else { continue };
-            let entries = bs.load_tenant(&tenant).await?;
-            tracing::info!(tenant = %tenant, blocks = entries.len(), "loaded block index");
-            bs.tenants.write().insert(tenant, entries);
+            let (entries, retired) = bs.load_tenant(&tenant).await?;
+            tracing::info!(tenant = %tenant, blocks = entries.len(), retired = retired.len(), "loaded block index");
+            bs.tenants.write().insert(tenant.clone(), entries);
+            bs.retired.write().insert(tenant, retired);
         }
         bs.update_gauge();
         Ok(bs)
+    }
+
+    /// Re-reads the block list from the bucket, so blocks written, compacted or deleted by other processes are
+    /// seen: new blocks are loaded (a block that failed to load before is tried again), replaced and deleted ones
+    /// leave the list. Known blocks keep their cached bloom, footer and trace index. A tenant whose listing fails
+    /// keeps its current list.
+    pub async fn refresh(&self) -> Result<(), StorageError> {
+        let top = self.store.list_with_delimiter(None).await.map_err(|e| self.err(e))?;
+        for dir in top.common_prefixes {
+            let Some(name) = dir.filename() else { continue };
+            let Ok(tenant) = Tenant::parse(Some(name)) else { continue };
+            if let Err(e) = self.refresh_tenant(&tenant).await {
+                tracing::warn!(tenant = %tenant, error = %e, "block list refresh failed; keeping the current list");
+            }
+        }
+        self.update_gauge();
+        Ok(())
+    }
+
+    async fn refresh_tenant(&self, tenant: &Tenant) -> Result<(), StorageError> {
+        let started_gen = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let current: HashMap<String, Arc<BlockEntry>> =
+            self.blocks(tenant).into_iter().map(|e| (e.meta.block_id.clone(), e)).collect();
+        let retired: HashMap<String, (BlockMeta, u64)> = self
+            .retired
+            .read()
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .map(|(m, at)| (m.block_id.clone(), (m.clone(), *at)))
+            .collect();
+        let prefix = Path::from(tenant.as_str());
+        let listed: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .try_filter_map(|o| async move {
+                let parts: Vec<_> = o.location.parts().collect();
+                Ok((parts.len() == 3 && parts[2].as_ref() == META_OBJECT).then(|| parts[1].as_ref().to_string()))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut metas: Vec<BlockMeta> = Vec::with_capacity(listed.len());
+        for id in &listed {
+            if let Some(e) = current.get(id) {
+                metas.push(e.meta.clone());
+            } else if let Some((m, _)) = retired.get(id) {
+                metas.push(m.clone());
+            } else {
+                match self.load_meta(tenant, id).await {
+                    Ok(m) => metas.push(m),
+                    Err(e) => tracing::warn!(tenant = %tenant, block = %id, error = %e, "cannot read block meta"),
+                }
+            }
+        }
+        let mut replaced_at: HashMap<String, u64> = HashMap::new();
+        for m in &metas {
+            for r in &m.replaces {
+                let at = replaced_at.entry(r.clone()).or_insert(0);
+                *at = (*at).max(m.created_at_unix);
+            }
+        }
+        let mut fresh: Vec<BlockEntry> = Vec::new();
+        for m in metas.iter().filter(|m| !replaced_at.contains_key(&m.block_id) && !current.contains_key(&m.block_id)) {
+            match self.load_block(tenant, m.clone()).await {
+                Ok(e) => fresh.push(e),
+                Err(e) => tracing::warn!(tenant = %tenant, block = %m.block_id, error = %e, "cannot load block"),
+            }
+        }
+        let listed_ids: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+        let mut tenants = self.tenants.write();
+        let list = tenants.entry(tenant.clone()).or_default();
+        list.retain(|e| {
+            let id = e.meta.block_id.as_str();
+            // Added by this process after the listing began: its meta may not have been listed yet.
+            e.added_gen > started_gen || (listed_ids.contains(id) && !replaced_at.contains_key(id))
+        });
+        for e in fresh {
+            if !list.iter().any(|x| x.meta.block_id == e.meta.block_id) {
+                list.push(Arc::new(e));
+            }
+        }
+        list.sort_by(|a, b| a.meta.block_id.cmp(&b.meta.block_id));
+        drop(tenants);
+        let mut retired_now: Vec<(BlockMeta, u64)> = metas
+            .iter()
+            .filter_map(|m| {
+                replaced_at.get(&m.block_id).map(|at| (m.clone(), retired.get(&m.block_id).map_or(*at, |r| r.1)))
+            })
+            .collect();
+        // Replaced blocks this process still lists as retired but whose meta is already gone stay out.
+        retired_now.retain(|(m, _)| listed_ids.contains(m.block_id.as_str()));
+        self.retired.write().insert(tenant.clone(), retired_now);
+        Ok(())
     }
 
     fn err(&self, e: object_store::Error) -> StorageError {
@@ -98,7 +212,11 @@ impl BlockStore {
         self.metrics.blocks.set(n as i64);
     }
 
-    async fn load_tenant(&self, tenant: &Tenant) -> Result<Vec<Arc<BlockEntry>>, StorageError> {
+    /// The tenant's visible blocks, and those compaction replaced (hidden, awaiting deletion).
+    async fn load_tenant(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<(Vec<Arc<BlockEntry>>, Vec<(BlockMeta, u64)>), StorageError> {
         let mut known: HashMap<String, BlockMeta> = HashMap::new();
         match self.store.get(&Path::from_iter([tenant.as_str(), INDEX_OBJECT])).await {
             Ok(r) => {
@@ -125,8 +243,33 @@ impl BlockStore {
             .map_err(|e| self.err(e))?;
         let loads = listed.into_iter().map(|id| {
             let known_meta = known.remove(&id);
-            async move { self.load_block(tenant, &id, known_meta).await }
+            async move {
+                match known_meta {
+                    Some(m) => Ok(m),
+                    None => self.load_meta(tenant, &id).await,
+                }
+            }
         });
+        let metas: Vec<BlockMeta> = futures::stream::iter(loads)
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .filter_map(|r| async move {
+                r.inspect_err(|e| tracing::error!(tenant = %tenant, error = %e, "skipping unreadable block meta")).ok()
+            })
+            .collect()
+            .await;
+        // A block named by another's `replaces` is hidden: the compacted block holds its spans.
+        let mut replaced_at: HashMap<&str, u64> = HashMap::new();
+        for m in &metas {
+            for r in &m.replaces {
+                let at = replaced_at.entry(r.as_str()).or_insert(0);
+                *at = (*at).max(m.created_at_unix);
+            }
+        }
+        let retired: Vec<(BlockMeta, u64)> =
+            metas.iter().filter_map(|m| replaced_at.get(m.block_id.as_str()).map(|at| (m.clone(), *at))).collect();
+        let visible: Vec<BlockMeta> =
+            metas.iter().filter(|m| !replaced_at.contains_key(m.block_id.as_str())).cloned().collect();
+        let loads = visible.into_iter().map(|m| async move { self.load_block(tenant, m).await });
         let mut entries: Vec<Arc<BlockEntry>> = futures::stream::iter(loads)
             .buffer_unordered(LOAD_CONCURRENCY)
             .filter_map(|r| async move {
@@ -141,18 +284,20 @@ impl BlockStore {
             .collect()
             .await;
         entries.sort_by(|a, b| a.meta.block_id.cmp(&b.meta.block_id));
-        Ok(entries)
+        Ok((entries, retired))
     }
 
-    async fn load_block(&self, tenant: &Tenant, id: &str, meta: Option<BlockMeta>) -> Result<BlockEntry, StorageError> {
-        let meta = match meta {
-            Some(m) => m,
-            None => {
-                let r = self.store.get(&block_path(tenant.as_str(), id, META_OBJECT)).await.map_err(|e| self.err(e))?;
-                BlockMeta::from_json(&r.bytes().await.map_err(|e| self.err(e))?)?
-            }
-        };
-        let r = self.store.get(&block_path(tenant.as_str(), id, BLOOM_OBJECT)).await.map_err(|e| self.err(e))?;
+    async fn load_meta(&self, tenant: &Tenant, id: &str) -> Result<BlockMeta, StorageError> {
+        let r = self.store.get(&block_path(tenant.as_str(), id, META_OBJECT)).await.map_err(|e| self.err(e))?;
+        Ok(BlockMeta::from_json(&r.bytes().await.map_err(|e| self.err(e))?)?)
+    }
+
+    async fn load_block(&self, tenant: &Tenant, meta: BlockMeta) -> Result<BlockEntry, StorageError> {
+        let r = self
+            .store
+            .get(&block_path(tenant.as_str(), &meta.block_id, BLOOM_OBJECT))
+            .await
+            .map_err(|e| self.err(e))?;
         let bloom = TraceBloom::from_bytes(&r.bytes().await.map_err(|e| self.err(e))?)?;
         Ok(BlockEntry::new(meta, bloom))
     }
@@ -170,18 +315,158 @@ impl BlockStore {
         if let Ok(footer) = ArrowReaderMetadata::try_new(built.parquet_meta.clone(), options) {
             let _ = entry.footer.set(footer);
         }
-        let metas: Vec<BlockMeta> = {
-            let mut tenants = self.tenants.write();
-            let list = tenants.entry(tenant.clone()).or_default();
-            if !list.iter().any(|e| e.meta.block_id == id) {
-                list.push(Arc::new(entry));
-            }
-            list.iter().map(|e| e.meta.clone()).collect()
-        };
+        self.swap(tenant, Some(entry), &[]);
+        self.write_index(tenant).await
+    }
+
+    /// Makes a compacted block visible: its data is already uploaded; writes its bloom, then its meta (which
+    /// names the blocks it replaces, so from that moment any reader listing the bucket sees it instead of them),
+    /// then swaps it for them in memory and rewrites the tenant index. The replaced blocks stay in the bucket
+    /// until [`BlockStore::collect_garbage`] deletes them after a grace period.
+    pub async fn publish_merged(&self, tenant: &Tenant, meta: BlockMeta, bloom: Bytes) -> Result<(), StorageError> {
+        let t = tenant.as_str();
+        let id = meta.block_id.clone();
+        self.put(&block_path(t, &id, BLOOM_OBJECT), bloom.clone()).await?;
+        self.put(&block_path(t, &id, META_OBJECT), Bytes::from(meta.to_json()?)).await?;
+        let replaces = meta.replaces.clone();
+        let entry = BlockEntry::new(meta, TraceBloom::from_bytes(&bloom)?);
+        self.swap(tenant, Some(entry), &replaces);
+        self.write_index(tenant).await
+    }
+
+    /// Adds `entry` (if new) and retires the blocks `gone`, in one step for readers.
+    fn swap(&self, tenant: &Tenant, mut entry: Option<BlockEntry>, gone: &[String]) {
+        let now = now_unix();
+        if let Some(e) = entry.as_mut() {
+            e.added_gen = self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        }
+        let mut tenants = self.tenants.write();
+        let list = tenants.entry(tenant.clone()).or_default();
+        let (out, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|e| gone.contains(&e.meta.block_id));
+        *list = keep;
+        if let Some(entry) = entry
+            && !list.iter().any(|e| e.meta.block_id == entry.meta.block_id)
+        {
+            list.push(Arc::new(entry));
+        }
+        drop(tenants);
+        self.retired.write().entry(tenant.clone()).or_default().extend(out.into_iter().map(|e| (e.meta.clone(), now)));
         self.update_gauge();
+    }
+
+    /// Rewrites `<tenant>/index.json` from the blocks in memory.
+    async fn write_index(&self, tenant: &Tenant) -> Result<(), StorageError> {
+        let metas: Vec<BlockMeta> = self.blocks(tenant).iter().map(|e| e.meta.clone()).collect();
         let index = serde_json::to_vec(&IndexFile { blocks: metas })?;
-        self.put(&Path::from_iter([t, INDEX_OBJECT]), Bytes::from(index)).await?;
+        self.put(&Path::from_iter([tenant.as_str(), INDEX_OBJECT]), Bytes::from(index)).await
+    }
+
+    /// Tenants with blocks (visible or retired).
+    pub fn tenants(&self) -> Vec<Tenant> {
+        let mut t: Vec<Tenant> = self.tenants.read().keys().cloned().collect();
+        t.extend(self.retired.read().keys().filter(|k| !t.contains(k)).cloned().collect::<Vec<_>>());
+        t
+    }
+
+    /// Removes blocks past retention from view at once (meta first, so a reader never sees a block whose data
+    /// is gone); their other objects go with garbage collection.
+    pub async fn expire(&self, tenant: &Tenant, ids: &[String]) -> Result<(), StorageError> {
+        for id in ids {
+            self.delete(&block_path(tenant.as_str(), id, META_OBJECT)).await?;
+        }
+        {
+            let mut tenants = self.tenants.write();
+            if let Some(list) = tenants.get_mut(tenant) {
+                list.retain(|e| !ids.contains(&e.meta.block_id));
+            }
+        }
+        self.update_gauge();
+        self.write_index(tenant).await
+    }
+
+    /// Deletes what no reader needs any more: blocks replaced more than `grace` seconds ago (meta first; a block
+    /// only once the blocks it replaced itself are gone, so none of them reappears), and objects of blocks that
+    /// never got a meta (an upload cut short) or lost it (expired), older than `orphan_age` seconds. Returns how
+    /// many blocks were deleted.
+    pub async fn collect_garbage(&self, tenant: &Tenant, grace: u64, orphan_age: u64) -> Result<usize, StorageError> {
+        let now = now_unix();
+        let retired: Vec<(BlockMeta, u64)> = self.retired.read().get(tenant).cloned().unwrap_or_default();
+        let mut deleted = 0usize;
+        for (meta, at) in &retired {
+            let waits_on_older = meta.replaces.iter().any(|r| retired.iter().any(|(m, _)| &m.block_id == r));
+            if now.saturating_sub(*at) < grace || waits_on_older {
+                continue;
+            }
+            self.delete_block(tenant, &meta.block_id).await?;
+            if let Some(list) = self.retired.write().get_mut(tenant) {
+                list.retain(|(m, _)| m.block_id != meta.block_id);
+            }
+            deleted += 1;
+        }
+        // Orphans: block folders without a meta.
+        let prefix = Path::from(tenant.as_str());
+        let objects: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&prefix)).try_collect().await.map_err(|e| self.err(e))?;
+        let mut folders: HashMap<String, (bool, u64, Vec<Path>)> = HashMap::new();
+        for o in objects {
+            let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
+            if parts.len() != 3 {
+                continue;
+            }
+            let f = folders.entry(parts[1].clone()).or_insert((false, 0, Vec::new()));
+            f.0 |= parts[2] == META_OBJECT;
+            f.1 = f.1.max(o.last_modified.timestamp().max(0) as u64);
+            f.2.push(o.location);
+        }
+        for (_, (has_meta, newest, paths)) in folders {
+            if has_meta || now.saturating_sub(newest) < orphan_age {
+                continue;
+            }
+            for p in paths {
+                self.delete(&p).await?;
+            }
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes a block's objects, meta first.
+    async fn delete_block(&self, tenant: &Tenant, id: &str) -> Result<(), StorageError> {
+        for object in [META_OBJECT, DATA_OBJECT, BLOOM_OBJECT] {
+            self.delete(&block_path(tenant.as_str(), id, object)).await?;
+        }
         Ok(())
+    }
+
+    async fn delete(&self, path: &Path) -> Result<(), StorageError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Reads a whole block in trace-ID order, `batch_rows` rows at a time (for compaction).
+    pub async fn stream_block(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        batch_rows: usize,
+    ) -> Result<parquet::arrow::async_reader::ParquetRecordBatchStream<ObjectFile>, StorageError> {
+        let footer = self.footer(tenant, b).await?;
+        Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer)
+            .with_batch_size(batch_rows)
+            .build()?)
+    }
+
+    /// A writer for a new block's data object: large outputs are uploaded in parts as they are written.
+    pub fn data_writer(&self, tenant: &Tenant, block_id: &str) -> object_store::buffered::BufWriter {
+        object_store::buffered::BufWriter::new(self.store.clone(), block_path(tenant.as_str(), block_id, DATA_OBJECT))
+    }
+
+    /// Size of an uploaded object.
+    pub async fn object_size(&self, tenant: &Tenant, block_id: &str) -> Result<u64, StorageError> {
+        let m = self.store.head(&block_path(tenant.as_str(), block_id, DATA_OBJECT)).await.map_err(|e| self.err(e))?;
+        Ok(m.size)
     }
 
     async fn put(&self, path: &Path, data: Bytes) -> Result<(), StorageError> {

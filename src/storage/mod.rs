@@ -7,9 +7,11 @@
 mod blocks;
 mod counting;
 mod file;
+mod lease;
 
-pub use blocks::{BlockEntry, BlockStore, data_path};
+pub use blocks::{BlockEntry, BlockStore, data_path, now_unix};
 pub use counting::CountingStore;
+pub use file::ObjectFile;
 
 use std::sync::Arc;
 
