@@ -33,6 +33,10 @@ struct Args {
     /// Store blocks in a moto S3 server (moto_server must be on PATH).
     #[arg(long)]
     s3: bool,
+    /// Measure after compaction merged the data set's blocks into one (on a copy; the kept data set stays as
+    /// flushed). Without it compaction is off, so the layout measured is the flushed one.
+    #[arg(long)]
+    compacted: bool,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     bench: bool,
@@ -93,16 +97,30 @@ fn search(client: &reqwest::blocking::Client, api: &str, q: &str, limit: usize) 
     v["traces"].as_array().map_or(0, Vec::len)
 }
 
+/// Files called `name` under `dir`, recursively.
+fn count_named(dir: &std::path::Path, name: &str) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { count_named(&p, name) } else { usize::from(e.file_name() == name) }
+        })
+        .sum()
+}
+
 fn main() {
     let args = Args::parse();
     let tmp = tempfile::tempdir().expect("tmp");
     let data = args.data.clone().unwrap_or_else(|| tmp.path().join("data"));
-    let (_moto, env) = if args.s3 {
+    let (_moto, mut env) = if args.s3 {
         let (moto, env) = proc::start_moto();
         (Some(moto), env)
     } else {
         (None, Vec::new())
     };
+    env.push(("STRATA_COMPACTION".into(), "false".into()));
     let ports = (free_port(), free_port(), free_port());
 
     let have_blocks = data.join("blocks").read_dir().is_ok_and(|mut d| d.next().is_some());
@@ -132,6 +150,47 @@ fn main() {
         drop(server);
     }
 
+    let data = if args.compacted {
+        // Compact a copy into one block first, with a process of its own.
+        let copy = tmp.path().join("compacted");
+        let ok = std::process::Command::new("cp").arg("-r").arg(&data).arg(&copy).status().is_ok_and(|s| s.success());
+        assert!(ok, "copying the data set");
+        let mut cenv: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "STRATA_COMPACTION").cloned().collect();
+        cenv.extend([
+            ("STRATA_COMPACTION_INTERVAL".to_string(), "1s".to_string()),
+            ("STRATA_COMPACTION_MIN_INPUTS".to_string(), "2".to_string()),
+            ("STRATA_COMPACTION_MAX_INPUTS".to_string(), "64".to_string()),
+            ("STRATA_COMPACTION_GRACE".to_string(), "1s".to_string()),
+        ]);
+        let before = proc::dir_size(&copy.join("blocks"));
+        let compactor = start(&copy, ports, &cenv);
+        let pid = compactor.child.id();
+        let cpu0 = proc::cpu_seconds(pid);
+        let t = Instant::now();
+        while metric(&compactor.api, "strata_blocks") != 1.0 {
+            assert!(t.elapsed() < Duration::from_secs(1800), "compaction did not finish");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (wall, cpu) = (t.elapsed().as_secs_f64(), proc::cpu_seconds(pid) - cpu0);
+        let spans = metric(&compactor.api, "strata_compacted_spans_total");
+        // Replaced blocks go after the 1 s grace period.
+        let metas = |d: &std::path::Path| count_named(d, "meta.json");
+        while metas(&copy.join("blocks")) > 1 {
+            assert!(t.elapsed() < Duration::from_secs(1900), "replaced blocks were not deleted");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let after = proc::dir_size(&copy.join("blocks"));
+        println!(
+            "compaction: {spans} spans written (all levels) in {wall:.1} s wall, {cpu:.2} s CPU = {:.2} us CPU per \
+             span written; blocks {before} B -> {after} B ({:.3}x)\n",
+            cpu * 1e6 / spans.max(1.0),
+            after as f64 / before.max(1) as f64
+        );
+        drop(compactor);
+        copy
+    } else {
+        data
+    };
     // A fresh process: blooms load at start-up, footers and tag caches fill on first use.
     let server = start(&data, ports, &env);
     let api = server.api.clone();

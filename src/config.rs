@@ -119,6 +119,9 @@ pub struct Args {
     /// Blocks of one time window and level are merged once there are this many [default: 4]
     #[arg(long, env = "STRATA_COMPACTION_MIN_INPUTS")]
     pub compaction_min_inputs: Option<usize>,
+    /// Most blocks one merge reads [default: 8]
+    #[arg(long, env = "STRATA_COMPACTION_MAX_INPUTS")]
+    pub compaction_max_inputs: Option<usize>,
     /// Compaction stops growing a block at this many bytes [default: 512MiB]
     #[arg(long, env = "STRATA_COMPACTION_TARGET_BYTES")]
     pub compaction_target_bytes: Option<u64>,
@@ -128,6 +131,12 @@ pub struct Args {
     /// Delete blocks whose latest span is older than this, e.g. 14d; 0 keeps everything [default: 0]
     #[arg(long, env = "STRATA_RETENTION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
+    /// Memory for cached Parquet footers, in bytes [default: 128MiB]
+    #[arg(long, env = "STRATA_FOOTER_CACHE_BYTES")]
+    pub footer_cache_bytes: Option<u64>,
+    /// Memory for cached per-block trace indexes, in bytes [default: 128MiB]
+    #[arg(long, env = "STRATA_TRACE_INDEX_CACHE_BYTES")]
+    pub trace_index_cache_bytes: Option<u64>,
     /// How often the block list is re-read from the bucket (blocks written or compacted by other processes)
     /// [default: 1m]
     #[arg(long, env = "STRATA_BLOCKLIST_REFRESH", value_parser = humantime::parse_duration)]
@@ -177,12 +186,15 @@ pub struct FileConfig {
     pub compaction_window: Option<Duration>,
     pub compaction_target_bytes: Option<u64>,
     pub compaction_min_inputs: Option<usize>,
+    pub compaction_max_inputs: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub compaction_grace: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     pub retention: Option<Duration>,
     /// Per-tenant retention overriding `retention`, e.g. `{team-a: 7d}` (file only).
     pub tenant_retention: Option<HashMap<String, String>>,
+    pub footer_cache_bytes: Option<u64>,
+    pub trace_index_cache_bytes: Option<u64>,
     #[serde(default, with = "opt_duration")]
     pub blocklist_refresh: Option<Duration>,
 }
@@ -245,6 +257,7 @@ pub struct Config {
     pub compaction: bool,
     pub compact: crate::compact::CompactConfig,
     pub blocklist_refresh: Duration,
+    pub caches: crate::storage::CacheBudgets,
 }
 
 /// Bounds on every query, so one request cannot take the server down.
@@ -339,6 +352,7 @@ impl Config {
                     window: a.compaction_window.or(f.compaction_window).unwrap_or(d.window),
                     target_bytes: a.compaction_target_bytes.or(f.compaction_target_bytes).unwrap_or(d.target_bytes),
                     min_inputs: a.compaction_min_inputs.or(f.compaction_min_inputs).unwrap_or(d.min_inputs),
+                    max_inputs: a.compaction_max_inputs.or(f.compaction_max_inputs).unwrap_or(d.max_inputs),
                     grace: a.compaction_grace.or(f.compaction_grace).unwrap_or(d.grace),
                     retention: a.retention.or(f.retention).filter(|r| !r.is_zero()),
                     tenant_retention,
@@ -346,6 +360,16 @@ impl Config {
                 }
             },
             blocklist_refresh: a.blocklist_refresh.or(f.blocklist_refresh).unwrap_or(Duration::from_secs(60)),
+            caches: {
+                let d = crate::storage::CacheBudgets::default();
+                crate::storage::CacheBudgets {
+                    footer_bytes: a.footer_cache_bytes.or(f.footer_cache_bytes).unwrap_or(d.footer_bytes),
+                    trace_index_bytes: a
+                        .trace_index_cache_bytes
+                        .or(f.trace_index_cache_bytes)
+                        .unwrap_or(d.trace_index_bytes),
+                }
+            },
         };
         if cfg.query.max_scan_bytes == 0 || cfg.query.max_response_bytes == 0 || cfg.query.memory_bytes == 0 {
             return Err(ConfigError::Invalid {

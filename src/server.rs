@@ -39,7 +39,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
     let store = open_store(&cfg.storage, &metrics)?;
-    let blocks = Arc::new(BlockStore::open(store, metrics.clone()).await?);
+    let blocks = Arc::new(BlockStore::open(store, metrics.clone(), cfg.caches).await?);
     // Background work on the block list: re-reading it (other processes write and compact the same bucket) and,
     // where this process compacts, compaction. Both stop when `stop_bg` turns true.
     let (stop_bg_tx, stop_bg) = watch::channel(false);
@@ -87,7 +87,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let api_app = crate::api::router(querier, ingester.clone(), metrics.clone(), cfg.query.clone());
+    let health = Arc::new(crate::telemetry::Health::default());
+    let api_app = crate::api::router(querier, ingester.clone(), metrics.clone(), cfg.query.clone(), health.clone());
     let api_task =
         tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stop_api.clone())).into_future());
     let otlp_http_app = receiver::http::router(ingester.clone(), metrics.clone(), cfg.max_request_bytes);
@@ -105,6 +106,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             ),
     );
 
+    // A receiver that stops while the process runs (a panic, a listener error) makes /ready fail.
+    let receivers_stopping = stop_receivers.clone();
+    let watch_receivers = {
+        let health = health.clone();
+        let (http_done, grpc_done) = (http_task.abort_handle(), grpc_task.abort_handle());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if *receivers_stopping.borrow() {
+                    return;
+                }
+                if http_done.is_finished() || grpc_done.is_finished() {
+                    tracing::error!("an OTLP receiver stopped unexpectedly; /ready now fails");
+                    health.receiver_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+        })
+    };
     tokio::pin!(shutdown);
     let early: Option<ServerError> = tokio::select! {
         _ = &mut shutdown => None,
@@ -112,6 +132,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     tracing::info!("shutting down: stopping receivers, flushing blocks");
     let _ = stop_rx_tx.send(true);
+    watch_receivers.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = http_task.await;
         let _ = grpc_task.await;
@@ -154,8 +175,10 @@ fn node_id(data_dir: &std::path::Path) -> std::io::Result<String> {
 /// Re-reads the block list every `every` (blocks from other processes; compacted ones leave).
 async fn refresh_blocks(blocks: Arc<BlockStore>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
     loop {
+        // A list that could not be read at start-up is retried sooner.
+        let wait = if blocks.loaded() { every } else { every.min(std::time::Duration::from_secs(2)) };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|v| *v) => return,
         }
         if let Err(e) = blocks.refresh().await {

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub search_seconds: Histogram,
     pub search_errors: Counter,
     pub trace_lookup_seconds: Histogram,
+    pub flush_failures: Counter,
     pub compactions: Counter,
     pub compaction_errors: Counter,
     pub compacted_blocks: Counter,
@@ -73,6 +74,7 @@ impl Metrics {
             searches: Counter::default(),
             search_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             search_errors: Counter::default(),
+            flush_failures: Counter::default(),
             compactions: Counter::default(),
             compaction_errors: Counter::default(),
             compacted_blocks: Counter::default(),
@@ -97,6 +99,11 @@ impl Metrics {
         registry.register("object_store_read_bytes", "Bytes read from object storage", m.object_read_bytes.clone());
         registry.register("trace_lookups", "Trace-by-ID lookups", m.trace_lookups.clone());
         registry.register("searches", "TraceQL searches run", m.searches.clone());
+        registry.register(
+            "flush_failures",
+            "Failed attempts to build or upload a block (retried)",
+            m.flush_failures.clone(),
+        );
         registry.register("compactions", "Compaction jobs finished (blocks merged into one)", m.compactions.clone());
         registry.register(
             "compaction_errors",
@@ -129,4 +136,11 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What `/ready` reports beyond the store: parts of the process that died or are not loaded yet.
+#[derive(Default, Debug)]
+pub struct Health {
+    /// Set when an OTLP receiver stopped on its own: the process no longer takes data and must not look ready.
+    pub receiver_failed: std::sync::atomic::AtomicBool,
 }

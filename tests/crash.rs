@@ -189,3 +189,39 @@ fn a_crash_between_upload_and_wal_cleanup_does_not_duplicate_spans() {
     assert_eq!(stored_spans(&server), 40, "nor a second block hold them");
     assert_eq!(server.trace(Some("other"), &trace_id(50)).map(|rs| span_count(&rs)), Some(3));
 }
+
+#[test]
+fn a_tenant_whose_blocks_cannot_be_uploaded_does_not_stall_the_others() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[("STRATA_MAX_BLOCK_AGE", "1h"), ("STRATA_COMPACTION", "false")]);
+    // A file where tenant "stuck"'s block folder must go: its uploads fail until it is removed.
+    let blocks = data.join("blocks");
+    std::fs::create_dir_all(&blocks).expect("blocks dir");
+    let blocker = blocks.join("stuck");
+    std::fs::write(&blocker, b"not a directory").expect("blocker");
+    assert_eq!(server.post_otlp(Some("stuck"), &request(1, 3, 2, "s")), 200);
+    let api = server.api.clone();
+    let first = std::thread::spawn(move || common::http().post(format!("{api}/flush")).send().map(|r| r.status()));
+    // The stuck tenant is refused while its block fails; another tenant is still served and flushed.
+    let start = std::time::Instant::now();
+    while server.post_otlp(Some("stuck"), &request(9, 1, 1, "s")) != 503 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the failing tenant was never refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.post_otlp(Some("fine"), &request(100, 3, 2, "f")), 200);
+    let api = server.api.clone();
+    let second = std::thread::spawn(move || common::http().post(format!("{api}/flush")).send().map(|r| r.status()));
+    let start = std::time::Instant::now();
+    while !blocks.join("fine").exists() || complete_blocks(&data) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the healthy tenant's block waited for the stuck one");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.trace(Some("fine"), &trace_id(100)).map(|rs| span_count(&rs)), Some(2));
+    assert!(!first.is_finished() && !second.is_finished(), "flush returns only once every earlier cut is stored");
+    std::fs::remove_file(&blocker).expect("remove blocker");
+    assert!(first.join().expect("flush").expect("flush request").is_success());
+    assert!(second.join().expect("flush").expect("flush request").is_success());
+    assert_eq!(server.trace(Some("stuck"), &trace_id(1)).map(|rs| span_count(&rs)), Some(2));
+    assert_eq!(server.post_otlp(Some("stuck"), &request(9, 1, 1, "s")), 200);
+}

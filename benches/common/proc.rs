@@ -94,7 +94,8 @@ pub fn metric(api: &str, name: &str) -> f64 {
         .and_then(|r| r.text())
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with(name))
+        // The exact series: `strata_blocks` must not match `strata_blocks_flushed_total`.
+        .find(|l| l.split_whitespace().next().is_some_and(|n| n == name || n.starts_with(&format!("{name}{{"))))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)

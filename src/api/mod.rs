@@ -33,6 +33,7 @@ struct Api {
     querier: Arc<Querier>,
     ingester: Arc<Ingester>,
     metrics: Arc<Metrics>,
+    health: Arc<crate::telemetry::Health>,
     limits: Limits,
 }
 
@@ -84,8 +85,14 @@ impl Api {
 }
 
 /// Builds the query API router.
-pub fn router(querier: Arc<Querier>, ingester: Arc<Ingester>, metrics: Arc<Metrics>, query: QueryLimits) -> Router {
-    let api = Api { querier, ingester, metrics, limits: Limits { max_search_limit: 1_000_000, query } };
+pub fn router(
+    querier: Arc<Querier>,
+    ingester: Arc<Ingester>,
+    metrics: Arc<Metrics>,
+    query: QueryLimits,
+    health: Arc<crate::telemetry::Health>,
+) -> Router {
+    let api = Api { querier, ingester, metrics, health, limits: Limits { max_search_limit: 1_000_000, query } };
     Router::new()
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(buildinfo))
@@ -121,10 +128,14 @@ async fn buildinfo() -> Response {
 }
 
 async fn ready(State(api): State<Api>) -> Response {
-    if api.ingester.store_healthy() {
-        text(StatusCode::OK, "ready")
-    } else {
+    if api.health.receiver_failed.load(std::sync::atomic::Ordering::Relaxed) {
+        text(StatusCode::SERVICE_UNAVAILABLE, "an OTLP receiver stopped; restart the process")
+    } else if !api.ingester.store_healthy() {
         text(StatusCode::SERVICE_UNAVAILABLE, "object storage is failing")
+    } else if !api.querier.blocks_loaded() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "the block list has not been read from storage yet")
+    } else {
+        text(StatusCode::OK, "ready")
     }
 }
 

@@ -98,12 +98,27 @@ pub struct BlockMeta {
     /// The write-ahead-log segments this block's spans came from: a restart skips the tenant's records in them
     /// instead of replaying them into a second copy (a crash between upload and WAL cleanup). Absent on blocks
     /// written before it existed; a compacted block carries its inputs' ranges.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub wal: Vec<WalRange>,
     /// Blocks this one was compacted from. They are hidden as soon as this meta exists (the switch is atomic for
     /// any reader that lists the bucket) and deleted after a grace period, so queries already reading them finish.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaces: Vec<String>,
+}
+
+/// Reads `wal` as a list, or as the single object blocks carried before compaction could join ranges.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WalRange>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(WalRange),
+        Many(Vec<WalRange>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(r)) => vec![r],
+        Some(OneOrMany::Many(v)) => v,
+    })
 }
 
 /// Segments `first..=last` of the WAL identified by `instance` (a UUID kept in the WAL directory).
@@ -301,6 +316,11 @@ mod tests {
         let meta = BlockMeta::from_json(old.as_bytes()).expect("old meta reads");
         assert!(meta.service_name_in_list && meta.dedicated_columns[0].also_in_list, "old blocks assume lists");
         assert!(meta.wal.is_empty() && meta.replaces.is_empty());
+        // A meta whose `wal` is one range (as written before compaction could join several) still reads.
+        let single =
+            old.replace(r#""createdAtUnix""#, r#""wal": {"instance": "i", "first": 1, "last": 2}, "createdAtUnix""#);
+        let meta1 = BlockMeta::from_json(single.as_bytes()).expect("single-range meta reads");
+        assert_eq!(meta1.wal, vec![WalRange { instance: "i".into(), first: 1, last: 2 }]);
         // And what this version writes reads back the same.
         assert_eq!(BlockMeta::from_json(&meta.to_json().unwrap()).unwrap(), meta);
     }

@@ -1,6 +1,7 @@
 //! The flusher: turns frozen heads into blocks, uploads them (retrying until the store accepts them), then
 //! retires the WAL segments they came from.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -20,24 +21,69 @@ pub(super) async fn run(
     cfg: IngestConfig,
     flushed: watch::Sender<u64>,
 ) {
-    while let Some(cut) = cuts.recv().await {
-        for head in &cut.heads {
-            flush_head(head, &shared, &blocks, &cfg).await;
-            shared.flushing.write().retain(|f| !Arc::ptr_eq(f, head));
-            shared.backlog.fetch_sub(head.bytes, Ordering::Relaxed);
-            shared.drained.notify_waiters();
-            shared.metrics.live_spans.dec_by(head.spans as i64);
-        }
-        if let Some(seq) = cut.seq {
-            let dir = cfg.wal_dir.clone();
-            match tokio::task::spawn_blocking(move || super::wal::remove_through(&dir, seq)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete flushed WAL segments"),
-                Err(e) => tracing::warn!(error = %e, "WAL cleanup task failed"),
+    // Every head is built and uploaded by its own task, so one that keeps failing (a store rejecting one tenant,
+    // a block that cannot be built) does not hold back the others. Cuts still complete in order: a cut's WAL
+    // segments go only once it and every earlier cut are in blocks.
+    let mut pending: VecDeque<(u64, Option<u64>, tokio::task::JoinHandle<()>)> = VecDeque::new();
+    loop {
+        let oldest = async {
+            match pending.front_mut() {
+                Some((_, _, task)) => {
+                    let _ = task.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            cut = cuts.recv() => match cut {
+                Some(cut) => {
+                    let heads: Vec<_> = cut
+                        .heads
+                        .into_iter()
+                        .map(|head| {
+                            let (shared, blocks, cfg) = (shared.clone(), blocks.clone(), cfg.clone());
+                            tokio::spawn(async move {
+                                flush_head(&head, &shared, &blocks, &cfg).await;
+                                shared.flushing.write().retain(|f| !Arc::ptr_eq(f, &head));
+                                shared.backlog.fetch_sub(head.bytes, Ordering::Relaxed);
+                                shared.drained.notify_waiters();
+                                shared.metrics.live_spans.dec_by(head.spans as i64);
+                            })
+                        })
+                        .collect();
+                    let all = tokio::spawn(async move {
+                        for h in heads {
+                            let _ = h.await;
+                        }
+                    });
+                    pending.push_back((cut.id, cut.seq, all));
+                }
+                None => break,
+            },
+            _ = oldest => {
+                if let Some((id, seq, _)) = pending.pop_front() {
+                    retire(id, seq, &cfg, &flushed).await;
+                }
             }
         }
-        flushed.send_replace(cut.id);
     }
+    while let Some((id, seq, task)) = pending.pop_front() {
+        let _ = task.await;
+        retire(id, seq, &cfg, &flushed).await;
+    }
+}
+
+/// A cut is in blocks: its WAL segments go, and `/flush` calls waiting for it return.
+async fn retire(id: u64, seq: Option<u64>, cfg: &IngestConfig, flushed: &watch::Sender<u64>) {
+    if let Some(seq) = seq {
+        let dir = cfg.wal_dir.clone();
+        match tokio::task::spawn_blocking(move || super::wal::remove_through(&dir, seq)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete flushed WAL segments"),
+            Err(e) => tracing::warn!(error = %e, "WAL cleanup task failed"),
+        }
+    }
+    flushed.send_replace(id);
 }
 
 async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore, cfg: &IngestConfig) {
@@ -46,6 +92,7 @@ async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore
     }
     let started = Instant::now();
     let block_id = uuid::Uuid::new_v4().to_string();
+    let mut build_backoff = Duration::from_secs(1);
     let mut built: BuiltBlock = loop {
         let h = head.clone();
         let opts = cfg.block.clone();
@@ -58,18 +105,33 @@ async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore
             Ok(Err(e)) => tracing::error!(error = %e, tenant = %head.tenant, "building block failed; retrying"),
             Err(e) => tracing::error!(error = %e, tenant = %head.tenant, "block builder panicked; retrying"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        shared.metrics.flush_failures.inc();
+        tokio::time::sleep(build_backoff).await;
+        build_backoff = (build_backoff * 2).min(MAX_BACKOFF);
     };
     built.meta.wal = head.wal.clone().into_iter().collect();
     let mut backoff = Duration::from_millis(100);
+    let mut failed = false;
     loop {
         match blocks.publish(&head.tenant, &built).await {
             Ok(()) => {
-                shared.store_healthy.store(true, Ordering::Relaxed);
+                if failed {
+                    let mut f = shared.failing.lock();
+                    if let Some(n) = f.get_mut(&head.tenant) {
+                        *n -= 1;
+                        if *n == 0 {
+                            f.remove(&head.tenant);
+                        }
+                    }
+                }
                 break;
             }
             Err(e) => {
-                shared.store_healthy.store(false, Ordering::Relaxed);
+                if !failed {
+                    failed = true;
+                    *shared.failing.lock().entry(head.tenant.clone()).or_default() += 1;
+                }
+                shared.metrics.flush_failures.inc();
                 tracing::error!(error = %e, tenant = %head.tenant, retry_in = ?backoff, "block upload failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);

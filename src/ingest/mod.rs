@@ -13,7 +13,7 @@ pub mod wal;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -151,7 +151,9 @@ struct Shared {
     backlog: AtomicUsize,
     /// Signalled whenever a frozen head leaves the backlog.
     drained: tokio::sync::Notify,
-    store_healthy: AtomicBool,
+    /// Tenants with a block that currently fails to build or upload, and how many: their requests are refused
+    /// (503) while other tenants keep being served.
+    failing: parking_lot::Mutex<HashMap<Tenant, usize>>,
     metrics: Arc<Metrics>,
 }
 
@@ -186,7 +188,7 @@ impl Ingester {
             flushing: RwLock::new(Vec::new()),
             backlog: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
-            store_healthy: AtomicBool::new(true),
+            failing: parking_lot::Mutex::new(HashMap::new()),
             metrics: metrics.clone(),
         });
         let seqs = wal::list_segments(&cfg.wal_dir).map_err(|e| IngestError::Wal(e.to_string()))?;
@@ -268,7 +270,7 @@ impl Ingester {
         req: ExportTraceServiceRequest,
         raw: Option<Bytes>,
     ) -> Result<(), IngestError> {
-        self.wait_for_backlog().await?;
+        self.wait_for_backlog(&tenant).await?;
         let body = raw.unwrap_or_else(|| Bytes::from(req.encode_to_vec()));
         if body.len() > wal::MAX_BODY || tenant.as_str().len() > wal::MAX_TENANT {
             // Receivers cap requests below this (see config); a record that large would not replay.
@@ -286,10 +288,10 @@ impl Ingester {
 
     /// Backpressure: while more than the allowed amount of data waits for upload, requests wait (bounded), so a
     /// burst slows clients down instead of growing memory without limit. A failing store is reported at once.
-    async fn wait_for_backlog(&self) -> Result<(), IngestError> {
+    async fn wait_for_backlog(&self, tenant: &Tenant) -> Result<(), IngestError> {
         let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
         loop {
-            if !self.shared.store_healthy.load(Ordering::Relaxed) {
+            if self.shared.failing.lock().contains_key(tenant) {
                 return Err(IngestError::StoreUnavailable);
             }
             let notified = self.shared.drained.notified();
@@ -352,7 +354,7 @@ impl Ingester {
 
     /// Whether uploads currently succeed (for readiness and error reporting).
     pub fn store_healthy(&self) -> bool {
-        self.shared.store_healthy.load(Ordering::Relaxed)
+        self.shared.failing.lock().is_empty()
     }
 }
 

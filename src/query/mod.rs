@@ -75,6 +75,11 @@ pub struct Querier {
 }
 
 impl Querier {
+    /// Whether the block list has been read from storage (queries before that see only data in memory).
+    pub fn blocks_loaded(&self) -> bool {
+        self.blocks.loaded()
+    }
+
     pub fn new(
         ingester: Arc<Ingester>,
         blocks: Arc<BlockStore>,

@@ -11,7 +11,6 @@ use parking_lot::RwLock;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
 
 use super::StorageError;
 use super::file::{ObjectFile, reader_options};
@@ -25,15 +24,13 @@ const INDEX_OBJECT: &str = "index.json";
 /// How many blocks are loaded (meta + bloom) at once at start-up.
 const LOAD_CONCURRENCY: usize = 16;
 
-/// One block as readers see it: meta and bloom in memory, footer cached after first use.
+/// One block as readers see it: meta and bloom in memory; its footer and trace index live in the store's
+/// byte-bounded caches.
 pub struct BlockEntry {
     pub meta: BlockMeta,
     pub min_id: TraceId,
     pub max_id: TraceId,
     bloom: TraceBloom,
-    footer: OnceCell<ArrowReaderMetadata>,
-    /// Where each trace's rows are, read from the data on first use by a search.
-    index: OnceCell<Arc<TraceIndex>>,
     /// The block list generation when this process added the entry (0: loaded from the bucket), so a refresh
     /// that listed the bucket before the block was published does not drop it.
     added_gen: u64,
@@ -43,7 +40,7 @@ impl BlockEntry {
     fn new(meta: BlockMeta, bloom: TraceBloom) -> Self {
         let min_id = TraceId::from_hex(&meta.min_trace_id).unwrap_or_default();
         let max_id = TraceId::from_hex(&meta.max_trace_id).unwrap_or(TraceId([0xff; 16]));
-        BlockEntry { meta, min_id, max_id, bloom, footer: OnceCell::new(), index: OnceCell::new(), added_gen: 0 }
+        BlockEntry { meta, min_id, max_id, bloom, added_gen: 0 }
     }
 
     /// Cheap, in-memory test: can this block hold the trace?
@@ -67,7 +64,45 @@ pub struct BlockStore {
     retired: RwLock<HashMap<Tenant, Vec<(BlockMeta, u64)>>>,
     /// Bumped by every block this process adds; see `BlockEntry::added_gen`.
     generation: std::sync::atomic::AtomicU64,
+    /// Whether the block list has been read from the bucket at least once (start-up does not wait for an
+    /// unreachable store: ingest and WAL replay go on, and the list is loaded by a later refresh).
+    loaded: std::sync::atomic::AtomicBool,
+    /// Parquet footers (with page index) by block ID, least recently used out first.
+    footers: quick_cache::sync::Cache<String, ArrowReaderMetadata, FooterWeight>,
+    /// Trace indexes by block ID, likewise.
+    indexes: quick_cache::sync::Cache<String, Arc<TraceIndex>, IndexWeight>,
     metrics: Arc<Metrics>,
+}
+
+/// Byte budgets for what the store caches per block.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheBudgets {
+    pub footer_bytes: u64,
+    pub trace_index_bytes: u64,
+}
+
+impl Default for CacheBudgets {
+    fn default() -> Self {
+        CacheBudgets { footer_bytes: 128 << 20, trace_index_bytes: 128 << 20 }
+    }
+}
+
+#[derive(Clone)]
+struct FooterWeight;
+
+impl quick_cache::Weighter<String, ArrowReaderMetadata> for FooterWeight {
+    fn weight(&self, key: &String, val: &ArrowReaderMetadata) -> u64 {
+        (key.len() + val.metadata().memory_size()) as u64
+    }
+}
+
+#[derive(Clone)]
+struct IndexWeight;
+
+impl quick_cache::Weighter<String, Arc<TraceIndex>> for IndexWeight {
+    fn weight(&self, key: &String, val: &Arc<TraceIndex>) -> u64 {
+        (key.len() + val.heap_bytes()) as u64
+    }
 }
 
 /// Unix seconds now.
@@ -86,26 +121,64 @@ pub fn data_path(tenant: &Tenant, block: &str) -> Path {
 
 impl BlockStore {
     /// Loads every tenant's block list: `index.json` plus a listing to catch blocks it does not name yet
-    /// (a crash between writing a block's meta and the index). Listing happens here only, never per query.
-    pub async fn open(store: Arc<dyn ObjectStore>, metrics: Arc<Metrics>) -> Result<Self, StorageError> {
+    /// (a crash between writing a block's meta and the index). Listing happens here and on refresh, never per
+    /// query. When the store cannot be listed, the store opens empty (not loaded) and [`BlockStore::refresh`]
+    /// loads it later.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        metrics: Arc<Metrics>,
+        budgets: CacheBudgets,
+    ) -> Result<Self, StorageError> {
+        // Item estimates only size the caches' tables; the byte budgets bound them.
         let bs = BlockStore {
+            footers: quick_cache::sync::Cache::with_weighter(1024, budgets.footer_bytes, FooterWeight),
+            indexes: quick_cache::sync::Cache::with_weighter(1024, budgets.trace_index_bytes, IndexWeight),
             store,
             tenants: RwLock::new(HashMap::new()),
             retired: RwLock::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            loaded: std::sync::atomic::AtomicBool::new(false),
             metrics,
         };
-        let top = bs.store.list_with_delimiter(None).await.map_err(|e| bs.err(e))?;
+        if let Err(e) = bs.load_all().await {
+            tracing::error!(error = %e, "cannot read the block list; starting without it and retrying");
+        }
+        Ok(bs)
+    }
+
+    /// Whether the block list has been read from the bucket.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn load_all(&self) -> Result<(), StorageError> {
+        let top = self.store.list_with_delimiter(None).await.map_err(|e| self.err(e))?;
+        let mut tenants = HashMap::new();
+        let mut retired_all = HashMap::new();
         for dir in top.common_prefixes {
             let Some(name) = dir.filename() else { continue };
             let Ok(tenant) = Tenant::parse(Some(name)) else { continue };
-            let (entries, retired) = bs.load_tenant(&tenant).await?;
+            let (entries, retired) = self.load_tenant(&tenant).await?;
             tracing::info!(tenant = %tenant, blocks = entries.len(), retired = retired.len(), "loaded block index");
-            bs.tenants.write().insert(tenant.clone(), entries);
-            bs.retired.write().insert(tenant, retired);
+            tenants.insert(tenant.clone(), entries);
+            retired_all.insert(tenant, retired);
         }
-        bs.update_gauge();
-        Ok(bs)
+        {
+            // Blocks this process published meanwhile (ingest does not wait for the list) are kept.
+            let mut current = self.tenants.write();
+            for (tenant, mut entries) in tenants {
+                for e in current.remove(&tenant).unwrap_or_default() {
+                    if !entries.iter().any(|x| x.meta.block_id == e.meta.block_id) {
+                        entries.push(e);
+                    }
+                }
+                current.insert(tenant, entries);
+            }
+        }
+        self.retired.write().extend(retired_all);
+        self.loaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.update_gauge();
+        Ok(())
     }
 
     /// Re-reads the block list from the bucket, so blocks written, compacted or deleted by other processes are
@@ -113,6 +186,9 @@ impl BlockStore {
     /// leave the list. Known blocks keep their cached bloom, footer and trace index. A tenant whose listing fails
     /// keeps its current list.
     pub async fn refresh(&self) -> Result<(), StorageError> {
+        if !self.loaded() {
+            return self.load_all().await;
+        }
         let top = self.store.list_with_delimiter(None).await.map_err(|e| self.err(e))?;
         for dir in top.common_prefixes {
             let Some(name) = dir.filename() else { continue };
@@ -313,7 +389,7 @@ impl BlockStore {
         let entry = BlockEntry::new(built.meta.clone(), TraceBloom::from_bytes(&built.bloom)?);
         let options = reader_options();
         if let Ok(footer) = ArrowReaderMetadata::try_new(built.parquet_meta.clone(), options) {
-            let _ = entry.footer.set(footer);
+            self.footers.insert(built.meta.block_id.clone(), footer);
         }
         self.swap(tenant, Some(entry), &[]);
         self.write_index(tenant).await
@@ -510,7 +586,8 @@ impl BlockStore {
         let footer = self.footer(tenant, b).await?;
         // A search reads several traces: the block's trace index gives their exact rows (and says which the block
         // does not hold at all). A lookup by ID uses the index only if a search already loaded it.
-        let index = if ids.len() > 1 { Some(self.trace_index(tenant, b).await?) } else { b.index.get().cloned() };
+        let index =
+            if ids.len() > 1 { Some(self.trace_index(tenant, b).await?) } else { self.indexes.get(&b.meta.block_id) };
         if let Some(index) = index {
             let mut runs: Vec<std::ops::Range<usize>> =
                 ids.iter().filter_map(|id| index.find(id)).map(|i| index.rows(i)).collect();
@@ -593,28 +670,26 @@ impl BlockStore {
         )
     }
 
-    /// The block's Parquet footer (with page index), fetched once and kept with the block.
+    /// The block's Parquet footer (with page index), from the cache or fetched.
     async fn footer(&self, tenant: &Tenant, b: &BlockEntry) -> Result<ArrowReaderMetadata, StorageError> {
         let reader = self.data_file(tenant, b);
-        Ok(b.footer
-            .get_or_try_init(|| {
+        self.footers
+            .get_or_insert_async(&b.meta.block_id, async move {
                 let mut r = reader.clone();
-                async move { ArrowReaderMetadata::load_async(&mut r, reader_options()).await }
+                ArrowReaderMetadata::load_async(&mut r, reader_options()).await.map_err(StorageError::from)
             })
             .await
             .inspect_err(|_| {
                 self.metrics.object_store_errors.inc();
-            })?
-            .clone())
+            })
     }
 
-    /// The block's trace index, built on first use from its trace ID and trace start columns (one read of two
-    /// columns) and kept with the block.
+    /// The block's trace index, from the cache or built from its trace ID and trace start columns (one read of
+    /// two columns).
     pub async fn trace_index(&self, tenant: &Tenant, b: &BlockEntry) -> Result<Arc<TraceIndex>, StorageError> {
         let footer = self.footer(tenant, b).await?;
-        let index = b
-            .index
-            .get_or_try_init(|| async {
+        self.indexes
+            .get_or_insert_async(&b.meta.block_id, async {
                 let names = [block::schema::col::TRACE_ID, block::schema::col::TRACE_START];
                 let roots: Vec<usize> = footer
                     .schema()
@@ -635,8 +710,7 @@ impl BlockStore {
                 })?;
                 Ok::<_, StorageError>(Arc::new(TraceIndex::from_batches(&batches)?))
             })
-            .await?;
-        Ok(index.clone())
+            .await
     }
 
     /// The object store blocks live in, for query engines that read them directly.

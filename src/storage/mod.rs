@@ -9,7 +9,7 @@ mod counting;
 mod file;
 mod lease;
 
-pub use blocks::{BlockEntry, BlockStore, data_path, now_unix};
+pub use blocks::{BlockEntry, BlockStore, CacheBudgets, data_path, now_unix};
 pub use counting::CountingStore;
 pub use file::ObjectFile;
 
