@@ -85,6 +85,10 @@ pub struct Args {
     /// Largest accepted OTLP request body, in bytes (after decompression) [default: 16MiB]
     #[arg(long, env = "STRATA_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Request bytes being received at once across all receivers and tenants; over it, HTTP answers 429 and
+    /// gRPC requests wait [default: 256MiB]
+    #[arg(long, env = "STRATA_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
     /// How long SIGTERM may spend flushing blocks before exiting, e.g. 30s [default: 30s]
     #[arg(long, env = "STRATA_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
@@ -170,6 +174,7 @@ pub struct FileConfig {
     #[serde(default, with = "opt_duration")]
     pub max_block_age: Option<Duration>,
     pub max_request_bytes: Option<usize>,
+    pub max_inflight_bytes: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -249,6 +254,7 @@ pub struct Config {
     pub max_block_bytes: usize,
     pub max_block_age: Duration,
     pub max_request_bytes: usize,
+    pub max_inflight_bytes: usize,
     pub shutdown_timeout: Duration,
     pub query: QueryLimits,
     pub log: String,
@@ -324,6 +330,7 @@ impl Config {
             max_block_bytes: a.max_block_bytes.or(f.max_block_bytes).unwrap_or(32 << 20),
             max_block_age: a.max_block_age.or(f.max_block_age).unwrap_or(Duration::from_secs(120)),
             max_request_bytes: a.max_request_bytes.or(f.max_request_bytes).unwrap_or(16 << 20),
+            max_inflight_bytes: a.max_inflight_bytes.or(f.max_inflight_bytes).unwrap_or(256 << 20),
             shutdown_timeout: a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
             query: {
                 let d = QueryLimits::default();

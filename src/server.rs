@@ -91,7 +91,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let api_app = crate::api::router(querier, ingester.clone(), metrics.clone(), cfg.query.clone(), health.clone());
     let api_task =
         tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stop_api.clone())).into_future());
-    let otlp_http_app = receiver::http::router(ingester.clone(), metrics.clone(), cfg.max_request_bytes);
+    let budget = receiver::InflightBudget::new(cfg.max_inflight_bytes, cfg.max_request_bytes);
+    let otlp_http_app =
+        receiver::http::router(ingester.clone(), metrics.clone(), cfg.max_request_bytes, budget.clone());
     let http_task = tokio::spawn(
         axum::serve(http_listener, otlp_http_app).with_graceful_shutdown(wait(stop_receivers.clone())).into_future(),
     );
@@ -99,6 +101,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(receiver::grpc::fix_status_codes))
+            .layer(receiver::InflightLayer(budget))
             .add_service(grpc_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

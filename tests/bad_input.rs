@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::Write;
+use std::time::Duration;
 
 use common::{Server, http, request};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -245,4 +246,39 @@ fn full_wal_disk_answers_503_and_recovers() {
     }
     server.kill9();
     drop(disk);
+}
+
+#[test]
+fn request_bytes_in_flight_are_bounded_across_requests() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Server::start(&dir.path().join("data"), &[("STRATA_MAX_INFLIGHT_BYTES", "65536")]);
+    let body = request(1, 100, 5, "big").encode_to_vec();
+    assert!(body.len() > 40_000, "the request must take most of the budget: {}", body.len());
+    // A client that declared a large body and is still sending it holds its share of the budget...
+    let addr = server.otlp_http.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        slow,
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("headers");
+    slow.write_all(&body[..100]).expect("first bytes");
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so a second large request is refused with a retryable 429 instead of piling up in memory.
+    let r = http()
+        .post(format!("{}/v1/traces", server.otlp_http))
+        .header("Content-Type", "application/x-protobuf")
+        .body(body.clone())
+        .send()
+        .expect("second request");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // Once the first finishes, the budget is free again.
+    slow.write_all(&body[100..]).expect("rest");
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut slow, &mut answer).expect("answer");
+    assert_eq!(&answer, b"HTTP/1.1 200", "the slow request is served");
+    drop(slow);
+    assert_eq!(server.post_otlp(None, &request(1, 100, 5, "big")), 200);
 }

@@ -169,9 +169,10 @@ impl SearchEngine {
     }
 
     pub(crate) fn context(&self) -> SessionContext {
-        // Blocks are scanned concurrently by the search itself; one partition per scan avoids re-partitioning
-        // small files.
-        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
+        // Blocks are scanned concurrently by the search itself; within one block, a scan is split by row group
+        // over the cores, so a large (compacted) block is not read on one core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = SessionConfig::new().with_target_partitions(cores).with_batch_size(8192);
         SessionContext::new_with_config_rt(config, self.runtime.clone())
     }
 
@@ -444,13 +445,24 @@ impl SearchEngine {
             Some(_) => crate::block::SpanParts::ALL,
             None => super::eval::span_parts(&req.pipeline),
         };
-        let jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>)> = blocks
+        let mut jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>)> = blocks
             .iter()
             .filter_map(|b| {
                 let wanted: Vec<TraceId> = ids.iter().copied().filter(|id| b.may_contain(id)).collect();
                 (!wanted.is_empty()).then(|| (b.clone(), wanted))
             })
             .collect();
+        // Fewer blocks than cores (a compacted block): split each block's traces so every core decodes some.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if jobs.len() < cores {
+            jobs = jobs
+                .into_iter()
+                .flat_map(|(b, wanted)| {
+                    let per = wanted.len().div_ceil(cores).max(1);
+                    wanted.chunks(per).map(|c| (b.clone(), c.to_vec())).collect::<Vec<_>>()
+                })
+                .collect();
+        }
         let store = self.blocks.clone();
         let mut reads = futures::stream::iter(jobs)
             .map(|(b, wanted)| {

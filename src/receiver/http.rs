@@ -51,7 +51,12 @@ struct RpcStatus {
 }
 
 /// The OTLP/HTTP router. `max_bytes` bounds the decompressed body; larger bodies get 413.
-pub fn router(ingester: Arc<Ingester>, metrics: Arc<Metrics>, max_bytes: usize) -> Router {
+pub fn router(
+    ingester: Arc<Ingester>,
+    metrics: Arc<Metrics>,
+    max_bytes: usize,
+    budget: super::InflightBudget,
+) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_methods([Method::POST, Method::OPTIONS])
@@ -63,10 +68,42 @@ pub fn router(ingester: Arc<Ingester>, metrics: Arc<Metrics>, max_bytes: usize) 
             HeaderName::from_static("x-scope-orgid"),
         ])
         .max_age(std::time::Duration::from_secs(3600));
+    let limited = metrics.clone();
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::max(max_bytes))
         .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let (budget, metrics) = (budget.clone(), limited.clone());
+            async move {
+                // Charged before the body is read: its declared length when it is sent uncompressed, else the
+                // largest request allowed.
+                let plain = req.headers().get(header::CONTENT_ENCODING).is_none_or(|v| v.as_bytes() == b"identity");
+                let len = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|_| plain);
+                match budget.try_acquire(len) {
+                    Some(permit) => {
+                        let resp = next.run(req).await;
+                        drop(permit);
+                        resp
+                    }
+                    None => {
+                        metrics.requests_failed.get_or_create(&ReasonLabel { reason: "inflight_budget" }).inc();
+                        let mut resp = error(
+                            Format::Json,
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many request bytes in flight on this server; retry later".into(),
+                        );
+                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        resp
+                    }
+                }
+            }
+        }))
         .layer(cors)
         .with_state(AppState { ingester, metrics })
 }
