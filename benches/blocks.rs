@@ -121,8 +121,8 @@ fn main() {
         println!(
             "| trace by ID, {label}, {} lookups | p50 {:.2} ms, p99 {:.2} ms | {per:.2} |",
             ids.len(),
-            percentile(&ms, 50.0),
-            percentile(&ms, 99.0)
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99)
         );
     };
     println!(

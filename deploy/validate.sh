@@ -100,7 +100,7 @@ TOP_KEYS = {
     "target", "compaction", "compaction_interval", "compaction_window", "compaction_target_bytes",
     "compaction_min_inputs", "compaction_max_inputs", "compaction_grace", "retention", "tenant_retention",
     "blocklist_refresh", "footer_cache_bytes", "trace_index_cache_bytes",
-    "max_inflight_bytes",
+    "max_inflight_bytes", "max_trace_idle",
 }
 S3_KEYS = {"endpoint", "bucket", "prefix", "region", "path_style"}
 ENV_VARS = {
@@ -112,7 +112,7 @@ ENV_VARS = {
     "STRATA_TARGET", "STRATA_COMPACTION", "STRATA_COMPACTION_INTERVAL", "STRATA_COMPACTION_WINDOW",
     "STRATA_COMPACTION_TARGET_BYTES", "STRATA_COMPACTION_MIN_INPUTS", "STRATA_COMPACTION_MAX_INPUTS",
     "STRATA_COMPACTION_GRACE", "STRATA_RETENTION", "STRATA_BLOCKLIST_REFRESH", "STRATA_FOOTER_CACHE_BYTES",
-    "STRATA_TRACE_INDEX_CACHE_BYTES", "STRATA_MAX_INFLIGHT_BYTES",
+    "STRATA_TRACE_INDEX_CACHE_BYTES", "STRATA_MAX_INFLIGHT_BYTES", "STRATA_MAX_TRACE_IDLE",
 }
 HUMANTIME = re.compile(
     r"^\s*(\d+\s*(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h"
@@ -188,7 +188,7 @@ def config_problems(cfg, require_all=False):
               "compaction_max_inputs", "footer_cache_bytes", "trace_index_cache_bytes", "max_inflight_bytes"):
         if k in cfg and not positive_int(cfg[k]):
             p.append(f"{k}={cfg[k]!r} is not a positive integer (bytes/spans, no units)")
-    for k in ("max_block_age", "shutdown_timeout", "query_timeout", "compaction_interval", "compaction_window",
+    for k in ("max_block_age", "max_trace_idle", "shutdown_timeout", "query_timeout", "compaction_interval", "compaction_window",
               "compaction_grace", "retention", "blocklist_refresh"):
         if k in cfg and not (isinstance(cfg[k], str) and HUMANTIME.match(cfg[k])):
             p.append(f"{k}={cfg[k]!r} is not a duration string like \"30s\"")

@@ -82,6 +82,10 @@ pub struct Args {
     /// Cut the live head into a block at the latest after this long, e.g. 30s, 5m [default: 2m]
     #[arg(long, env = "STRATA_MAX_BLOCK_AGE", value_parser = humantime::parse_duration)]
     pub max_block_age: Option<Duration>,
+    /// A trace still receiving spans is kept out of a block cut until it has been idle this long (so it lands in
+    /// one block), e.g. 5s [default: 5s]
+    #[arg(long, env = "STRATA_MAX_TRACE_IDLE", value_parser = humantime::parse_duration)]
+    pub max_trace_idle: Option<Duration>,
     /// Largest accepted OTLP request body, in bytes (after decompression) [default: 16MiB]
     #[arg(long, env = "STRATA_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
@@ -173,6 +177,8 @@ pub struct FileConfig {
     pub max_block_bytes: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub max_block_age: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub max_trace_idle: Option<Duration>,
     pub max_request_bytes: Option<usize>,
     pub max_inflight_bytes: Option<usize>,
     #[serde(default, with = "opt_duration")]
@@ -253,6 +259,7 @@ pub struct Config {
     pub max_block_spans: usize,
     pub max_block_bytes: usize,
     pub max_block_age: Duration,
+    pub max_trace_idle: Duration,
     pub max_request_bytes: usize,
     pub max_inflight_bytes: usize,
     pub shutdown_timeout: Duration,
@@ -329,6 +336,7 @@ impl Config {
             max_block_spans: a.max_block_spans.or(f.max_block_spans).unwrap_or(100_000),
             max_block_bytes: a.max_block_bytes.or(f.max_block_bytes).unwrap_or(32 << 20),
             max_block_age: a.max_block_age.or(f.max_block_age).unwrap_or(Duration::from_secs(120)),
+            max_trace_idle: a.max_trace_idle.or(f.max_trace_idle).unwrap_or(Duration::from_secs(5)),
             max_request_bytes: a.max_request_bytes.or(f.max_request_bytes).unwrap_or(16 << 20),
             max_inflight_bytes: a.max_inflight_bytes.or(f.max_inflight_bytes).unwrap_or(256 << 20),
             shutdown_timeout: a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(Duration::from_secs(30)),

@@ -225,3 +225,57 @@ fn a_tenant_whose_blocks_cannot_be_uploaded_does_not_stall_the_others() {
     assert_eq!(server.trace(Some("stuck"), &trace_id(1)).map(|rs| span_count(&rs)), Some(2));
     assert_eq!(server.post_otlp(Some("stuck"), &request(9, 1, 1, "s")), 200);
 }
+
+/// Blocks (on local disk) whose trace-ID range covers `id`.
+fn blocks_covering(data: &std::path::Path, id: &[u8]) -> usize {
+    let want = hex::encode(id);
+    let Ok(tenants) = std::fs::read_dir(data.join("blocks")) else { return 0 };
+    tenants
+        .flatten()
+        .filter_map(|t| std::fs::read_dir(t.path()).ok())
+        .flat_map(|b| b.flatten())
+        .filter_map(|b| std::fs::read(b.path().join("meta.json")).ok())
+        .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
+        .filter(|m| {
+            let (lo, hi) = (m["minTraceId"].as_str().unwrap_or(""), m["maxTraceId"].as_str().unwrap_or(""));
+            lo <= want.as_str() && want.as_str() <= hi
+        })
+        .count()
+}
+
+#[test]
+fn a_trace_still_receiving_spans_stays_out_of_cuts_until_idle() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut server = Server::start(
+        &data,
+        &[("STRATA_MAX_BLOCK_AGE", "1s"), ("STRATA_MAX_TRACE_IDLE", "2s"), ("STRATA_COMPACTION", "false")],
+    );
+    // Trace 1 gets one request; trace 2 keeps receiving spans across several cuts.
+    assert_eq!(server.post_otlp(None, &request(1, 1, 3, "idle")), 200);
+    let mut sent = 0usize;
+    for round in 0..10u64 {
+        let mut req = request(2, 1, 2, "busy");
+        for s in &mut req.resource_spans[0].scope_spans[0].spans {
+            s.span_id[0] += (round * 2) as u8;
+        }
+        assert_eq!(server.post_otlp(None, &req), 200);
+        sent += 2;
+        std::thread::sleep(Duration::from_millis(300));
+        if round == 6 {
+            // A crash after the busy trace was carried over a cut: its spans come back from the WAL.
+            server.kill9();
+            server.restart();
+        }
+    }
+    let start = std::time::Instant::now();
+    while blocks_covering(&data, &trace_id(2)) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the busy trace was never cut");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(blocks_covering(&data, &trace_id(1)) >= 1, "the idle trace was cut first");
+    server.flush();
+    assert_eq!(blocks_covering(&data, &trace_id(2)), 1, "the busy trace landed in one block");
+    assert_eq!(server.trace(None, &trace_id(2)).map(|rs| span_count(&rs)), Some(sent));
+    assert_eq!(server.trace(None, &trace_id(1)).map(|rs| span_count(&rs)), Some(3));
+}

@@ -54,12 +54,16 @@ pub struct IngestConfig {
     pub max_block_spans: usize,
     pub max_block_bytes: usize,
     pub max_block_age: Duration,
+    /// A trace with no new span for this long is cut into a block; busier ones wait for the next cut.
+    pub max_trace_idle: Duration,
     pub block: BlockOptions,
 }
 
 /// A tenant's live spans, grouped by trace.
 struct Head {
     traces: HashMap<TraceId, Vec<SpanRecord>>,
+    /// When each trace's first and latest spans arrived: a cut leaves traces still receiving spans live.
+    seen: HashMap<TraceId, (Instant, Instant)>,
     spans: usize,
     bytes: usize,
     created: Instant,
@@ -83,6 +87,7 @@ impl Head {
     fn new() -> Self {
         Head {
             traces: HashMap::new(),
+            seen: HashMap::new(),
             spans: 0,
             bytes: 0,
             created: Instant::now(),
@@ -384,11 +389,51 @@ fn insert(live: &mut HashMap<Tenant, Head>, tenant: Tenant, spans: Vec<(TraceId,
     let head = live.entry(tenant).or_insert_with(Head::new);
     head.spans += spans.len();
     head.bytes += bytes;
+    let now = Instant::now();
     for (id, rec) in spans {
         let list = head.traces.entry(id).or_default();
         head.order.push((id, list.len() as u32));
         list.push(rec);
+        head.seen.entry(id).or_insert((now, now)).1 = now;
     }
+}
+
+/// Longest a trace that keeps receiving spans is kept out of cuts.
+const MAX_TRACE_LIVE: Duration = Duration::from_secs(30);
+
+/// Which traces a cut moves into blocks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CutMode {
+    /// Everything (`/flush`, shutdown).
+    All,
+    /// Traces idle for `max_trace_idle`, or live for `MAX_TRACE_LIVE`; the rest stay live so they land in one
+    /// block (unless they would make up more than half a block).
+    Idle,
+}
+
+/// An OTLP request holding `traces`' spans, grouped by resource and scope as they arrived.
+fn to_request(traces: &[(TraceId, Vec<SpanRecord>)]) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    let mut at: HashMap<usize, usize> = HashMap::new();
+    let mut out: Vec<ResourceSpans> = Vec::new();
+    for (_, records) in traces {
+        for r in records {
+            let i = *at.entry(Arc::as_ptr(&r.origin) as usize).or_insert_with(|| {
+                out.push(ResourceSpans {
+                    resource: Some(r.origin.resource.clone()),
+                    schema_url: r.origin.resource_schema_url.clone(),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(r.origin.scope.clone()),
+                        spans: Vec::new(),
+                        schema_url: r.origin.scope_schema_url.clone(),
+                    }],
+                });
+                out.len() - 1
+            });
+            out[i].scope_spans[0].spans.push(r.span.clone());
+        }
+    }
+    ExportTraceServiceRequest { resource_spans: out }
 }
 
 /// The WAL thread's log state.
@@ -423,7 +468,7 @@ fn wal_thread(
                 Cmd::Append { .. } => group.push(cmd),
                 Cmd::Cut { reply } => {
                     commit(&mut segment.wal, &mut group, &shared);
-                    let id = cut(&mut segment, &shared, &cuts);
+                    let id = cut(&mut segment, &shared, &cuts, CutMode::All, &cfg);
                     if let Some(r) = reply {
                         let _ = r.send(id);
                     }
@@ -432,7 +477,7 @@ fn wal_thread(
                     commit(&mut segment.wal, &mut group, &shared);
                     let old = shared.live.read().values().any(|h| h.created.elapsed() >= cfg.max_block_age);
                     if old {
-                        cut(&mut segment, &shared, &cuts);
+                        cut(&mut segment, &shared, &cuts, CutMode::Idle, &cfg);
                     }
                 }
             }
@@ -441,7 +486,7 @@ fn wal_thread(
         let full =
             shared.live.read().values().any(|h| h.spans >= cfg.max_block_spans || h.bytes >= cfg.max_block_bytes);
         if full {
-            cut(&mut segment, &shared, &cuts);
+            cut(&mut segment, &shared, &cuts, CutMode::Idle, &cfg);
         }
     }
     tracing::debug!("WAL thread stopped");
@@ -492,13 +537,72 @@ fn commit(segment: &mut wal::Wal, group: &mut Vec<Cmd>, shared: &Shared) {
     }
 }
 
+/// Leaves the head's active traces live: they move to a new live head and are logged again in the new WAL segment
+/// (the old segments go once this cut is in blocks). Returns whether anything is left to freeze. If the active
+/// traces would fill half a block, or logging them fails, everything is frozen instead.
+fn carry_over(
+    st: &mut WalState,
+    live: &mut HashMap<Tenant, Head>,
+    tenant: &Tenant,
+    head: &mut Head,
+    cfg: &IngestConfig,
+) -> bool {
+    // A trace that never goes quiet is still cut once it has been live this long (as Tempo's live period).
+    let max_live = MAX_TRACE_LIVE.max(cfg.max_trace_idle * 2);
+    let active: Vec<TraceId> = head
+        .seen
+        .iter()
+        .filter(|(_, (first, last))| last.elapsed() < cfg.max_trace_idle && first.elapsed() < max_live)
+        .map(|(id, _)| *id)
+        .collect();
+    let active_spans: usize = active.iter().filter_map(|id| head.traces.get(id)).map(Vec::len).sum();
+    if active.is_empty() || active_spans * 2 > cfg.max_block_spans {
+        return true;
+    }
+    let kept: Vec<(TraceId, Vec<SpanRecord>)> =
+        active.iter().filter_map(|id| head.traces.get(id).map(|r| (*id, r.clone()))).collect();
+    let body = to_request(&kept).encode_to_vec();
+    let header = wal::record_header(tenant.as_str(), &body);
+    if let Err(e) = st.wal.append(&[&header, &body]) {
+        tracing::warn!(error = %e, "cannot log active traces again; cutting them too");
+        return true;
+    }
+    let mut next = Head::new();
+    for (id, records) in kept {
+        head.traces.remove(&id);
+        let seen = head.seen.remove(&id);
+        head.spans -= records.len();
+        next.spans += records.len();
+        for rec in records {
+            next.order.push((id, next.traces.get(&id).map_or(0, Vec::len) as u32));
+            next.traces.entry(id).or_default().push(rec);
+        }
+        if let Some(seen) = seen {
+            next.seen.insert(id, seen);
+        }
+    }
+    next.bytes = body.len();
+    head.bytes = head.bytes.saturating_sub(body.len());
+    // The frozen part's search batches no longer match it; they are rebuilt on demand.
+    head.order.clear();
+    live.insert(tenant.clone(), next);
+    !head.traces.is_empty()
+}
+
 /// Rotates the WAL and freezes every head. Returns the cut's number.
-fn cut(st: &mut WalState, shared: &Shared, cuts: &mpsc::UnboundedSender<Cut>) -> u64 {
+fn cut(
+    st: &mut WalState,
+    shared: &Shared,
+    cuts: &mpsc::UnboundedSender<Cut>,
+    mode: CutMode,
+    cfg: &IngestConfig,
+) -> u64 {
     st.next_cut += 1;
     let id = st.next_cut;
     let current = st.wal.seq();
     // Segments before the current one hold only data of this cut and earlier ones: once this cut is in blocks
     // they can go (which is also what frees a full WAL disk), and its blocks claim them.
+    let mut mode = mode;
     let claimed = match st.wal.rotate() {
         Ok(closed) => Some(closed),
         Err(e) => {
@@ -506,6 +610,8 @@ fn cut(st: &mut WalState, shared: &Shared, cuts: &mpsc::UnboundedSender<Cut>) ->
             tracing::error!(error = %e, "cannot create a new WAL segment");
             // A segment that failed takes no more records, so this cut can claim it too: deleting it once the
             // cut is uploaded is what frees a full disk.
+            // Without a fresh segment, traces left live could not be logged again apart from the old ones.
+            mode = CutMode::All;
             if st.wal.failed() { Some(current) } else { current.checked_sub(1) }
         }
     };
@@ -522,7 +628,10 @@ fn cut(st: &mut WalState, shared: &Shared, cuts: &mpsc::UnboundedSender<Cut>) ->
         let taken = std::mem::take(&mut *live);
         let mut flushing = shared.flushing.write();
         let mut frozen = Vec::with_capacity(taken.len());
-        for (tenant, head) in taken {
+        for (tenant, mut head) in taken {
+            if mode == CutMode::Idle && !carry_over(st, &mut live, &tenant, &mut head, cfg) {
+                continue;
+            }
             let mut traces: Vec<(TraceId, Vec<SpanRecord>)> = head.traces.into_iter().collect();
             traces.sort_unstable_by_key(|t| t.0);
             // Batches searches already built cover the frozen head if they cover every span.
