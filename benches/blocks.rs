@@ -13,7 +13,6 @@ mod proc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures::StreamExt;
 use proc::{free_port, metric, percentile, start, status_kb};
 use prost::Message;
 
@@ -63,7 +62,6 @@ fn main() {
     {
         let server = start(&data, ports, &env);
         let url = format!("http://127.0.0.1:{}/v1/traces", ports.1);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let t = Instant::now();
         let mut sent = 0usize;
         let mut seed = 1u64;
@@ -71,20 +69,7 @@ fn main() {
             let n = chunk.min(traces - sent);
             let (reqs, ids) = generator::requests(seed, n, 100);
             sample.extend(ids.iter().step_by((n / 40).max(1)).copied());
-            let failed: usize = rt.block_on(async {
-                let client = reqwest::Client::new();
-                futures::stream::iter(reqs.into_iter().map(|r| bytes::Bytes::from(r.encode_to_vec())))
-                    .map(|b| {
-                        let (c, url) = (client.clone(), url.clone());
-                        async move {
-                            let r = c.post(url).header("Content-Type", "application/x-protobuf").body(b).send().await;
-                            usize::from(!r.is_ok_and(|r| r.status().is_success()))
-                        }
-                    })
-                    .buffer_unordered(8)
-                    .fold(0, |a, b| async move { a + b })
-                    .await
-            });
+            let failed = proc::post_all(&url, reqs.into_iter().map(|r| bytes::Bytes::from(r.encode_to_vec())), 8);
             assert_eq!(failed, 0, "ingest requests failed");
             sent += n;
             seed += 1;

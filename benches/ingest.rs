@@ -72,12 +72,14 @@ fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
-    let (_moto, env) = if args.s3 {
+    let (_moto, mut env) = if args.s3 {
         let (moto, env) = proc::start_moto();
         (Some(moto), env)
     } else {
         (None, Vec::new())
     };
+    // Ingest alone: compaction (measured by `benches/search.rs --compacted`) would share the CPU and memory.
+    env.push(("STRATA_COMPACTION".into(), "false".into()));
 
     eprintln!("generating {} traces...", args.traces);
     let (reqs, ids) = generator::requests(42, args.traces, args.per_request);

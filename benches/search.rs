@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures::StreamExt;
 use proc::{free_port, metric, percentile, start, status_kb};
 use prost::Message;
 
@@ -129,21 +128,7 @@ fn main() {
         let (reqs, _) = generator::requests(42, args.traces, 100);
         let server = start(&data, ports, &env);
         let url = format!("http://127.0.0.1:{}/v1/traces", ports.1);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let failed: usize = rt.block_on(async {
-            let client = reqwest::Client::new();
-            futures::stream::iter(reqs.into_iter().map(|r| bytes::Bytes::from(r.encode_to_vec())))
-                .map(|b| {
-                    let (c, url) = (client.clone(), url.clone());
-                    async move {
-                        let r = c.post(url).header("Content-Type", "application/x-protobuf").body(b).send().await;
-                        usize::from(!r.is_ok_and(|r| r.status().is_success()))
-                    }
-                })
-                .buffer_unordered(8)
-                .fold(0, |a, b| async move { a + b })
-                .await
-        });
+        let failed = proc::post_all(&url, reqs.into_iter().map(|r| bytes::Bytes::from(r.encode_to_vec())), 8);
         assert_eq!(failed, 0, "ingest requests failed");
         let r = reqwest::blocking::Client::new().post(format!("{}/flush", server.api)).send().expect("flush");
         assert!(r.status().is_success());

@@ -136,3 +136,23 @@ pub fn start_moto() -> (Proc, Vec<(String, String)>) {
     .collect();
     (Proc { child, api: ep }, env)
 }
+
+/// POSTs OTLP/HTTP protobuf bodies to `url`, `concurrency` at a time; returns how many were not accepted.
+pub fn post_all(url: &str, bodies: impl Iterator<Item = bytes::Bytes>, concurrency: usize) -> usize {
+    use futures::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        futures::stream::iter(bodies)
+            .map(|b| {
+                let (c, url) = (client.clone(), url.to_string());
+                async move {
+                    let r = c.post(url).header("Content-Type", "application/x-protobuf").body(b).send().await;
+                    usize::from(!r.is_ok_and(|r| r.status().is_success()))
+                }
+            })
+            .buffer_unordered(concurrency)
+            .fold(0, |a, b| async move { a + b })
+            .await
+    })
+}

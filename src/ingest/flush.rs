@@ -25,6 +25,9 @@ pub(super) async fn run(
     // a block that cannot be built) does not hold back the others. Cuts still complete in order: a cut's WAL
     // segments go only once it and every earlier cut are in blocks.
     let mut pending: VecDeque<(u64, Option<u64>, tokio::task::JoinHandle<()>)> = VecDeque::new();
+    // One block is built at a time (building holds the head twice over in memory); uploads, and their retries,
+    // do not hold the slot.
+    let building = Arc::new(tokio::sync::Semaphore::new(1));
     loop {
         let oldest = async {
             match pending.front_mut() {
@@ -42,8 +45,9 @@ pub(super) async fn run(
                         .into_iter()
                         .map(|head| {
                             let (shared, blocks, cfg) = (shared.clone(), blocks.clone(), cfg.clone());
+                            let building = building.clone();
                             tokio::spawn(async move {
-                                flush_head(&head, &shared, &blocks, &cfg).await;
+                                flush_head(&head, &shared, &blocks, &cfg, &building).await;
                                 shared.flushing.write().retain(|f| !Arc::ptr_eq(f, &head));
                                 shared.backlog.fetch_sub(head.bytes, Ordering::Relaxed);
                                 shared.drained.notify_waiters();
@@ -86,13 +90,20 @@ async fn retire(id: u64, seq: Option<u64>, cfg: &IngestConfig, flushed: &watch::
     flushed.send_replace(id);
 }
 
-async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore, cfg: &IngestConfig) {
+async fn flush_head(
+    head: &Arc<FrozenHead>,
+    shared: &Shared,
+    blocks: &BlockStore,
+    cfg: &IngestConfig,
+    building: &tokio::sync::Semaphore,
+) {
     if head.spans == 0 {
         return;
     }
     let started = Instant::now();
     let block_id = uuid::Uuid::new_v4().to_string();
     let mut build_backoff = Duration::from_secs(1);
+    let slot = building.acquire().await.ok();
     let mut built: BuiltBlock = loop {
         let h = head.clone();
         let opts = cfg.block.clone();
@@ -109,6 +120,7 @@ async fn flush_head(head: &Arc<FrozenHead>, shared: &Shared, blocks: &BlockStore
         tokio::time::sleep(build_backoff).await;
         build_backoff = (build_backoff * 2).min(MAX_BACKOFF);
     };
+    drop(slot);
     built.meta.wal = head.wal.clone().into_iter().collect();
     let mut backoff = Duration::from_millis(100);
     let mut failed = false;

@@ -105,6 +105,19 @@ impl quick_cache::Weighter<String, Arc<TraceIndex>> for IndexWeight {
     }
 }
 
+/// Blocks named in some meta's `replaces` (hidden: a compacted block holds their spans), with the latest time
+/// one was replaced.
+fn replaced_at(metas: &[BlockMeta]) -> HashMap<String, u64> {
+    let mut at: HashMap<String, u64> = HashMap::new();
+    for m in metas {
+        for r in &m.replaces {
+            let t = at.entry(r.clone()).or_insert(0);
+            *t = (*t).max(m.created_at_unix);
+        }
+    }
+    at
+}
+
 /// Unix seconds now.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -213,17 +226,7 @@ impl BlockStore {
             .flatten()
             .map(|(m, at)| (m.block_id.clone(), (m.clone(), *at)))
             .collect();
-        let prefix = Path::from(tenant.as_str());
-        let listed: Vec<String> = self
-            .store
-            .list(Some(&prefix))
-            .try_filter_map(|o| async move {
-                let parts: Vec<_> = o.location.parts().collect();
-                Ok((parts.len() == 3 && parts[2].as_ref() == META_OBJECT).then(|| parts[1].as_ref().to_string()))
-            })
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let listed = self.list_block_ids(tenant).await?;
         let mut metas: Vec<BlockMeta> = Vec::with_capacity(listed.len());
         for id in &listed {
             if let Some(e) = current.get(id) {
@@ -237,13 +240,7 @@ impl BlockStore {
                 }
             }
         }
-        let mut replaced_at: HashMap<String, u64> = HashMap::new();
-        for m in &metas {
-            for r in &m.replaces {
-                let at = replaced_at.entry(r.clone()).or_insert(0);
-                *at = (*at).max(m.created_at_unix);
-            }
-        }
+        let replaced_at = replaced_at(&metas);
         let mut fresh: Vec<BlockEntry> = Vec::new();
         for m in metas.iter().filter(|m| !replaced_at.contains_key(&m.block_id) && !current.contains_key(&m.block_id)) {
             match self.load_block(tenant, m.clone()).await {
@@ -306,17 +303,7 @@ impl BlockStore {
             Err(e) => return Err(self.err(e)),
         }
         // Blocks with a meta.json are complete; the listing is the truth, the index only saves GETs.
-        let prefix = Path::from(tenant.as_str());
-        let listed: Vec<String> = self
-            .store
-            .list(Some(&prefix))
-            .try_filter_map(|o| async move {
-                let parts: Vec<_> = o.location.parts().collect();
-                Ok((parts.len() == 3 && parts[2].as_ref() == META_OBJECT).then(|| parts[1].as_ref().to_string()))
-            })
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let listed = self.list_block_ids(tenant).await?;
         let loads = listed.into_iter().map(|id| {
             let known_meta = known.remove(&id);
             async move {
@@ -334,13 +321,7 @@ impl BlockStore {
             .collect()
             .await;
         // A block named by another's `replaces` is hidden: the compacted block holds its spans.
-        let mut replaced_at: HashMap<&str, u64> = HashMap::new();
-        for m in &metas {
-            for r in &m.replaces {
-                let at = replaced_at.entry(r.as_str()).or_insert(0);
-                *at = (*at).max(m.created_at_unix);
-            }
-        }
+        let replaced_at = replaced_at(&metas);
         let retired: Vec<(BlockMeta, u64)> =
             metas.iter().filter_map(|m| replaced_at.get(m.block_id.as_str()).map(|at| (m.clone(), *at))).collect();
         let visible: Vec<BlockMeta> =
@@ -361,6 +342,20 @@ impl BlockStore {
             .await;
         entries.sort_by(|a, b| a.meta.block_id.cmp(&b.meta.block_id));
         Ok((entries, retired))
+    }
+
+    /// IDs of the tenant's complete blocks (those with a meta.json), from a listing.
+    async fn list_block_ids(&self, tenant: &Tenant) -> Result<Vec<String>, StorageError> {
+        let prefix = Path::from(tenant.as_str());
+        self.store
+            .list(Some(&prefix))
+            .try_filter_map(|o| async move {
+                let parts: Vec<_> = o.location.parts().collect();
+                Ok((parts.len() == 3 && parts[2].as_ref() == META_OBJECT).then(|| parts[1].as_ref().to_string()))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))
     }
 
     async fn load_meta(&self, tenant: &Tenant, id: &str) -> Result<BlockMeta, StorageError> {
