@@ -1,6 +1,7 @@
 //! Strata: a trace store. OTLP in, Parquet blocks on object storage, Tempo's query API out.
 //!
 //! Data flows one way through the modules: `receiver` -> `ingest` -> `block` / `storage` -> `query` -> `api`.
+//! `compact` sits beside `query` on `block` / `storage` (merging blocks, retention, garbage collection).
 //! `model`, `config` and `telemetry` are shared foundations every layer may use; `server` wires the layers together.
 
 pub mod api;
