@@ -279,3 +279,46 @@ fn a_trace_still_receiving_spans_stays_out_of_cuts_until_idle() {
     assert_eq!(server.trace(None, &trace_id(2)).map(|rs| span_count(&rs)), Some(sent));
     assert_eq!(server.trace(None, &trace_id(1)).map(|rs| span_count(&rs)), Some(3));
 }
+
+#[test]
+fn a_block_that_cannot_be_read_makes_a_lookup_partial_not_an_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[("STRATA_MAX_BLOCK_AGE", "1h"), ("STRATA_COMPACTION", "false")]);
+    // Trace 5 in two blocks: spans 1-2 in the first, two more (other span IDs) in the second.
+    assert_eq!(server.post_otlp(None, &request(5, 1, 2, "a")), 200);
+    server.flush();
+    let mut second = request(5, 1, 2, "b");
+    for s in &mut second.resource_spans[0].scope_spans[0].spans {
+        s.span_id[0] += 10;
+    }
+    assert_eq!(server.post_otlp(None, &second), 200);
+    server.flush();
+    // The first block's data goes missing (its meta and bloom stay).
+    server.kill9();
+    let first_block = std::fs::read_dir(data.join("blocks/single-tenant"))
+        .expect("tenant dir")
+        .flatten()
+        .filter(|e| e.path().join("meta.json").exists())
+        .min_by_key(|e| std::fs::metadata(e.path().join("meta.json")).and_then(|m| m.modified()).ok())
+        .expect("a block")
+        .path();
+    std::fs::remove_file(first_block.join("data.parquet")).expect("remove data");
+    server.restart();
+    let r =
+        common::http().get(format!("{}/api/v2/traces/{}", server.api, hex::encode(trace_id(5)))).send().expect("get");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().expect("json");
+    assert_eq!(body["status"], "PARTIAL", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let spans: usize = body["trace"]["resourceSpans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+        .map(|ss| ss["spans"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(spans, 2, "the readable block's spans are returned");
+    // A trace only in the unreadable block is an error, not a "not found".
+    assert!(server.trace(None, &trace_id(6)).is_none(), "a trace in no block is still 404");
+}

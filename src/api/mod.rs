@@ -261,14 +261,19 @@ async fn trace_by_id(
         Err(e) => return e.into_response(),
     };
     let trace = tempopb::Trace { resource_spans: t.resource_spans };
+    // v2 says when a block could not be read (Tempo's PARTIAL); v1 has no field for it.
+    let (status, message) = match t.partial {
+        Some(m) => (tempopb::PartialStatus::Partial, m),
+        None => (tempopb::PartialStatus::Complete, String::new()),
+    };
     if wants_protobuf(&headers) {
         let body = match version {
             TraceApi::V1 => trace.encode_to_vec(),
             TraceApi::V2 => tempopb::TraceByIdResponse {
                 trace: Some(trace),
                 metrics: Some(tempopb::TraceByIdMetrics::default()),
-                status: 0,
-                message: String::new(),
+                status: status as i32,
+                message,
             }
             .encode_to_vec(),
         };
@@ -277,6 +282,9 @@ async fn trace_by_id(
     let spans = json::resource_spans_json(&trace.resource_spans);
     axum::Json(match version {
         TraceApi::V1 => serde_json::json!({ "batches": spans }),
+        TraceApi::V2 if status == tempopb::PartialStatus::Partial => serde_json::json!({
+            "trace": { "resourceSpans": spans }, "metrics": {}, "status": "PARTIAL", "message": message
+        }),
         TraceApi::V2 => serde_json::json!({ "trace": { "resourceSpans": spans }, "metrics": {} }),
     })
     .into_response()

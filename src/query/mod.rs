@@ -64,6 +64,8 @@ impl QueryError {
 pub struct TraceResult {
     pub resource_spans: Vec<ResourceSpans>,
     pub span_count: usize,
+    /// Why some spans may be missing (a block that may hold the trace could not be read); `None` when complete.
+    pub partial: Option<String>,
 }
 
 /// The read side of Strata.
@@ -152,8 +154,19 @@ impl Querier {
         let started = Instant::now();
         self.metrics.trace_lookups.inc();
         let mut records = self.ingester.find_trace(tenant, &id);
-        records.extend(self.blocks.find_trace(tenant, id).await?);
+        let (stored, failed) = self.blocks.find_trace(tenant, id).await;
+        records.extend(stored);
         self.metrics.trace_lookup_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(first) = failed.into_iter().next() {
+            tracing::warn!(error = %first, trace = %id, "a block that may hold the trace could not be read");
+            if records.is_empty() {
+                // Nothing found: "not found" would be a claim the store cannot back.
+                return Err(first.into());
+            }
+            let mut t = merge_trace(records);
+            t.partial = Some(format!("some spans may be missing: a block could not be read ({first})"));
+            return Ok(Some(t));
+        }
         if records.is_empty() {
             return Ok(None);
         }
@@ -214,7 +227,7 @@ pub fn merge_trace(records: Vec<SpanRecord>) -> TraceResult {
             schema_url: origin.scope_schema_url.clone(),
         });
     }
-    TraceResult { resource_spans: out, span_count: count }
+    TraceResult { resource_spans: out, span_count: count, partial: None }
 }
 
 fn origin_key(o: &Origin) -> Vec<u8> {

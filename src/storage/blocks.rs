@@ -555,13 +555,21 @@ impl BlockStore {
         self.tenants.read().get(tenant).cloned().unwrap_or_default()
     }
 
-    /// All spans of `id` stored in the tenant's blocks. Blocks are chosen by ID range and bloom filter only, so
-    /// the answer does not depend on any time range the caller had in mind.
-    pub async fn find_trace(&self, tenant: &Tenant, id: TraceId) -> Result<Vec<SpanRecord>, StorageError> {
+    /// All spans of `id` stored in the tenant's blocks, and how many blocks that may hold it could not be read
+    /// (the answer is then partial). Blocks are chosen by ID range and bloom filter only, so the answer does not
+    /// depend on any time range the caller had in mind.
+    pub async fn find_trace(&self, tenant: &Tenant, id: TraceId) -> (Vec<SpanRecord>, Vec<StorageError>) {
         let candidates: Vec<Arc<BlockEntry>> = self.blocks(tenant).into_iter().filter(|b| b.may_contain(&id)).collect();
         let reads = candidates.iter().map(|b| self.read_trace(tenant, b, id));
-        let parts: Vec<Vec<SpanRecord>> = futures::future::try_join_all(reads).await?;
-        Ok(parts.into_iter().flatten().collect())
+        let mut spans = Vec::new();
+        let mut failed = Vec::new();
+        for r in futures::future::join_all(reads).await {
+            match r {
+                Ok(s) => spans.extend(s),
+                Err(e) => failed.push(e),
+            }
+        }
+        (spans, failed)
     }
 
     async fn read_trace(&self, tenant: &Tenant, b: &BlockEntry, id: TraceId) -> Result<Vec<SpanRecord>, StorageError> {
