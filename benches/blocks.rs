@@ -32,18 +32,6 @@ struct Args {
     bench: bool,
 }
 
-fn lookup(client: &reqwest::blocking::Client, api: &str, id: &[u8; 16]) -> f64 {
-    let t = Instant::now();
-    let r = client
-        .get(format!("{api}/api/v2/traces/{}", hex::encode(id)))
-        .header("Accept", "application/protobuf")
-        .send()
-        .expect("lookup");
-    assert!(r.status().is_success(), "lookup {}: {}", hex::encode(id), r.status());
-    let _ = r.bytes();
-    t.elapsed().as_secs_f64() * 1e3
-}
-
 fn main() {
     let args = Args::parse();
     let tmp = tempfile::tempdir().expect("tmp");
@@ -100,7 +88,7 @@ fn main() {
     let gets = || metric(&server.api, "strata_object_store_gets_total");
     let run = |label: &str| {
         let g0 = gets();
-        let mut ms: Vec<f64> = ids.iter().map(|id| lookup(&client, &server.api, id)).collect();
+        let mut ms: Vec<f64> = ids.iter().map(|id| proc::time_lookup(&client, &server.api, id)).collect();
         let per = (gets() - g0) / ids.len() as f64;
         ms.sort_by(f64::total_cmp);
         println!(

@@ -48,22 +48,7 @@ struct Args {
 fn lookups(api: &str, ids: &[[u8; 16]], n: usize) -> Vec<f64> {
     let client = reqwest::blocking::Client::new();
     let step = (ids.len() / n.max(1)).max(1);
-    let mut ms: Vec<f64> = ids
-        .iter()
-        .step_by(step)
-        .take(n)
-        .map(|id| {
-            let t = Instant::now();
-            let r = client
-                .get(format!("{api}/api/v2/traces/{}", hex::encode(id)))
-                .header("Accept", "application/protobuf")
-                .send()
-                .expect("lookup");
-            assert_eq!(r.status(), 200, "trace {} not found", hex::encode(id));
-            let _ = r.bytes();
-            t.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
+    let mut ms: Vec<f64> = ids.iter().step_by(step).take(n).map(|id| proc::time_lookup(&client, api, id)).collect();
     ms.sort_by(|a, b| a.total_cmp(b));
     ms
 }

@@ -96,16 +96,21 @@ fn assert_traces_whole(server: &Server, rounds: u64) {
     assert_eq!(body["traces"].as_array().map(Vec::len), Some(TRACES as usize), "search sees whole traces: {body}");
 }
 
+/// A moto server with the test bucket, a scratch directory, and the environment pointing Strata at them.
+fn bucket() -> (S3Server, tempfile::TempDir, Vec<(String, String)>) {
+    let s3 = S3Server::start().expect("moto");
+    s3.create_bucket("life");
+    let env = s3_env(&s3.endpoint);
+    (s3, tempfile::tempdir().expect("tmp"), env)
+}
+
 fn meta_keys(s3: &S3Server) -> Vec<String> {
     s3.keys("life").into_iter().filter(|k| k.ends_with("/meta.json")).collect()
 }
 
 #[test]
 fn compaction_joins_split_traces_and_deletes_what_it_replaced() {
-    let s3 = S3Server::start().expect("moto");
-    s3.create_bucket("life");
-    let dir = tempfile::tempdir().expect("tmp");
-    let env = s3_env(&s3.endpoint);
+    let (s3, dir, env) = bucket();
     let server = start(
         &dir.path().join("data"),
         &env,
@@ -132,10 +137,7 @@ fn compaction_joins_split_traces_and_deletes_what_it_replaced() {
 
 #[test]
 fn kill_9_during_compaction_loses_and_duplicates_nothing() {
-    let s3 = S3Server::start().expect("moto");
-    s3.create_bucket("life");
-    let dir = tempfile::tempdir().expect("tmp");
-    let env = s3_env(&s3.endpoint);
+    let (_s3, dir, env) = bucket();
     let extra = [
         ("STRATA_COMPACTION_INTERVAL", "100ms"),
         ("STRATA_COMPACTION_GRACE", "1s"),
@@ -160,10 +162,7 @@ fn kill_9_during_compaction_loses_and_duplicates_nothing() {
 
 #[test]
 fn two_compactors_on_one_bucket_do_not_duplicate_data() {
-    let s3 = S3Server::start().expect("moto");
-    s3.create_bucket("life");
-    let dir = tempfile::tempdir().expect("tmp");
-    let env = s3_env(&s3.endpoint);
+    let (s3, dir, env) = bucket();
     // The ingesting process does not compact; two compactor processes race over its blocks.
     let server =
         start(&dir.path().join("main"), &env, &[("STRATA_COMPACTION", "false"), ("STRATA_BLOCKLIST_REFRESH", "300ms")]);
@@ -199,10 +198,7 @@ fn two_compactors_on_one_bucket_do_not_duplicate_data() {
 
 #[test]
 fn retention_deletes_exactly_the_blocks_past_it() {
-    let s3 = S3Server::start().expect("moto");
-    s3.create_bucket("life");
-    let dir = tempfile::tempdir().expect("tmp");
-    let env = s3_env(&s3.endpoint);
+    let (s3, dir, env) = bucket();
     let server = start(
         &dir.path().join("data"),
         &env,
@@ -230,10 +226,7 @@ fn retention_deletes_exactly_the_blocks_past_it() {
 
 #[test]
 fn a_second_process_sees_blocks_the_first_writes() {
-    let s3 = S3Server::start().expect("moto");
-    s3.create_bucket("life");
-    let dir = tempfile::tempdir().expect("tmp");
-    let env = s3_env(&s3.endpoint);
+    let (_s3, dir, env) = bucket();
     let writer = start(&dir.path().join("a"), &env, &[("STRATA_COMPACTION", "false")]);
     let reader =
         start(&dir.path().join("b"), &env, &[("STRATA_COMPACTION", "false"), ("STRATA_BLOCKLIST_REFRESH", "300ms")]);

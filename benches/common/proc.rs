@@ -156,3 +156,16 @@ pub fn post_all(url: &str, bodies: impl Iterator<Item = bytes::Bytes>, concurren
             .await
     })
 }
+
+/// Times one trace-by-ID lookup over v2 protobuf, as Grafana asks; panics unless it is found.
+pub fn time_lookup(client: &reqwest::blocking::Client, api: &str, id: &[u8; 16]) -> f64 {
+    let t = Instant::now();
+    let r = client
+        .get(format!("{api}/api/v2/traces/{}", hex::encode(id)))
+        .header("Accept", "application/protobuf")
+        .send()
+        .expect("lookup");
+    assert_eq!(r.status(), 200, "trace {} not found", hex::encode(id));
+    let _ = r.bytes();
+    t.elapsed().as_secs_f64() * 1000.0
+}
