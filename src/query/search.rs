@@ -171,7 +171,7 @@ impl SearchEngine {
     pub(crate) fn context(&self) -> SessionContext {
         // Blocks are scanned concurrently by the search itself; within one block, a scan is split by row group
         // over the cores, so a large (compacted) block is not read on one core.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores();
         let config = SessionConfig::new().with_target_partitions(cores).with_batch_size(8192);
         SessionContext::new_with_config_rt(config, self.runtime.clone())
     }
@@ -453,7 +453,7 @@ impl SearchEngine {
             })
             .collect();
         // Fewer blocks than cores (a compacted block): split each block's traces so every core decodes some.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores();
         if jobs.len() < cores {
             jobs = jobs
                 .into_iter()
@@ -510,6 +510,12 @@ impl SearchEngine {
         );
         Ok(())
     }
+}
+
+/// Cores to spread one block's work over (asked once: the lookup reads cgroup files on Linux).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Newest first, ties by trace ID.
