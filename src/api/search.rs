@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message;
 use query_lang::{Body, ValidationError};
-use serde_json::{Map, Value as Json, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::{Api, ApiError, bad_request, parse_time, tempopb, tenant, wants_protobuf};
 use crate::query::search::{SearchRequest, SearchResult, SearchStats, TraceHit};
@@ -174,7 +174,7 @@ fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
     if wants_protobuf(headers) {
         return api.sized(msg.encode_to_vec(), "application/protobuf");
     }
-    match serde_json::to_vec(&response_json(&msg)) {
+    match serde_json::to_vec(&ResponseJson(&msg)) {
         Ok(body) => api.sized(body, "application/json"),
         Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the response: {e}")).into_response(),
     }
@@ -246,110 +246,198 @@ pub(super) fn metrics_proto(s: &SearchStats) -> tempopb::SearchMetrics {
     }
 }
 
-/// Inserts `key` unless the value is proto3's default (zero, empty), which proto3 JSON omits.
-fn put(m: &mut Map<String, Json>, key: &str, v: Json) {
-    let default = match &v {
-        Json::String(s) => s.is_empty() || s == "0",
-        Json::Number(n) => n.as_u64() == Some(0),
-        Json::Array(a) => a.is_empty(),
-        Json::Object(o) => o.is_empty(),
-        Json::Null => true,
-        Json::Bool(b) => !b,
+/// Writes `key: value` unless the value is proto3's default, which proto3 JSON omits.
+macro_rules! put {
+    ($m:expr, $key:expr, $v:expr, $default:expr) => {
+        if !$default {
+            $m.serialize_entry($key, &$v)?;
+        }
     };
-    if !default {
-        m.insert(key.into(), v);
+}
+
+/// 64-bit integers are strings in proto3 JSON; written without an intermediate `String`.
+struct Str64(u64);
+
+impl Serialize for Str64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
 }
 
 /// An OTLP value in proto3 JSON (64-bit ints as strings).
-pub fn any_value_json(v: &AnyValue) -> Json {
-    match &v.value {
-        Some(Value::StringValue(s)) => json!({ "stringValue": s }),
-        Some(Value::IntValue(i)) => json!({ "intValue": i.to_string() }),
-        Some(Value::DoubleValue(d)) => json!({ "doubleValue": d }),
-        Some(Value::BoolValue(b)) => json!({ "boolValue": b }),
-        Some(Value::ArrayValue(a)) => {
-            json!({ "arrayValue": { "values": a.values.iter().map(any_value_json).collect::<Vec<_>>() } })
+struct AnyJson<'a>(&'a AnyValue);
+
+impl Serialize for AnyJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match &self.0.value {
+            Some(Value::StringValue(v)) => m.serialize_entry("stringValue", v)?,
+            Some(Value::IntValue(v)) => m.serialize_entry("intValue", &StrI64(*v))?,
+            Some(Value::DoubleValue(v)) => m.serialize_entry("doubleValue", v)?,
+            Some(Value::BoolValue(v)) => m.serialize_entry("boolValue", v)?,
+            Some(Value::ArrayValue(a)) => m.serialize_entry("arrayValue", &ArrayJson(&a.values))?,
+            _ => {}
         }
-        _ => json!({}),
+        m.end()
     }
 }
 
-pub fn attributes_json(attrs: &[KeyValue]) -> Json {
-    Json::Array(
-        attrs
-            .iter()
-            .map(|kv| {
-                json!({ "key": kv.key, "value": kv.value.as_ref().map(any_value_json).unwrap_or_else(|| json!({})) })
-            })
-            .collect(),
-    )
+/// A signed 64-bit integer as a proto3 JSON string.
+struct StrI64(i64);
+
+impl Serialize for StrI64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
-fn spanset_json(s: &tempopb::SpanSet) -> Json {
-    let spans: Vec<Json> = s
-        .spans
-        .iter()
-        .map(|sp| {
-            let mut m = Map::new();
-            put(&mut m, "spanID", json!(sp.span_id));
-            put(&mut m, "name", json!(sp.name));
-            put(&mut m, "startTimeUnixNano", json!(sp.start_time_unix_nano.to_string()));
-            put(&mut m, "durationNanos", json!(sp.duration_nanos.to_string()));
-            put(&mut m, "attributes", attributes_json(&sp.attributes));
-            Json::Object(m)
-        })
-        .collect();
-    let mut m = Map::new();
-    put(&mut m, "spans", Json::Array(spans));
-    put(&mut m, "matched", json!(s.matched));
-    put(&mut m, "attributes", attributes_json(&s.attributes));
-    Json::Object(m)
+struct ArrayJson<'a>(&'a [AnyValue]);
+
+impl Serialize for ArrayJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("values", &Seq(self.0.iter().map(AnyJson)))?;
+        m.end()
+    }
+}
+
+/// Serialises an iterator as a JSON array without collecting it.
+struct Seq<I>(I);
+
+impl<I: Iterator<Item = T> + Clone, T: Serialize> Serialize for Seq<I> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
+}
+
+/// OTLP key-values in proto3 JSON.
+pub struct AttributesJson<'a>(pub &'a [KeyValue]);
+
+impl Serialize for AttributesJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(KeyValueJson))
+    }
+}
+
+struct KeyValueJson<'a>(&'a KeyValue);
+
+impl Serialize for KeyValueJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let empty = AnyValue { value: None };
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("key", &self.0.key)?;
+        m.serialize_entry("value", &AnyJson(self.0.value.as_ref().unwrap_or(&empty)))?;
+        m.end()
+    }
+}
+
+struct SpanSetJson<'a>(&'a tempopb::SpanSet);
+
+impl Serialize for SpanSetJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        let mut m = s.serialize_map(None)?;
+        put!(m, "spans", Seq(x.spans.iter().map(SpanJson)), x.spans.is_empty());
+        put!(m, "matched", x.matched, x.matched == 0);
+        put!(m, "attributes", AttributesJson(&x.attributes), x.attributes.is_empty());
+        m.end()
+    }
+}
+
+struct SpanJson<'a>(&'a tempopb::Span);
+
+impl Serialize for SpanJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        let mut m = s.serialize_map(None)?;
+        put!(m, "spanID", x.span_id, x.span_id.is_empty());
+        put!(m, "name", x.name, x.name.is_empty());
+        put!(m, "startTimeUnixNano", Str64(x.start_time_unix_nano), x.start_time_unix_nano == 0);
+        put!(m, "durationNanos", Str64(x.duration_nanos), x.duration_nanos == 0);
+        put!(m, "attributes", AttributesJson(&x.attributes), x.attributes.is_empty());
+        m.end()
+    }
+}
+
+struct TraceJson<'a>(&'a tempopb::TraceSearchMetadata);
+
+impl Serialize for TraceJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut m = s.serialize_map(None)?;
+        put!(m, "traceID", t.trace_id, t.trace_id.is_empty());
+        put!(m, "rootServiceName", t.root_service_name, t.root_service_name.is_empty());
+        put!(m, "rootTraceName", t.root_trace_name, t.root_trace_name.is_empty());
+        put!(m, "startTimeUnixNano", Str64(t.start_time_unix_nano), t.start_time_unix_nano == 0);
+        put!(m, "durationMs", t.duration_ms, t.duration_ms == 0);
+        if let Some(set) = &t.span_set {
+            m.serialize_entry("spanSet", &SpanSetJson(set))?;
+        }
+        put!(m, "spanSets", Seq(t.span_sets.iter().map(SpanSetJson)), t.span_sets.is_empty());
+        if !t.service_stats.is_empty() {
+            let mut stats: Vec<(&String, &tempopb::ServiceStats)> = t.service_stats.iter().collect();
+            stats.sort_by(|a, b| a.0.cmp(b.0));
+            m.serialize_entry("serviceStats", &StatsJson(&stats))?;
+        }
+        m.end()
+    }
+}
+
+struct StatsJson<'a>(&'a [(&'a String, &'a tempopb::ServiceStats)]);
+
+impl Serialize for StatsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, st) in self.0 {
+            m.serialize_entry(name, &ServiceStatsJson(st))?;
+        }
+        m.end()
+    }
+}
+
+struct ServiceStatsJson<'a>(&'a tempopb::ServiceStats);
+
+impl Serialize for ServiceStatsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        let mut m = s.serialize_map(None)?;
+        put!(m, "spanCount", x.span_count, x.span_count == 0);
+        put!(m, "errorCount", x.error_count, x.error_count == 0);
+        m.end()
+    }
+}
+
+struct MetricsJson<'a>(&'a tempopb::SearchMetrics);
+
+impl Serialize for MetricsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        let mut m = s.serialize_map(None)?;
+        put!(m, "inspectedTraces", x.inspected_traces, x.inspected_traces == 0);
+        put!(m, "inspectedBytes", Str64(x.inspected_bytes), x.inspected_bytes == 0);
+        put!(m, "totalBlocks", x.total_blocks, x.total_blocks == 0);
+        put!(m, "completedJobs", x.completed_jobs, x.completed_jobs == 0);
+        put!(m, "totalJobs", x.total_jobs, x.total_jobs == 0);
+        put!(m, "totalBlockBytes", Str64(x.total_block_bytes), x.total_block_bytes == 0);
+        put!(m, "inspectedSpans", Str64(x.inspected_spans), x.inspected_spans == 0);
+        m.end()
+    }
 }
 
 /// The SearchResponse in the proto3 JSON Tempo emits: lowerCamel names, 64-bit integers as strings, zero values
-/// omitted, and nothing outside Tempo's messages (Grafana rejects unknown fields).
-pub fn response_json(r: &tempopb::SearchResponse) -> Json {
-    let traces: Vec<Json> = r
-        .traces
-        .iter()
-        .map(|t| {
-            let mut m = Map::new();
-            put(&mut m, "traceID", json!(t.trace_id));
-            put(&mut m, "rootServiceName", json!(t.root_service_name));
-            put(&mut m, "rootTraceName", json!(t.root_trace_name));
-            put(&mut m, "startTimeUnixNano", json!(t.start_time_unix_nano.to_string()));
-            put(&mut m, "durationMs", json!(t.duration_ms));
-            if let Some(s) = &t.span_set {
-                m.insert("spanSet".into(), spanset_json(s));
-            }
-            put(&mut m, "spanSets", Json::Array(t.span_sets.iter().map(spanset_json).collect()));
-            let mut stats: Vec<(&String, &tempopb::ServiceStats)> = t.service_stats.iter().collect();
-            stats.sort_by(|a, b| a.0.cmp(b.0));
-            let stats: Map<String, Json> = stats
-                .into_iter()
-                .map(|(k, v)| {
-                    let mut s = Map::new();
-                    put(&mut s, "spanCount", json!(v.span_count));
-                    put(&mut s, "errorCount", json!(v.error_count));
-                    (k.clone(), Json::Object(s))
-                })
-                .collect();
-            put(&mut m, "serviceStats", Json::Object(stats));
-            Json::Object(m)
-        })
-        .collect();
-    let mut metrics = Map::new();
-    if let Some(x) = &r.metrics {
-        put(&mut metrics, "inspectedTraces", json!(x.inspected_traces));
-        put(&mut metrics, "inspectedBytes", json!(x.inspected_bytes.to_string()));
-        put(&mut metrics, "totalBlocks", json!(x.total_blocks));
-        put(&mut metrics, "completedJobs", json!(x.completed_jobs));
-        put(&mut metrics, "totalJobs", json!(x.total_jobs));
-        put(&mut metrics, "totalBlockBytes", json!(x.total_block_bytes.to_string()));
-        put(&mut metrics, "inspectedSpans", json!(x.inspected_spans.to_string()));
+/// omitted, and nothing outside Tempo's messages (Grafana rejects unknown fields). Serialised straight from the
+/// message: a tree of `serde_json::Value`s for 50k traces cost more than the search itself.
+pub struct ResponseJson<'a>(pub &'a tempopb::SearchResponse);
+
+impl Serialize for ResponseJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let default = tempopb::SearchMetrics::default();
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("traces", &Seq(r.traces.iter().map(TraceJson)))?;
+        m.serialize_entry("metrics", &MetricsJson(r.metrics.as_ref().unwrap_or(&default)))?;
+        m.end()
     }
-    json!({ "traces": traces, "metrics": metrics })
 }
 
 #[cfg(test)]
