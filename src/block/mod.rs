@@ -9,6 +9,7 @@ pub mod bloom;
 pub mod index;
 pub mod reader;
 pub mod schema;
+pub mod view;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ pub use index::TraceIndex;
 pub use reader::{
     SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, rows_selection, trace_ids_filter,
 };
+pub use view::{AttrRef, AttrScope, SpanRows, VIEW_COLUMNS};
 pub use writer::{
     BlockOptions, BuiltBlock, Dedicated, TraceRowWriter, build_block, dedicated_for_merge, traces_to_batches,
     writer_properties,

@@ -161,6 +161,12 @@ impl SpanParts {
     pub const ALL: SpanParts =
         SpanParts { span_attrs: true, resource_attrs: true, scope_attrs: true, events: true, links: true };
 
+    /// Whether `column` is one of the parts a read may leave out (attribute lists and slots, events, links).
+    pub fn optional(column: &str) -> bool {
+        !SpanParts { span_attrs: false, resource_attrs: false, scope_attrs: false, events: false, links: false }
+            .keeps(column)
+    }
+
     /// Whether a read with these parts includes `column`.
     pub fn keeps(&self, column: &str) -> bool {
         match column {

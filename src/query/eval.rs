@@ -7,24 +7,30 @@
 //! split across blocks has no single numbering.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use prost::Message;
 use query_lang::{
     AggregateOp, Attribute, BinaryOp, CmpOp, Field, FieldExpr, Intrinsic, Kind, Literal, Pipeline, ScalarExpr,
     ScalarFilter, Scope, SpansetExpr, SpansetOp, Stage, Status, UnaryOp,
 };
 use regex::Regex;
 
-use crate::model::{SpanRecord, TraceId, service_name};
+use crate::block::schema::kind as attr_kind;
+use crate::block::{AttrRef, AttrScope, SpanRows};
+use crate::model::TraceId;
 
 /// What Tempo reports as the root service of a trace whose root span has not arrived.
 pub const NO_ROOT_SERVICE: &str = "<root span not yet received>";
 
-/// One trace with its spans deduplicated and its tree resolved.
-pub struct TraceData {
+/// One trace with its spans deduplicated and its tree resolved. Spans are rows of record batches (blocks' and
+/// memory's alike), read in place: nothing is turned into OTLP structs.
+pub struct TraceData<'a> {
     pub id: TraceId,
-    pub spans: Vec<SpanRecord>,
+    rows: &'a [SpanRows],
+    /// (batch, row) of each span.
+    spans: Vec<(u32, u32)>,
     parent: Vec<Option<usize>>,
     child_count: Vec<u32>,
     pub root: Option<usize>,
@@ -32,19 +38,28 @@ pub struct TraceData {
     pub end: u64,
 }
 
-impl TraceData {
-    /// Builds the trace from its fragments. Duplicates (same span ID and kind) keep their first copy.
-    pub fn new(id: TraceId, records: Vec<SpanRecord>) -> Self {
-        let mut seen: HashMap<(Vec<u8>, i32), ()> = HashMap::with_capacity(records.len());
-        let spans: Vec<SpanRecord> =
-            records.into_iter().filter(|r| seen.insert((r.span.span_id.clone(), r.span.kind), ()).is_none()).collect();
+impl<'a> TraceData<'a> {
+    /// Builds the trace from the rows of its fragments. Duplicates (same span ID and kind) keep their first copy.
+    pub fn new(id: TraceId, rows: &'a [SpanRows], refs: &[(u32, u32)]) -> Self {
+        let at = |&(b, r): &(u32, u32)| (&rows[b as usize], r as usize);
+        let mut seen: HashSet<(&[u8], i32)> = HashSet::with_capacity(refs.len());
+        let spans: Vec<(u32, u32)> = refs
+            .iter()
+            .copied()
+            .filter(|x| {
+                let (v, r) = at(x);
+                seen.insert((v.span_id(r), v.kind(r)))
+            })
+            .collect();
         // Span ID -> index; with several kinds under one ID, the lowest kind is the parent.
         let mut by_id: HashMap<&[u8], usize> = HashMap::with_capacity(spans.len());
-        for (i, r) in spans.iter().enumerate() {
+        for (i, x) in spans.iter().enumerate() {
+            let (v, r) = at(x);
             by_id
-                .entry(r.span.span_id.as_slice())
+                .entry(v.span_id(r))
                 .and_modify(|j| {
-                    if r.span.kind < spans[*j].span.kind {
+                    let (w, q) = at(&spans[*j]);
+                    if v.kind(r) < w.kind(q) {
                         *j = i;
                     }
                 })
@@ -52,37 +67,92 @@ impl TraceData {
         }
         let parent: Vec<Option<usize>> = spans
             .iter()
-            .map(|r| {
-                if r.span.parent_span_id.is_empty() {
-                    None
-                } else {
-                    by_id.get(r.span.parent_span_id.as_slice()).copied()
-                }
+            .map(|x| {
+                let (v, r) = at(x);
+                v.parent_id(r).and_then(|p| by_id.get(p).copied())
             })
             .collect();
         let mut child_count = vec![0u32; spans.len()];
         for p in parent.iter().flatten() {
             child_count[*p] += 1;
         }
-        let root = (0..spans.len()).filter(|&i| spans[i].span.parent_span_id.is_empty()).min_by(|&a, &b| {
-            let (x, y) = (&spans[a].span, &spans[b].span);
-            x.start_time_unix_nano.cmp(&y.start_time_unix_nano).then_with(|| x.span_id.cmp(&y.span_id))
-        });
-        let start = spans.iter().map(|r| r.span.start_time_unix_nano).min().unwrap_or(0);
-        let end = spans.iter().map(|r| r.span.end_time_unix_nano).max().unwrap_or(0);
-        TraceData { id, spans, parent, child_count, root, start, end }
+        let (mut start, mut end) = (u64::MAX, 0u64);
+        for x in &spans {
+            let (v, r) = at(x);
+            start = start.min(v.start(r));
+            end = end.max(v.end(r));
+        }
+        if spans.is_empty() {
+            start = 0;
+        }
+        let mut t = TraceData { id, rows, spans, parent, child_count, root: None, start, end };
+        t.root = (0..t.len()).filter(|&i| t.parent_id(i).is_none()).min_by(|&a, &b| span_order(&t, a, b));
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The batch and row of span `i`.
+    pub fn at(&self, i: usize) -> (&'a SpanRows, usize) {
+        let (b, r) = self.spans[i];
+        (&self.rows[b as usize], r as usize)
+    }
+
+    pub fn span_id(&self, i: usize) -> &'a [u8] {
+        let (v, r) = self.at(i);
+        v.span_id(r)
+    }
+
+    pub fn parent_id(&self, i: usize) -> Option<&'a [u8]> {
+        let (v, r) = self.at(i);
+        v.parent_id(r)
+    }
+
+    pub fn name(&self, i: usize) -> &'a str {
+        let (v, r) = self.at(i);
+        v.name(r)
+    }
+
+    pub fn start_of(&self, i: usize) -> u64 {
+        let (v, r) = self.at(i);
+        v.start(r)
+    }
+
+    pub fn end_of(&self, i: usize) -> u64 {
+        let (v, r) = self.at(i);
+        v.end(r)
+    }
+
+    pub fn status_code(&self, i: usize) -> i32 {
+        let (v, r) = self.at(i);
+        v.status_code(r)
+    }
+
+    /// The span's `service.name` when it is a string.
+    pub fn service(&self, i: usize) -> Option<&'a str> {
+        let (v, r) = self.at(i);
+        match v.attr(r, AttrScope::Resource, "service.name") {
+            Some(AttrRef::Str(s)) => Some(s),
+            _ => None,
+        }
     }
 
     pub fn duration(&self) -> u64 {
         self.end.saturating_sub(self.start)
     }
 
-    pub fn root_service(&self) -> Option<&str> {
-        self.root.map(|r| service_name(&self.spans[r].origin.resource).unwrap_or(""))
+    pub fn root_service(&self) -> Option<&'a str> {
+        self.root.map(|r| self.service(r).unwrap_or(""))
     }
 
-    pub fn root_name(&self) -> Option<&str> {
-        self.root.map(|r| self.spans[r].span.name.as_str())
+    pub fn root_name(&self) -> Option<&'a str> {
+        self.root.map(|r| self.name(r))
     }
 
     /// Ancestors of `i`, nearest first, stopping at a span already visited.
@@ -133,9 +203,9 @@ impl<'a> E<'a> {
     }
 }
 
-fn scalar(v: &AnyValue) -> Option<V<'_>> {
+fn scalar(v: &AnyValue) -> Option<V<'static>> {
     Some(match v.value.as_ref()? {
-        Value::StringValue(s) => V::Str(Cow::Borrowed(s)),
+        Value::StringValue(s) => V::Str(Cow::Owned(s.clone())),
         Value::IntValue(i) => V::Int(*i),
         Value::DoubleValue(d) => V::Float(*d),
         Value::BoolValue(b) => V::Bool(*b),
@@ -143,34 +213,38 @@ fn scalar(v: &AnyValue) -> Option<V<'_>> {
     })
 }
 
-fn any_value(v: Option<&AnyValue>) -> E<'_> {
-    let Some(v) = v else { return E::Opaque };
-    match &v.value {
-        Some(Value::ArrayValue(a)) => E::Many(a.values.iter().filter_map(scalar).collect()),
-        _ => scalar(v).map_or(E::Opaque, E::One),
+/// A stored attribute value as the evaluator sees it: scalars compare, arrays compare by element, anything else
+/// (bytes, key-value lists, no value) is present but comparable to nothing.
+fn stored(a: AttrRef<'_>) -> E<'_> {
+    match a {
+        AttrRef::Str(s) => E::One(V::Str(Cow::Borrowed(s))),
+        AttrRef::Int(i) => E::One(V::Int(i)),
+        AttrRef::Float(f) => E::One(V::Float(f)),
+        AttrRef::Bool(b) => E::One(V::Bool(b)),
+        AttrRef::Empty => E::Opaque,
+        AttrRef::Raw(attr_kind::BYTES | attr_kind::KVLIST, _) => E::Opaque,
+        AttrRef::Raw(_, raw) => match AnyValue::decode(raw) {
+            Ok(AnyValue { value: Some(Value::ArrayValue(a)) }) => E::Many(a.values.iter().filter_map(scalar).collect()),
+            Ok(v) => scalar(&v).map_or(E::Opaque, E::One),
+            Err(_) => E::Opaque,
+        },
     }
 }
 
-fn lookup<'a>(attrs: &'a [KeyValue], key: &str) -> E<'a> {
-    attrs.iter().find(|kv| kv.key == key).map_or(E::Absent, |kv| any_value(kv.value.as_ref()))
+fn lookup(a: Option<AttrRef<'_>>) -> E<'_> {
+    a.map_or(E::Absent, stored)
 }
 
-/// Values of `key` over several attribute lists (events, links): absent when none has it.
-fn lookup_many<'a>(lists: impl Iterator<Item = &'a [KeyValue]>, key: &str) -> E<'a> {
+/// Values of a key over several attribute lists (events, links): absent when none has it.
+fn lookup_many<'a>(found_values: impl Iterator<Item = AttrRef<'a>>) -> E<'a> {
     let mut found = false;
     let mut out = Vec::new();
-    for attrs in lists {
-        match lookup(attrs, key) {
-            E::Absent => {}
-            E::Opaque => found = true,
-            E::One(v) => {
-                found = true;
-                out.push(v);
-            }
-            E::Many(v) => {
-                found = true;
-                out.extend(v);
-            }
+    for a in found_values {
+        found = true;
+        match stored(a) {
+            E::One(v) => out.push(v),
+            E::Many(v) => out.extend(v),
+            E::Absent | E::Opaque => {}
         }
     }
     match (found, out.is_empty()) {
@@ -237,7 +311,7 @@ impl Evaluator {
 
     /// The spansets the query yields for this trace; empty when the trace does not match.
     pub fn evaluate(&self, t: &TraceData) -> Vec<SpanSet> {
-        let all = SpanSet { spans: (0..t.spans.len()).collect(), by: Vec::new() };
+        let all = SpanSet { spans: (0..t.len()).collect(), by: Vec::new() };
         let mut out = self.pipeline_sets(&self.pipeline, vec![all], t);
         for s in &mut out {
             s.spans.sort_by(|&a, &b| span_order(t, a, b));
@@ -324,7 +398,7 @@ impl Evaluator {
             SpansetExpr::Pipeline(p) => self.pipeline_sets(p, vec![input.clone()], t),
             SpansetExpr::Op { op, lhs, rhs } => {
                 let side = |x: &SpansetExpr| -> Vec<bool> {
-                    let mut mask = vec![false; t.spans.len()];
+                    let mut mask = vec![false; t.len()];
                     for s in self.spanset(x, input, t) {
                         for i in s.spans {
                             mask[i] = true;
@@ -334,7 +408,7 @@ impl Evaluator {
                 };
                 let (a, b) = (side(lhs), side(rhs));
                 let mask = structural(*op, &a, &b, t);
-                let spans: Vec<usize> = (0..t.spans.len()).filter(|&i| mask[i]).collect();
+                let spans: Vec<usize> = (0..t.len()).filter(|&i| mask[i]).collect();
                 vec![SpanSet { spans, by: input.by.clone() }]
             }
         }
@@ -406,25 +480,23 @@ impl Evaluator {
     }
 
     fn attribute<'t>(&self, t: &'t TraceData, i: usize, a: &Attribute) -> E<'t> {
-        let r = &t.spans[i];
+        let (v, r) = t.at(i);
         let key = a.name.as_str();
-        let events = || r.span.events.iter().map(|e| e.attributes.as_slice());
-        let links = || r.span.links.iter().map(|l| l.attributes.as_slice());
         match a.scope {
-            Scope::Span => lookup(&r.span.attributes, key),
-            Scope::Resource => lookup(&r.origin.resource.attributes, key),
-            Scope::Instrumentation => lookup(&r.origin.scope.attributes, key),
-            Scope::Event => lookup_many(events(), key),
-            Scope::Link => lookup_many(links(), key),
+            Scope::Span => lookup(v.attr(r, AttrScope::Span, key)),
+            Scope::Resource => lookup(v.attr(r, AttrScope::Resource, key)),
+            Scope::Instrumentation => lookup(v.attr(r, AttrScope::Instrumentation, key)),
+            Scope::Event => lookup_many(v.event_attrs(r, key)),
+            Scope::Link => lookup_many(v.link_attrs(r, key)),
             Scope::Unscoped => {
-                for v in [
-                    lookup(&r.span.attributes, key),
-                    lookup(&r.origin.resource.attributes, key),
-                    lookup_many(links(), key),
-                    lookup_many(events(), key),
+                for e in [
+                    lookup(v.attr(r, AttrScope::Span, key)),
+                    lookup(v.attr(r, AttrScope::Resource, key)),
+                    lookup_many(v.link_attrs(r, key)),
+                    lookup_many(v.event_attrs(r, key)),
                 ] {
-                    if !matches!(v, E::Absent) {
-                        return v;
+                    if !matches!(e, E::Absent) {
+                        return e;
                     }
                 }
                 E::Absent
@@ -433,42 +505,46 @@ impl Evaluator {
     }
 
     fn intrinsic<'t>(&self, t: &'t TraceData, i: usize, x: Intrinsic) -> E<'t> {
-        let r = &t.spans[i];
-        let s = &r.span;
-        let text = |v: &'t str| E::One(V::Str(Cow::Borrowed(v)));
-        let owned = |v: String| E::One(V::Str(Cow::Owned(v)));
-        let non_empty = |v: &'t str| if v.is_empty() { E::Absent } else { text(v) };
+        let (v, r) = t.at(i);
+        let text = |s: &'t str| E::One(V::Str(Cow::Borrowed(s)));
+        let owned = |s: String| E::One(V::Str(Cow::Owned(s)));
+        let non_empty = |s: &'t str| if s.is_empty() { E::Absent } else { text(s) };
         match x {
-            Intrinsic::Duration => E::One(V::Dur(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64)),
-            Intrinsic::Name => text(&s.name),
-            Intrinsic::Status => E::One(V::Status(status_of(s.status.as_ref().map_or(0, |st| st.code)))),
-            Intrinsic::StatusMessage => text(s.status.as_ref().map_or("", |st| st.message.as_str())),
-            Intrinsic::Kind => E::One(V::Kind(kind_of(s.kind))),
+            Intrinsic::Duration => E::One(V::Dur(v.end(r).wrapping_sub(v.start(r)) as i64)),
+            Intrinsic::Name => text(v.name(r)),
+            Intrinsic::Status => E::One(V::Status(status_of(v.status_code(r)))),
+            Intrinsic::StatusMessage => text(v.status_message(r)),
+            Intrinsic::Kind => E::One(V::Kind(kind_of(v.kind(r)))),
             Intrinsic::ChildCount => E::One(V::Int(i64::from(t.child_count[i]))),
-            Intrinsic::SpanId => owned(hex::encode(&s.span_id)),
-            Intrinsic::ParentId => {
-                if s.parent_span_id.is_empty() {
-                    E::Absent
-                } else {
-                    owned(hex::encode(&s.parent_span_id))
-                }
-            }
+            Intrinsic::SpanId => owned(hex::encode(v.span_id(r))),
+            Intrinsic::ParentId => v.parent_id(r).map_or(E::Absent, |p| owned(hex::encode(p))),
             Intrinsic::TraceRootName => t.root_name().map_or(E::Absent, text),
             Intrinsic::TraceRootService => t.root_service().map_or(E::Absent, text),
             Intrinsic::TraceDuration => E::One(V::Dur(t.duration() as i64)),
             Intrinsic::TraceId => owned(t.id.to_hex()),
-            Intrinsic::EventName => many(s.events.iter().map(|e| V::Str(Cow::Borrowed(e.name.as_str()))).collect()),
-            Intrinsic::EventTimeSinceStart => many(
-                s.events.iter().map(|e| V::Dur(e.time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64)).collect(),
+            Intrinsic::EventName => many(
+                (0..v.event_count(r)).filter_map(|k| v.event(r, k)).map(|(n, _)| V::Str(Cow::Borrowed(n))).collect(),
             ),
-            Intrinsic::LinkTraceId => {
-                many(s.links.iter().map(|l| V::Str(Cow::Owned(hex::encode(&l.trace_id)))).collect())
-            }
-            Intrinsic::LinkSpanId => {
-                many(s.links.iter().map(|l| V::Str(Cow::Owned(hex::encode(&l.span_id)))).collect())
-            }
-            Intrinsic::InstrumentationName => non_empty(&r.origin.scope.name),
-            Intrinsic::InstrumentationVersion => non_empty(&r.origin.scope.version),
+            Intrinsic::EventTimeSinceStart => many(
+                (0..v.event_count(r))
+                    .filter_map(|k| v.event(r, k))
+                    .map(|(_, time)| V::Dur(time.wrapping_sub(v.start(r)) as i64))
+                    .collect(),
+            ),
+            Intrinsic::LinkTraceId => many(
+                (0..v.link_count(r))
+                    .filter_map(|k| v.link(r, k))
+                    .map(|(tid, _)| V::Str(Cow::Owned(hex::encode(tid))))
+                    .collect(),
+            ),
+            Intrinsic::LinkSpanId => many(
+                (0..v.link_count(r))
+                    .filter_map(|k| v.link(r, k))
+                    .map(|(_, sid)| V::Str(Cow::Owned(hex::encode(sid))))
+                    .collect(),
+            ),
+            Intrinsic::InstrumentationName => non_empty(v.scope_name(r)),
+            Intrinsic::InstrumentationVersion => non_empty(v.scope_version(r)),
             // Refused by validation (`parent`) or internal numbering that a split trace does not have.
             Intrinsic::Parent | Intrinsic::NestedSetLeft | Intrinsic::NestedSetRight | Intrinsic::NestedSetParent => {
                 E::Absent
@@ -546,8 +622,7 @@ fn truthy(e: &E) -> bool {
 }
 
 fn span_order(t: &TraceData, a: usize, b: usize) -> std::cmp::Ordering {
-    let (x, y) = (&t.spans[a].span, &t.spans[b].span);
-    x.start_time_unix_nano.cmp(&y.start_time_unix_nano).then_with(|| x.span_id.cmp(&y.span_id))
+    t.start_of(a).cmp(&t.start_of(b)).then_with(|| t.span_id(a).cmp(t.span_id(b)))
 }
 
 fn comparable(x: &V, y: &V) -> bool {
@@ -692,7 +767,7 @@ fn format_duration(ns: i64) -> String {
 
 /// Spans of the B side that the operator returns, or both sides' related spans for the union forms.
 fn structural(op: SpansetOp, a: &[bool], b: &[bool], t: &TraceData) -> Vec<bool> {
-    let n = t.spans.len();
+    let n = t.len();
     let mut out = vec![false; n];
     let parent = |i: usize| t.parent[i];
     match op {

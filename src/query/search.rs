@@ -28,8 +28,9 @@ use super::eval::{Evaluator, NO_ROOT_SERVICE, TraceData};
 use super::prune::{Slots, candidate_filter};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
+use crate::block::{SpanRows, traces_to_batches};
 use crate::ingest::Ingester;
-use crate::model::{SpanRecord, Tenant, TraceId, service_name};
+use crate::model::{SpanRecord, Tenant, TraceId};
 use crate::storage::{BlockEntry, BlockStore};
 
 /// Sources scanned in the first round (memory and the newest block), doubling each round up to the maximum: a
@@ -128,7 +129,7 @@ impl Source {
 pub(crate) type TagCache = parking_lot::Mutex<HashMap<(String, String), Arc<Vec<String>>>>;
 
 /// Sees each matching trace whole, as the search evaluates it.
-pub(crate) type Visit<'a> = &'a mut (dyn FnMut(&TraceData) + Send);
+pub(crate) type Visit<'a> = &'a mut (dyn FnMut(&TraceData<'_>) + Send);
 
 /// Receives the traces a search is already sure of, with the counters so far.
 pub type Progress<'a> = &'a mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send);
@@ -427,16 +428,23 @@ impl SearchEngine {
         mut ids: Vec<TraceId>,
         hits: &mut Vec<TraceHit>,
         stats: &mut SearchStats,
-        keep: Option<&mut (dyn FnMut(&TraceData) + Send + 'v)>,
+        keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + 'v)>,
     ) -> Result<(), QueryError> {
         let mut keep = keep;
         ids.sort_unstable();
         let started = std::time::Instant::now();
         let wanted = ids.len();
-        let mut spans: HashMap<TraceId, Vec<SpanRecord>> = HashMap::with_capacity(ids.len());
-        for id in &ids {
-            spans.insert(*id, self.ingester.find_trace(tenant, id));
+        // Fragments still in memory, as rows of the block schema (the block writer's row builder), so they are
+        // read exactly like block rows.
+        let memory: Vec<(TraceId, Vec<SpanRecord>)> =
+            ids.iter().map(|id| (*id, self.ingester.find_trace(tenant, id))).filter(|(_, r)| !r.is_empty()).collect();
+        let mut views: Vec<SpanRows> = Vec::new();
+        if !memory.is_empty() {
+            for batch in traces_to_batches(memory.iter().map(|(id, r)| (id, r.as_slice())), usize::MAX)? {
+                views.push(SpanRows::new(&batch, &[])?);
+            }
         }
+        drop(memory);
         // The block list is read after memory, not taken from the start of the search: a head flushed meanwhile
         // has left memory only once its block is listed, so every fragment is found in one place or the other.
         let blocks = self.blocks.blocks(tenant);
@@ -469,27 +477,45 @@ impl SearchEngine {
                 let store = store.clone();
                 let tenant = tenant.clone();
                 // Each block is decoded in its own task, on any core.
-                let read = tokio::spawn(async move { store.read_traces(&tenant, &b, &wanted, parts).await });
-                async move { Ok::<_, QueryError>(read.await??) }
+                let read = tokio::spawn(async move {
+                    let batches = store.read_trace_rows(&tenant, &b, &wanted, parts, true).await?;
+                    batches
+                        .iter()
+                        .filter(|x| x.num_rows() > 0)
+                        .map(|x| SpanRows::new(x, &b.meta.dedicated_columns))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(QueryError::from)
+                });
+                async move { read.await? }
             })
             .buffer_unordered(FETCH_CONCURRENCY);
         while let Some(part) = reads.next().await {
-            for (id, rec) in part? {
-                if let Some(v) = spans.get_mut(&id) {
-                    v.push(rec);
-                }
-            }
+            views.extend(part?);
         }
         drop(reads);
+        // Rows of each trace, as (batch, row); block rows come in runs of one trace.
+        let mut refs: HashMap<TraceId, Vec<(u32, u32)>> = HashMap::with_capacity(ids.len());
+        for (b, v) in views.iter().enumerate() {
+            let mut last: Option<(&[u8], TraceId)> = None;
+            for r in 0..v.len() {
+                let raw = v.trace_id(r);
+                let id = match last {
+                    Some((prev, id)) if prev == raw => id,
+                    _ => match TraceId::from_bytes(raw) {
+                        Some(id) => id,
+                        None => continue,
+                    },
+                };
+                last = Some((raw, id));
+                refs.entry(id).or_default().push((b as u32, r as u32));
+            }
+        }
         let fetched = started.elapsed();
         for id in ids {
-            let records = spans.remove(&id).unwrap_or_default();
-            if records.is_empty() {
-                continue;
-            }
-            let t = TraceData::new(id, records);
+            let Some(rows) = refs.get(&id) else { continue };
+            let t = TraceData::new(id, &views, rows);
             stats.inspected_traces += 1;
-            stats.inspected_spans += t.spans.len() as u64;
+            stats.inspected_spans += t.len() as u64;
             if req.start.is_some_and(|s| t.end < s) || req.end.is_some_and(|e| t.start > e) {
                 continue;
             }
@@ -532,28 +558,31 @@ fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<super::eval::SpanSet>, s
                 .spans
                 .iter()
                 .take(spss)
-                .map(|&i| {
-                    let sp = &t.spans[i].span;
-                    SpanHit {
-                        span_id: sp.span_id.clone(),
-                        name: sp.name.clone(),
-                        start_unix_nano: sp.start_time_unix_nano,
-                        duration_nanos: sp.end_time_unix_nano.saturating_sub(sp.start_time_unix_nano),
-                        attributes: eval.shown_attributes(t, i),
-                    }
+                .map(|&i| SpanHit {
+                    span_id: t.span_id(i).to_vec(),
+                    name: t.name(i).to_string(),
+                    start_unix_nano: t.start_of(i),
+                    duration_nanos: t.end_of(i).saturating_sub(t.start_of(i)),
+                    attributes: eval.shown_attributes(t, i),
                 })
                 .collect(),
             attributes: s.by.into_iter().map(|(k, v)| crate::model::kv(k, Some(v))).collect(),
         })
         .collect();
-    let mut service_stats: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    for r in &t.spans {
-        if let Some(svc) = service_name(&r.origin.resource) {
-            let e = service_stats.entry(svc.to_string()).or_default();
-            e.0 += 1;
-            if r.span.status.as_ref().is_some_and(|s| s.code == 2) {
-                e.1 += 1;
+    // Few services per trace: count in a small vector, then sort once.
+    let mut stats: Vec<(&str, (u32, u32))> = Vec::new();
+    for i in 0..t.len() {
+        let Some(svc) = t.service(i) else { continue };
+        let at = match stats.iter().position(|(s, _)| *s == svc) {
+            Some(at) => at,
+            None => {
+                stats.push((svc, (0, 0)));
+                stats.len() - 1
             }
+        };
+        stats[at].1.0 += 1;
+        if t.status_code(i) == 2 {
+            stats[at].1.1 += 1;
         }
     }
     TraceHit {
@@ -563,6 +592,6 @@ fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<super::eval::SpanSet>, s
         start_unix_nano: t.start,
         duration_nanos: t.duration(),
         spansets,
-        service_stats,
+        service_stats: stats.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
     }
 }

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int8Type};
 use datafusion::logical_expr::{Expr, col};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use query_lang::{Attribute, Field, Intrinsic, Pipeline, Scope};
 
 use super::QueryError;
 use super::eval::{Evaluator, TraceData};
 use super::search::{SearchEngine, SearchRequest, Source};
 use super::udf::{attr_keys, attr_values, tag_value_text};
+use crate::block::AttrScope;
 use crate::block::schema::col as c;
 use crate::model::Tenant;
 
@@ -131,17 +131,22 @@ impl SearchEngine {
         let mut out: Vec<(TagScope, BTreeSet<String>)> = scopes.iter().map(|s| (*s, BTreeSet::new())).collect();
         if let Some(p) = &req.narrow {
             let mut visit = |t: &TraceData| {
-                for r in &t.spans {
+                for i in 0..t.len() {
+                    let (v, r) = t.at(i);
                     for (scope, names) in out.iter_mut() {
-                        let lists: Vec<&[KeyValue]> = match scope {
-                            TagScope::Resource => vec![&r.origin.resource.attributes],
-                            TagScope::Span => vec![&r.span.attributes],
-                            TagScope::Instrumentation => vec![&r.origin.scope.attributes],
-                            TagScope::Event => r.span.events.iter().map(|e| e.attributes.as_slice()).collect(),
-                            TagScope::Link => r.span.links.iter().map(|l| l.attributes.as_slice()).collect(),
-                            TagScope::Intrinsic => vec![],
+                        let keys = match scope {
+                            TagScope::Resource => v.attr_keys(r, AttrScope::Resource),
+                            TagScope::Span => v.attr_keys(r, AttrScope::Span),
+                            TagScope::Instrumentation => v.attr_keys(r, AttrScope::Instrumentation),
+                            TagScope::Event => v.event_attr_keys(r),
+                            TagScope::Link => v.link_attr_keys(r),
+                            TagScope::Intrinsic => Vec::new(),
                         };
-                        names.extend(lists.into_iter().flatten().map(|kv| kv.key.clone()));
+                        for k in keys {
+                            if !names.contains(k) {
+                                names.insert(k.to_string());
+                            }
+                        }
                     }
                 }
             };
@@ -203,7 +208,7 @@ impl SearchEngine {
         if let Some(p) = &req.narrow {
             let eval = Evaluator::new(p.clone());
             let mut visit = |t: &TraceData| {
-                for i in 0..t.spans.len() {
+                for i in 0..t.len() {
                     texts.extend(eval.tag_values(t, i, tag));
                 }
             };

@@ -585,6 +585,24 @@ impl BlockStore {
         ids: &[TraceId],
         parts: SpanParts,
     ) -> Result<Vec<(TraceId, SpanRecord)>, StorageError> {
+        let mut out = Vec::new();
+        for batch in &self.read_trace_rows(tenant, b, ids, parts, false).await? {
+            out.extend(block::batch_to_spans(batch, &b.meta.dedicated_columns)?);
+        }
+        Ok(out)
+    }
+
+    /// The rows of the traces `ids` (sorted ascending) in this block, as record batches. `parts` leaves out what
+    /// the caller never looks at; with `view_only`, only the columns `block::SpanRows` reads are decoded
+    /// (searches), otherwise every column needed to rebuild OTLP spans.
+    pub async fn read_trace_rows(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        ids: &[TraceId],
+        parts: SpanParts,
+        view_only: bool,
+    ) -> Result<Vec<arrow::array::RecordBatch>, StorageError> {
         let reader = self.data_file(tenant, b);
         let footer = self.footer(tenant, b).await?;
         // A search reads several traces: the block's trace index gives their exact rows (and says which the block
@@ -599,20 +617,15 @@ impl BlockStore {
             }
             runs.sort_by_key(|r| r.start);
             let (groups, selection) = block::rows_selection(footer.metadata(), &runs);
-            let mask = parts_mask(&footer, parts);
+            let mask = parts_mask(&footer, parts, view_only);
             let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone())
                 .with_projection(mask)
                 .with_row_groups(groups)
                 .with_row_selection(selection)
                 .build()?;
-            let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
+            return Ok(stream.try_collect().await.inspect_err(|_| {
                 self.metrics.object_store_errors.inc();
-            })?;
-            let mut out = Vec::new();
-            for batch in &batches {
-                out.extend(block::batch_to_spans(batch, &b.meta.dedicated_columns)?);
-            }
-            return Ok(out);
+            })?);
         }
         // Rows are sorted by trace ID, so row-group statistics narrow the read to the groups that may hold them.
         let holds_any = |lo: &[u8], hi: &[u8]| {
@@ -638,7 +651,7 @@ impl BlockStore {
         }
         // With the page index, only the pages that may hold the traces are fetched, all columns in coalesced
         // requests, and filtered in memory; without it, whole row groups are read and filtered.
-        let mask = parts_mask(&footer, parts);
+        let mask = parts_mask(&footer, parts, view_only);
         let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer.clone()).with_projection(mask);
         let builder = match block::page_selection_any(footer.metadata(), &groups, ids) {
             Some(sel) => builder.with_row_groups(groups).with_row_selection(sel),
@@ -657,12 +670,7 @@ impl BlockStore {
         let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
             self.metrics.object_store_errors.inc();
         })?;
-        let mut out = Vec::new();
-        for batch in &batches {
-            let batch = block::only_traces(batch, ids)?;
-            out.extend(block::batch_to_spans(&batch, &b.meta.dedicated_columns)?);
-        }
-        Ok(out)
+        Ok(batches.iter().map(|batch| block::only_traces(batch, ids)).collect::<Result<_, _>>()?)
     }
 
     fn data_file(&self, tenant: &Tenant, b: &BlockEntry) -> ObjectFile {
@@ -723,8 +731,11 @@ impl BlockStore {
 }
 
 /// The top-level columns holding `parts` of a span.
-fn parts_mask(footer: &ArrowReaderMetadata, parts: SpanParts) -> ProjectionMask {
+fn parts_mask(footer: &ArrowReaderMetadata, parts: SpanParts, view_only: bool) -> ProjectionMask {
+    let wanted = |name: &str| {
+        parts.keeps(name) && (!view_only || block::VIEW_COLUMNS.contains(&name) || SpanParts::optional(name))
+    };
     let roots: Vec<usize> =
-        footer.schema().fields().iter().enumerate().filter(|(_, f)| parts.keeps(f.name())).map(|(i, _)| i).collect();
+        footer.schema().fields().iter().enumerate().filter(|(_, f)| wanted(f.name())).map(|(i, _)| i).collect();
     ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots)
 }
