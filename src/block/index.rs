@@ -21,6 +21,8 @@ pub struct TraceIndex {
     /// `first_row[i]..first_row[i + 1]` are trace `i`'s rows; one more entry than traces.
     first_row: Vec<u32>,
     start: Vec<u64>,
+    /// Trace positions by start, latest first (ties by ID), for walking a block newest first.
+    newest: Vec<u32>,
 }
 
 impl TraceIndex {
@@ -62,6 +64,9 @@ impl TraceIndex {
             }
         }
         ix.first_row.push(row);
+        let mut newest: Vec<u32> = (0..ix.ids.len() as u32).collect();
+        newest.sort_by(|&a, &b| ix.start[b as usize].cmp(&ix.start[a as usize]).then(a.cmp(&b)));
+        ix.newest = newest;
         Ok(ix)
     }
 
@@ -110,9 +115,17 @@ impl TraceIndex {
         self.ids.iter().copied().zip(self.start.iter().copied())
     }
 
+    /// The `k`-th trace by start, latest first.
+    pub fn newest(&self, k: usize) -> Option<usize> {
+        self.newest.get(k).map(|&i| i as usize)
+    }
+
     /// Heap bytes held, for cache budgets.
     pub fn heap_bytes(&self) -> usize {
-        self.ids.capacity() * 16 + self.first_row.capacity() * 4 + self.start.capacity() * 8
+        self.ids.capacity() * 16
+            + self.first_row.capacity() * 4
+            + self.start.capacity() * 8
+            + self.newest.capacity() * 4
     }
 }
 
@@ -147,6 +160,8 @@ mod tests {
         assert_eq!(of_rows, vec![Some(0), Some(0), Some(1), Some(1), Some(2), None]);
         assert_eq!(ix.find(&TraceId([2; 16])), Some(1));
         assert_eq!(ix.find(&TraceId([3; 16])), None);
+        let newest: Vec<_> = (0..4).map(|k| ix.newest(k)).collect();
+        assert_eq!(newest, vec![Some(0), Some(1), Some(2), None]);
     }
 
     #[test]

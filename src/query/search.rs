@@ -42,6 +42,10 @@ const MIN_EVAL_BATCH: usize = 16;
 /// Above this `limit`, a search evaluates after scanning everything, in trace-ID order, `BULK_CHUNK` at a time.
 const BULK_LIMIT: usize = 1000;
 const BULK_CHUNK: usize = 4096;
+/// Largest `limit` served by walking trace indexes newest first before any scan.
+const WALK_LIMIT: usize = 200;
+/// Most traces the index walk evaluates before candidate scans take over.
+const WALK_MAX: usize = 1024;
 /// Concurrent block reads when fetching candidate traces.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -99,6 +103,16 @@ pub struct SearchStats {
 pub struct SearchResult {
     pub traces: Vec<TraceHit>,
     pub stats: SearchStats,
+}
+
+/// The state a search's walk shares with its candidate scans.
+struct Walk<'a> {
+    seen: &'a mut HashSet<TraceId>,
+    pending: &'a mut BinaryHeap<(u64, Reverse<TraceId>)>,
+    hits: &'a mut Vec<TraceHit>,
+    stats: &'a mut SearchStats,
+    /// Traces already streamed to the client.
+    reported: &'a mut HashSet<TraceId>,
 }
 
 /// Where a search reads from.
@@ -245,6 +259,22 @@ impl SearchEngine {
         let mut seen: HashSet<TraceId> = HashSet::new();
         let mut hits: Vec<TraceHit> = Vec::new();
         let mut next = 0usize;
+        if limit <= WALK_LIMIT && sources.len() > 1 {
+            let mut walk = Walk {
+                seen: &mut seen,
+                pending: &mut pending,
+                hits: &mut hits,
+                stats: &mut stats,
+                reported: &mut reported,
+            };
+            let (k, p) = (keep.as_deref_mut(), progress.as_deref_mut());
+            if self.index_walk(&ctx, tenant, &eval, req, &sources, limit, &mut walk, k, p).await? {
+                stats.completed_jobs = stats.total_jobs;
+                return Ok(SearchResult { traces: hits, stats });
+            }
+            // Memory was scanned by the walk; the candidate scans go on with the blocks.
+            next = 1;
+        }
         let mut round_size = FIRST_ROUND;
         let mut evaluated = 0usize;
         loop {
@@ -340,6 +370,110 @@ impl SearchEngine {
         // Sources left unread could not change the answer: they count as done, as Tempo counts skipped shards.
         stats.completed_jobs = stats.total_jobs;
         Ok(SearchResult { traces: hits, stats })
+    }
+
+    /// Phase 0 of a limited search: walks the blocks' trace indexes newest trace first (blocks opened in order
+    /// of their end time, as the walk reaches them) and evaluates those traces directly, without any scan. When
+    /// matches are frequent the `limit` newest are known after a few dozen traces; when they are rare the walk
+    /// stops early (after at most `WALK_MAX` traces) and candidate scans take over, skipping what the walk
+    /// evaluated. Returns whether the answer is complete.
+    ///
+    /// Why it is exact: a trace's start is at most the start of its rows in any block, so once the `limit`-th
+    /// match starts later than every trace position not yet walked (and every memory candidate not yet
+    /// evaluated), nothing left can enter the answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn index_walk<'v, 'p>(
+        &self,
+        ctx: &SessionContext,
+        tenant: &Tenant,
+        eval: &Evaluator,
+        req: &SearchRequest,
+        sources: &[Source],
+        limit: usize,
+        w: &mut Walk<'_>,
+        mut keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + 'v)>,
+        mut progress: Option<&mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send + 'p)>,
+    ) -> Result<bool, QueryError> {
+        // Memory has no index: its candidates come from a scan, as in the main walk.
+        for (id, ub) in self.candidates(ctx, tenant, &req.pipeline, &sources[0]).await? {
+            if w.seen.insert(id) {
+                w.pending.push((ub, Reverse(id)));
+            }
+        }
+        w.stats.completed_jobs += 1;
+        let blocks: Vec<&Arc<BlockEntry>> = sources[1..].iter().filter_map(Source::block).collect();
+        let mut indexes: Vec<Option<Arc<crate::block::TraceIndex>>> = vec![None; blocks.len()];
+        // (bound, block, position in the block's newest-first order); a block not opened yet stands for all of its
+        // traces with its end time.
+        const UNOPENED: usize = usize::MAX;
+        let mut heap: BinaryHeap<(u64, Reverse<usize>, usize)> =
+            blocks.iter().enumerate().map(|(i, b)| (b.meta.end_time_unix_nano, Reverse(i), UNOPENED)).collect();
+        let mut walked = 0usize;
+        let mut step = limit.max(MIN_EVAL_BATCH);
+        loop {
+            let mut batch: Vec<TraceId> = Vec::new();
+            while batch.len() < step {
+                let Some((_, Reverse(b), pos)) = heap.pop() else { break };
+                if pos == UNOPENED {
+                    let ix = self.blocks.trace_index(tenant, blocks[b]).await?;
+                    if let Some(t) = ix.newest(0) {
+                        heap.push((ix.start(t), Reverse(b), 0));
+                    }
+                    indexes[b] = Some(ix);
+                    continue;
+                }
+                let Some(ix) = &indexes[b] else { continue };
+                let Some(t) = ix.newest(pos) else { continue };
+                if let Some(n) = ix.newest(pos + 1) {
+                    heap.push((ix.start(n), Reverse(b), pos + 1));
+                }
+                if w.seen.insert(ix.id(t)) {
+                    batch.push(ix.id(t));
+                }
+            }
+            let rest = heap.peek().map(|e| e.0);
+            // Memory candidates at least as new as anything left in the blocks go along.
+            while let Some(&(ub, Reverse(id))) = w.pending.peek() {
+                if rest.is_some_and(|r| ub < r) {
+                    break;
+                }
+                w.pending.pop();
+                batch.push(id);
+            }
+            if !batch.is_empty() {
+                walked += batch.len();
+                self.evaluate(tenant, eval, req, batch, w.hits, w.stats, keep.as_deref_mut()).await?;
+                sort_hits(w.hits);
+                w.hits.truncate(limit);
+            }
+            let watermark = rest.max(w.pending.peek().map(|e| e.0));
+            if let Some(p) = progress.as_deref_mut() {
+                // Matches newer than anything not evaluated keep their place: stream them now.
+                let sure: Vec<TraceHit> = w
+                    .hits
+                    .iter()
+                    .filter(|h| watermark.is_none_or(|wm| h.start_unix_nano > wm) && !w.reported.contains(&h.trace_id))
+                    .cloned()
+                    .collect();
+                if !sure.is_empty() {
+                    w.reported.extend(sure.iter().map(|h| h.trace_id));
+                    p(sure, w.stats);
+                }
+            }
+            let kth = (w.hits.len() >= limit).then(|| w.hits[limit - 1].start_unix_nano);
+            match (watermark, kth) {
+                (None, _) => return Ok(true),
+                (Some(wm), Some(k)) if wm < k => return Ok(true),
+                _ => {}
+            }
+            // Too few matches to finish within the budget at this rate: scanning finds the rest cheaper.
+            let found = w.hits.len();
+            if walked >= WALK_MAX || (found < limit && walked * limit > WALK_MAX * found.max(1)) {
+                tracing::debug!(walked, found, "index walk hands over to candidate scans");
+                return Ok(false);
+            }
+            step = (step * 2).min(WALK_MAX - walked);
+        }
     }
 
     /// A DataFusion table over one source, with the source's dedicated slots; `None` when it holds nothing.
