@@ -155,23 +155,42 @@ pub struct SpanParts {
     pub scope_attrs: bool,
     pub events: bool,
     pub links: bool,
+    /// With `span_attrs` / `resource_attrs`: whether the generic list is needed too, or the dedicated slots
+    /// alone hold every attribute asked for (a block says which keys never stay in the list).
+    pub span_list: bool,
+    pub resource_list: bool,
 }
 
 impl SpanParts {
-    pub const ALL: SpanParts =
-        SpanParts { span_attrs: true, resource_attrs: true, scope_attrs: true, events: true, links: true };
+    pub const ALL: SpanParts = SpanParts {
+        span_attrs: true,
+        resource_attrs: true,
+        scope_attrs: true,
+        events: true,
+        links: true,
+        span_list: true,
+        resource_list: true,
+    };
+    pub const NONE: SpanParts = SpanParts {
+        span_attrs: false,
+        resource_attrs: false,
+        scope_attrs: false,
+        events: false,
+        links: false,
+        span_list: false,
+        resource_list: false,
+    };
 
     /// Whether `column` is one of the parts a read may leave out (attribute lists and slots, events, links).
     pub fn optional(column: &str) -> bool {
-        !SpanParts { span_attrs: false, resource_attrs: false, scope_attrs: false, events: false, links: false }
-            .keeps(column)
+        !SpanParts::NONE.keeps(column)
     }
 
     /// Whether a read with these parts includes `column`.
     pub fn keeps(&self, column: &str) -> bool {
         match column {
-            col::SPAN_ATTRS => self.span_attrs,
-            col::RESOURCE_ATTRS => self.resource_attrs,
+            col::SPAN_ATTRS => self.span_attrs && self.span_list,
+            col::RESOURCE_ATTRS => self.resource_attrs && self.resource_list,
             col::SCOPE_ATTRS => self.scope_attrs,
             col::EVENTS => self.events,
             col::LINKS => self.links,

@@ -18,7 +18,7 @@ use query_lang::{
 use regex::Regex;
 
 use crate::block::schema::kind as attr_kind;
-use crate::block::{AttrRef, AttrScope, SpanRows};
+use crate::block::{AttrRef, AttrScope, BlockMeta, SpanParts, SpanRows};
 use crate::model::TraceId;
 
 /// What Tempo reports as the root service of a trace whose root span has not arrived.
@@ -881,72 +881,119 @@ fn structural(op: SpansetOp, a: &[bool], b: &[bool], t: &TraceData) -> Vec<bool>
     out
 }
 
-/// The parts of a span the pipeline reads: what a whole-trace fetch must decode.
-pub fn span_parts(p: &Pipeline) -> crate::block::SpanParts {
-    let mut parts = crate::block::SpanParts {
-        span_attrs: false,
-        resource_attrs: false,
-        scope_attrs: false,
-        events: false,
-        links: false,
-    };
-    fn field(f: &Field, parts: &mut crate::block::SpanParts) {
+/// What a whole-trace fetch must decode for a pipeline: the span parts it reads, and the attributes it names
+/// (a block whose dedicated slots hold all of them whole needs no generic list).
+pub struct ReadNeeds {
+    parts: SpanParts,
+    attrs: Vec<Attribute>,
+}
+
+impl ReadNeeds {
+    pub fn new(p: &Pipeline) -> Self {
+        let mut needs = ReadNeeds { parts: SpanParts::NONE, attrs: Vec::new() };
+        needs.pipeline(p);
+        needs
+    }
+
+    /// The parts to read from one block: generic attribute lists are left out when every attribute of that
+    /// scope the query names sits in a dedicated slot that holds all of its values.
+    pub fn parts_for(&self, meta: &BlockMeta) -> SpanParts {
+        let mut parts = self.parts;
+        let whole_slot = |scope: &str, key: &str| {
+            meta.dedicated_columns.iter().any(|d| d.scope == scope && d.name == key && !d.also_in_list)
+        };
+        let covered = |scope: Scope, key: &str| match scope {
+            Scope::Resource => (key == "service.name" && !meta.service_name_in_list) || whole_slot("resource", key),
+            Scope::Span => whole_slot("span", key),
+            _ => false,
+        };
+        if parts.resource_list {
+            parts.resource_list = self
+                .attrs
+                .iter()
+                .any(|a| matches!(a.scope, Scope::Resource | Scope::Unscoped) && !covered(Scope::Resource, &a.name));
+        }
+        if parts.span_list {
+            parts.span_list = self
+                .attrs
+                .iter()
+                .any(|a| matches!(a.scope, Scope::Span | Scope::Unscoped) && !covered(Scope::Span, &a.name));
+        }
+        parts
+    }
+
+    fn field(&mut self, f: &Field) {
+        let parts = &mut self.parts;
         match f {
-            Field::Attribute(a) => match a.scope {
-                Scope::Span => parts.span_attrs = true,
-                Scope::Resource => parts.resource_attrs = true,
-                Scope::Instrumentation => parts.scope_attrs = true,
-                Scope::Event => parts.events = true,
-                Scope::Link => parts.links = true,
-                Scope::Unscoped => {
-                    parts.span_attrs = true;
-                    parts.resource_attrs = true;
-                    parts.events = true;
-                    parts.links = true;
+            Field::Attribute(a) => {
+                self.attrs.push(a.clone());
+                match a.scope {
+                    Scope::Span => {
+                        parts.span_attrs = true;
+                        parts.span_list = true;
+                    }
+                    Scope::Resource => {
+                        parts.resource_attrs = true;
+                        parts.resource_list = true;
+                    }
+                    Scope::Instrumentation => parts.scope_attrs = true,
+                    Scope::Event => parts.events = true,
+                    Scope::Link => parts.links = true,
+                    Scope::Unscoped => {
+                        parts.span_attrs = true;
+                        parts.span_list = true;
+                        parts.resource_attrs = true;
+                        parts.resource_list = true;
+                        parts.events = true;
+                        parts.links = true;
+                    }
                 }
-            },
+            }
             Field::Intrinsic(Intrinsic::EventName | Intrinsic::EventTimeSinceStart) => parts.events = true,
             Field::Intrinsic(Intrinsic::LinkTraceId | Intrinsic::LinkSpanId) => parts.links = true,
             Field::Intrinsic(_) => {}
         }
     }
-    fn expr(e: &FieldExpr, parts: &mut crate::block::SpanParts) {
+
+    fn expr(&mut self, e: &FieldExpr) {
         match e {
-            FieldExpr::Field(f) => field(f, parts),
+            FieldExpr::Field(f) => self.field(f),
             FieldExpr::Binary { lhs, rhs, .. } => {
-                expr(lhs, parts);
-                expr(rhs, parts);
+                self.expr(lhs);
+                self.expr(rhs);
             }
-            FieldExpr::Unary { expr: x, .. } => expr(x, parts),
+            FieldExpr::Unary { expr: x, .. } => self.expr(x),
             FieldExpr::Literal(_) => {}
         }
     }
-    fn spanset(e: &SpansetExpr, parts: &mut crate::block::SpanParts) {
+
+    fn spanset(&mut self, e: &SpansetExpr) {
         match e {
             SpansetExpr::Filter(f) => {
                 if let Some(x) = &f.expr {
-                    expr(x, parts);
+                    self.expr(x);
                 }
             }
             SpansetExpr::Op { lhs, rhs, .. } => {
-                spanset(lhs, parts);
-                spanset(rhs, parts);
+                self.spanset(lhs);
+                self.spanset(rhs);
             }
-            SpansetExpr::Pipeline(p) => pipeline(p, parts),
+            SpansetExpr::Pipeline(p) => self.pipeline(p),
         }
     }
-    fn pipeline(p: &Pipeline, parts: &mut crate::block::SpanParts) {
+
+    fn pipeline(&mut self, p: &Pipeline) {
         for stage in &p.stages {
             match stage {
-                Stage::Spanset(e) => spanset(e, parts),
-                Stage::By(e) => expr(e, parts),
-                Stage::Select(fields) => fields.iter().for_each(|f| field(f, parts)),
+                Stage::Spanset(e) => self.spanset(e),
+                Stage::By(e) => self.expr(e),
+                Stage::Select(fields) => fields.iter().for_each(|f| self.field(f)),
                 Stage::ScalarFilter(f) => {
                     for side in [&f.lhs, &f.rhs] {
                         if let ScalarExpr::Aggregate(a) = side
                             && let Some(e) = &a.expr
                         {
-                            expr(e, parts);
+                            self.expr(e);
                         }
                     }
                 }
@@ -954,8 +1001,6 @@ pub fn span_parts(p: &Pipeline) -> crate::block::SpanParts {
             }
         }
     }
-    pipeline(p, &mut parts);
-    parts
 }
 
 /// Attributes named in filters and `select()`, in query order, one per key.

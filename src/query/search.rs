@@ -24,11 +24,11 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use query_lang::Pipeline;
 
 use super::QueryError;
-use super::eval::{Evaluator, NO_ROOT_SERVICE, TraceData};
+use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
 use super::prune::{Slots, candidate_filter};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
-use crate::block::{SpanRows, traces_to_batches};
+use crate::block::{SpanParts, SpanRows, traces_to_batches};
 use crate::ingest::Ingester;
 use crate::model::{SpanRecord, Tenant, TraceId};
 use crate::storage::{BlockEntry, BlockStore};
@@ -468,7 +468,7 @@ impl SearchEngine {
             }
             // Too few matches to finish within the budget at this rate: scanning finds the rest cheaper.
             let found = w.hits.len();
-            if walked >= WALK_MAX || (found < limit && walked * limit > WALK_MAX * found.max(1)) {
+            if walked >= WALK_MAX || found == 0 || (found < limit && walked * limit > WALK_MAX * found) {
                 tracing::debug!(walked, found, "index walk hands over to candidate scans");
                 return Ok(false);
             }
@@ -582,11 +582,8 @@ impl SearchEngine {
         // The block list is read after memory, not taken from the start of the search: a head flushed meanwhile
         // has left memory only once its block is listed, so every fragment is found in one place or the other.
         let blocks = self.blocks.blocks(tenant);
-        let parts = match keep {
-            // Tag listings read names and values of any part.
-            Some(_) => crate::block::SpanParts::ALL,
-            None => super::eval::span_parts(&req.pipeline),
-        };
+        // Tag listings read names and values of any part.
+        let needs = keep.is_none().then(|| ReadNeeds::new(&req.pipeline));
         let mut jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>)> = blocks
             .iter()
             .filter_map(|b| {
@@ -611,6 +608,7 @@ impl SearchEngine {
                 let store = store.clone();
                 let tenant = tenant.clone();
                 // Each block is decoded in its own task, on any core.
+                let parts = needs.as_ref().map_or(SpanParts::ALL, |n| n.parts_for(&b.meta));
                 let read = tokio::spawn(async move {
                     let batches = store.read_trace_rows(&tenant, &b, &wanted, parts, true).await?;
                     batches
