@@ -12,7 +12,7 @@ use query_lang::{Body, ValidationError};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::{Api, ApiError, bad_request, parse_time, tempopb, tenant, wants_protobuf};
-use crate::query::search::{SearchRequest, SearchResult, SearchStats, TraceHit};
+use crate::query::search::{SearchRequest, SearchResult, SearchStats, SpanHit, SpansetHit, TraceHit};
 
 pub const DEFAULT_LIMIT: usize = 20;
 pub const DEFAULT_SPSS: usize = 3;
@@ -170,11 +170,10 @@ async fn run(api: &Api, headers: &HeaderMap, params: &HashMap<String, String>) -
 }
 
 fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
-    let msg = to_proto(r);
     if wants_protobuf(headers) {
-        return api.sized(msg.encode_to_vec(), "application/protobuf");
+        return api.sized(to_proto(r).encode_to_vec(), "application/protobuf");
     }
-    match serde_json::to_vec(&ResponseJson(&msg)) {
+    match serde_json::to_vec(&ResponseJson(r)) {
         Ok(body) => api.sized(body, "application/json"),
         Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the response: {e}")).into_response(),
     }
@@ -331,7 +330,7 @@ impl Serialize for KeyValueJson<'_> {
     }
 }
 
-struct SpanSetJson<'a>(&'a tempopb::SpanSet);
+struct SpanSetJson<'a>(&'a SpansetHit);
 
 impl Serialize for SpanSetJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -344,65 +343,79 @@ impl Serialize for SpanSetJson<'_> {
     }
 }
 
-struct SpanJson<'a>(&'a tempopb::Span);
+/// Bytes as lowercase hex, written without an intermediate `String`.
+struct Hex<'a>(&'a [u8]);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct D<'a>(&'a [u8]);
+        impl std::fmt::Display for D<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+        s.collect_str(&D(self.0))
+    }
+}
+
+struct SpanJson<'a>(&'a SpanHit);
 
 impl Serialize for SpanJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let x = self.0;
         let mut m = s.serialize_map(None)?;
-        put!(m, "spanID", x.span_id, x.span_id.is_empty());
+        put!(m, "spanID", Hex(&x.span_id), x.span_id.is_empty());
         put!(m, "name", x.name, x.name.is_empty());
-        put!(m, "startTimeUnixNano", Str64(x.start_time_unix_nano), x.start_time_unix_nano == 0);
+        put!(m, "startTimeUnixNano", Str64(x.start_unix_nano), x.start_unix_nano == 0);
         put!(m, "durationNanos", Str64(x.duration_nanos), x.duration_nanos == 0);
         put!(m, "attributes", AttributesJson(&x.attributes), x.attributes.is_empty());
         m.end()
     }
 }
 
-struct TraceJson<'a>(&'a tempopb::TraceSearchMetadata);
+struct TraceJson<'a>(&'a TraceHit);
 
 impl Serialize for TraceJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let t = self.0;
+        let id = short_hex(&t.trace_id);
+        let root_name = t.root_trace_name.as_deref().unwrap_or("");
+        let duration_ms = u32::try_from(t.duration_nanos / 1_000_000).unwrap_or(u32::MAX);
         let mut m = s.serialize_map(None)?;
-        put!(m, "traceID", t.trace_id, t.trace_id.is_empty());
+        put!(m, "traceID", id, id.is_empty());
         put!(m, "rootServiceName", t.root_service_name, t.root_service_name.is_empty());
-        put!(m, "rootTraceName", t.root_trace_name, t.root_trace_name.is_empty());
-        put!(m, "startTimeUnixNano", Str64(t.start_time_unix_nano), t.start_time_unix_nano == 0);
-        put!(m, "durationMs", t.duration_ms, t.duration_ms == 0);
-        if let Some(set) = &t.span_set {
+        put!(m, "rootTraceName", root_name, root_name.is_empty());
+        put!(m, "startTimeUnixNano", Str64(t.start_unix_nano), t.start_unix_nano == 0);
+        put!(m, "durationMs", duration_ms, duration_ms == 0);
+        if let Some(set) = t.spansets.first() {
             m.serialize_entry("spanSet", &SpanSetJson(set))?;
         }
-        put!(m, "spanSets", Seq(t.span_sets.iter().map(SpanSetJson)), t.span_sets.is_empty());
-        if !t.service_stats.is_empty() {
-            let mut stats: Vec<(&String, &tempopb::ServiceStats)> = t.service_stats.iter().collect();
-            stats.sort_by(|a, b| a.0.cmp(b.0));
-            m.serialize_entry("serviceStats", &StatsJson(&stats))?;
-        }
+        put!(m, "spanSets", Seq(t.spansets.iter().map(SpanSetJson)), t.spansets.is_empty());
+        put!(m, "serviceStats", StatsJson(&t.service_stats), t.service_stats.is_empty());
         m.end()
     }
 }
 
-struct StatsJson<'a>(&'a [(&'a String, &'a tempopb::ServiceStats)]);
+/// Service name -> stats, in name order (the map is sorted).
+struct StatsJson<'a>(&'a std::collections::BTreeMap<String, (u32, u32)>);
 
 impl Serialize for StatsJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (name, st) in self.0 {
-            m.serialize_entry(name, &ServiceStatsJson(st))?;
+        for (name, (spans, errors)) in self.0 {
+            m.serialize_entry(name, &ServiceStatsJson(*spans, *errors))?;
         }
         m.end()
     }
 }
 
-struct ServiceStatsJson<'a>(&'a tempopb::ServiceStats);
+struct ServiceStatsJson(u32, u32);
 
-impl Serialize for ServiceStatsJson<'_> {
+impl Serialize for ServiceStatsJson {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let x = self.0;
         let mut m = s.serialize_map(None)?;
-        put!(m, "spanCount", x.span_count, x.span_count == 0);
-        put!(m, "errorCount", x.error_count, x.error_count == 0);
+        put!(m, "spanCount", self.0, self.0 == 0);
+        put!(m, "errorCount", self.1, self.1 == 0);
         m.end()
     }
 }
@@ -426,16 +439,17 @@ impl Serialize for MetricsJson<'_> {
 
 /// The SearchResponse in the proto3 JSON Tempo emits: lowerCamel names, 64-bit integers as strings, zero values
 /// omitted, and nothing outside Tempo's messages (Grafana rejects unknown fields). Serialised straight from the
-/// message: a tree of `serde_json::Value`s for 50k traces cost more than the search itself.
-pub struct ResponseJson<'a>(pub &'a tempopb::SearchResponse);
+/// search result: a tree of `serde_json::Value`s (or a copy as proto messages) for 50k traces cost more than the
+/// search itself.
+pub struct ResponseJson<'a>(pub &'a SearchResult);
 
 impl Serialize for ResponseJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
-        let default = tempopb::SearchMetrics::default();
+        let metrics = metrics_proto(&r.stats);
         let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("traces", &Seq(r.traces.iter().map(TraceJson)))?;
-        m.serialize_entry("metrics", &MetricsJson(r.metrics.as_ref().unwrap_or(&default)))?;
+        m.serialize_entry("metrics", &MetricsJson(&metrics))?;
         m.end()
     }
 }

@@ -320,9 +320,15 @@ impl SearchEngine {
                 let mut ids: Vec<TraceId> =
                     pending.drain().filter(|(ub, _)| kth.is_none_or(|k| *ub >= k)).map(|(_, Reverse(id))| id).collect();
                 ids.sort_unstable();
-                for chunk in ids.chunks(BULK_CHUNK) {
-                    self.evaluate(tenant, &eval, req, chunk.to_vec(), &mut hits, &mut stats, keep.as_deref_mut())
-                        .await?;
+                // The next chunk is read while this one is evaluated.
+                let all_parts = keep.is_some();
+                let chunks: Vec<Vec<TraceId>> = ids.chunks(BULK_CHUNK).map(<[TraceId]>::to_vec).collect();
+                let mut chunks = chunks.into_iter();
+                let mut next_read = chunks.next().map(|c| self.fetch(tenant, req, c, all_parts)).transpose()?;
+                while let Some(read) = next_read.take() {
+                    let fetched = read.await??;
+                    next_read = chunks.next().map(|c| self.fetch(tenant, req, c, all_parts)).transpose()?;
+                    judge(&fetched, &eval, req, &mut hits, &mut stats, keep.as_deref_mut());
                     sort_hits(&mut hits);
                     hits.truncate(limit);
                 }
@@ -559,15 +565,28 @@ impl SearchEngine {
         tenant: &Tenant,
         eval: &Evaluator,
         req: &SearchRequest,
-        mut ids: Vec<TraceId>,
+        ids: Vec<TraceId>,
         hits: &mut Vec<TraceHit>,
         stats: &mut SearchStats,
         keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + 'v)>,
     ) -> Result<(), QueryError> {
-        let mut keep = keep;
+        let fetched = self.fetch(tenant, req, ids, keep.is_some())?.await??;
+        judge(&fetched, eval, req, hits, stats, keep);
+        Ok(())
+    }
+
+    /// Starts reading every fragment of the traces `ids`: memory now, blocks in a task of their own (so the
+    /// caller can evaluate the previous batch meanwhile). `all_parts` reads every part of the spans (tag
+    /// listings); otherwise only what the query reads.
+    fn fetch(
+        &self,
+        tenant: &Tenant,
+        req: &SearchRequest,
+        mut ids: Vec<TraceId>,
+        all_parts: bool,
+    ) -> Result<tokio::task::JoinHandle<Result<Fetched, QueryError>>, QueryError> {
         ids.sort_unstable();
         let started = std::time::Instant::now();
-        let wanted = ids.len();
         // Fragments still in memory, as rows of the block schema (the block writer's row builder), so they are
         // read exactly like block rows.
         let memory: Vec<(TraceId, Vec<SpanRecord>)> =
@@ -582,13 +601,13 @@ impl SearchEngine {
         // The block list is read after memory, not taken from the start of the search: a head flushed meanwhile
         // has left memory only once its block is listed, so every fragment is found in one place or the other.
         let blocks = self.blocks.blocks(tenant);
-        // Tag listings read names and values of any part.
-        let needs = keep.is_none().then(|| ReadNeeds::new(&req.pipeline));
-        let mut jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>)> = blocks
+        let needs = (!all_parts).then(|| ReadNeeds::new(&req.pipeline));
+        let mut jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>, SpanParts)> = blocks
             .iter()
             .filter_map(|b| {
                 let wanted: Vec<TraceId> = ids.iter().copied().filter(|id| b.may_contain(id)).collect();
-                (!wanted.is_empty()).then(|| (b.clone(), wanted))
+                let parts = needs.as_ref().map_or(SpanParts::ALL, |n| n.parts_for(&b.meta));
+                (!wanted.is_empty()).then(|| (b.clone(), wanted, parts))
             })
             .collect();
         // Fewer blocks than cores (a compacted block): split each block's traces so every core decodes some.
@@ -596,77 +615,91 @@ impl SearchEngine {
         if jobs.len() < cores {
             jobs = jobs
                 .into_iter()
-                .flat_map(|(b, wanted)| {
+                .flat_map(|(b, wanted, parts)| {
                     let per = wanted.len().div_ceil(cores).max(1);
-                    wanted.chunks(per).map(|c| (b.clone(), c.to_vec())).collect::<Vec<_>>()
+                    wanted.chunks(per).map(|c| (b.clone(), c.to_vec(), parts)).collect::<Vec<_>>()
                 })
                 .collect();
         }
         let store = self.blocks.clone();
-        let mut reads = futures::stream::iter(jobs)
-            .map(|(b, wanted)| {
-                let store = store.clone();
-                let tenant = tenant.clone();
-                // Each block is decoded in its own task, on any core.
-                let parts = needs.as_ref().map_or(SpanParts::ALL, |n| n.parts_for(&b.meta));
-                let read = tokio::spawn(async move {
-                    let batches = store.read_trace_rows(&tenant, &b, &wanted, parts, true).await?;
-                    batches
-                        .iter()
-                        .filter(|x| x.num_rows() > 0)
-                        .map(|x| SpanRows::new(x, &b.meta.dedicated_columns))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(QueryError::from)
-                });
-                async move { read.await? }
-            })
-            .buffer_unordered(FETCH_CONCURRENCY);
-        while let Some(part) = reads.next().await {
-            views.extend(part?);
+        let tenant = tenant.clone();
+        Ok(tokio::spawn(async move {
+            let mut reads = futures::stream::iter(jobs)
+                .map(|(b, wanted, parts)| {
+                    let store = store.clone();
+                    let tenant = tenant.clone();
+                    // Each block is decoded in its own task, on any core.
+                    let read = tokio::spawn(async move {
+                        let batches = store.read_trace_rows(&tenant, &b, &wanted, parts, true).await?;
+                        batches
+                            .iter()
+                            .filter(|x| x.num_rows() > 0)
+                            .map(|x| SpanRows::new(x, &b.meta.dedicated_columns))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(QueryError::from)
+                    });
+                    async move { read.await? }
+                })
+                .buffer_unordered(FETCH_CONCURRENCY);
+            while let Some(part) = reads.next().await {
+                views.extend(part?);
+            }
+            drop(reads);
+            // Rows of each trace, as (batch, row); block rows come in runs of one trace.
+            let mut refs: HashMap<TraceId, Vec<(u32, u32)>> = HashMap::with_capacity(ids.len());
+            for (b, v) in views.iter().enumerate() {
+                let mut last: Option<(&[u8], TraceId)> = None;
+                for r in 0..v.len() {
+                    let raw = v.trace_id(r);
+                    let id = match last {
+                        Some((prev, id)) if prev == raw => id,
+                        _ => match TraceId::from_bytes(raw) {
+                            Some(id) => id,
+                            None => continue,
+                        },
+                    };
+                    last = Some((raw, id));
+                    refs.entry(id).or_default().push((b as u32, r as u32));
+                }
+            }
+            tracing::debug!(traces = ids.len(), ms = started.elapsed().as_secs_f64() * 1e3, "whole-trace fetch");
+            Ok(Fetched { ids, views, refs })
+        }))
+    }
+}
+
+/// The rows of a batch of candidate traces, every fragment found.
+struct Fetched {
+    ids: Vec<TraceId>,
+    views: Vec<SpanRows>,
+    refs: HashMap<TraceId, Vec<(u32, u32)>>,
+}
+
+/// Evaluates the query on each fetched trace, whole, and keeps the matches.
+fn judge(
+    f: &Fetched,
+    eval: &Evaluator,
+    req: &SearchRequest,
+    hits: &mut Vec<TraceHit>,
+    stats: &mut SearchStats,
+    mut keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + '_)>,
+) {
+    for &id in &f.ids {
+        let Some(rows) = f.refs.get(&id) else { continue };
+        let t = TraceData::new(id, &f.views, rows);
+        stats.inspected_traces += 1;
+        stats.inspected_spans += t.len() as u64;
+        if req.start.is_some_and(|s| t.end < s) || req.end.is_some_and(|e| t.start > e) {
+            continue;
         }
-        drop(reads);
-        // Rows of each trace, as (batch, row); block rows come in runs of one trace.
-        let mut refs: HashMap<TraceId, Vec<(u32, u32)>> = HashMap::with_capacity(ids.len());
-        for (b, v) in views.iter().enumerate() {
-            let mut last: Option<(&[u8], TraceId)> = None;
-            for r in 0..v.len() {
-                let raw = v.trace_id(r);
-                let id = match last {
-                    Some((prev, id)) if prev == raw => id,
-                    _ => match TraceId::from_bytes(raw) {
-                        Some(id) => id,
-                        None => continue,
-                    },
-                };
-                last = Some((raw, id));
-                refs.entry(id).or_default().push((b as u32, r as u32));
-            }
+        let sets = eval.evaluate(&t);
+        if sets.is_empty() {
+            continue;
         }
-        let fetched = started.elapsed();
-        for id in ids {
-            let Some(rows) = refs.get(&id) else { continue };
-            let t = TraceData::new(id, &views, rows);
-            stats.inspected_traces += 1;
-            stats.inspected_spans += t.len() as u64;
-            if req.start.is_some_and(|s| t.end < s) || req.end.is_some_and(|e| t.start > e) {
-                continue;
-            }
-            let sets = eval.evaluate(&t);
-            if sets.is_empty() {
-                continue;
-            }
-            hits.push(trace_hit(&t, eval, sets, req.spans_per_spanset));
-            if let Some(k) = keep.as_deref_mut() {
-                k(&t);
-            }
+        hits.push(trace_hit(&t, eval, sets, req.spans_per_spanset));
+        if let Some(k) = keep.as_deref_mut() {
+            k(&t);
         }
-        tracing::debug!(
-            traces = wanted,
-            fetch_ms = fetched.as_secs_f64() * 1e3,
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
-            "whole-trace evaluation"
-        );
-        Ok(())
     }
 }
 
