@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 pub use bloom::TraceBloom;
 pub use index::TraceIndex;
 pub use reader::{
-    SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, rows_selection, trace_ids_filter,
+    SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, rows_selection, slot_bit,
+    trace_ids_filter,
 };
 pub use view::{AttrRef, AttrScope, SpanRows, VIEW_COLUMNS};
 pub use writer::{

@@ -159,6 +159,24 @@ pub struct SpanParts {
     /// alone hold every attribute asked for (a block says which keys never stay in the list).
     pub span_list: bool,
     pub resource_list: bool,
+    /// Which dedicated slot columns to read, by [`slot_bit`]; a query needs only the slots of keys it names.
+    pub slots: u32,
+}
+
+/// The bit of a dedicated slot column in [`SpanParts::slots`]; `None` for other columns.
+pub fn slot_bit(column: &str) -> Option<u32> {
+    use super::schema::{RES_STR_SLOTS, SPAN_STR_SLOTS};
+    let (base, i) = if let Some(i) = column.strip_prefix("res_str_") {
+        (0, i)
+    } else if let Some(i) = column.strip_prefix("span_str_") {
+        (RES_STR_SLOTS, i)
+    } else if let Some(i) = column.strip_prefix("span_int_") {
+        (RES_STR_SLOTS + SPAN_STR_SLOTS, i)
+    } else {
+        return None;
+    };
+    let bit = base + i.parse::<usize>().ok()?;
+    (bit < 32).then(|| 1u32 << bit)
 }
 
 impl SpanParts {
@@ -170,6 +188,7 @@ impl SpanParts {
         links: true,
         span_list: true,
         resource_list: true,
+        slots: u32::MAX,
     };
     pub const NONE: SpanParts = SpanParts {
         span_attrs: false,
@@ -179,6 +198,7 @@ impl SpanParts {
         links: false,
         span_list: false,
         resource_list: false,
+        slots: 0,
     };
 
     /// Whether `column` is one of the parts a read may leave out (attribute lists and slots, events, links).
@@ -194,8 +214,10 @@ impl SpanParts {
             col::SCOPE_ATTRS => self.scope_attrs,
             col::EVENTS => self.events,
             col::LINKS => self.links,
-            c if c.starts_with("span_str_") || c.starts_with("span_int_") => self.span_attrs,
-            c if c.starts_with("res_str_") => self.resource_attrs,
+            c if c.starts_with("span_str_") || c.starts_with("span_int_") => {
+                self.span_attrs && slot_bit(c).is_some_and(|b| self.slots & b != 0)
+            }
+            c if c.starts_with("res_str_") => self.resource_attrs && slot_bit(c).is_some_and(|b| self.slots & b != 0),
             _ => true,
         }
     }

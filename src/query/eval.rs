@@ -899,6 +899,23 @@ impl ReadNeeds {
     /// scope the query names sits in a dedicated slot that holds all of its values.
     pub fn parts_for(&self, meta: &BlockMeta) -> SpanParts {
         let mut parts = self.parts;
+        // Only the slots of keys the query names (unscoped names may sit in either scope).
+        parts.slots = meta
+            .dedicated_columns
+            .iter()
+            .filter(|d| {
+                self.attrs.iter().any(|a| {
+                    a.name == d.name
+                        && match a.scope {
+                            Scope::Unscoped => true,
+                            Scope::Resource => d.scope == "resource",
+                            Scope::Span => d.scope == "span",
+                            _ => false,
+                        }
+                })
+            })
+            .filter_map(|d| crate::block::slot_bit(&d.column))
+            .fold(0, |acc, b| acc | b);
         let whole_slot = |scope: &str, key: &str| {
             meta.dedicated_columns.iter().any(|d| d.scope == scope && d.name == key && !d.also_in_list)
         };
