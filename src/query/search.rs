@@ -148,6 +148,9 @@ pub(crate) type Visit<'a> = &'a mut (dyn FnMut(&TraceData<'_>) + Send);
 /// Receives the traces a search is already sure of, with the counters so far.
 pub type Progress<'a> = &'a mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send);
 
+/// A progress callback reborrowed for a part of the search (`'a`) from one that lives for `'b`.
+type ProgressFn<'a, 'b> = &'a mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send + 'b);
+
 /// A DataFusion table over one source, with its dedicated slots.
 pub(crate) type SourceTable = (Arc<dyn TableProvider>, Slots);
 
@@ -398,7 +401,7 @@ impl SearchEngine {
         limit: usize,
         w: &mut Walk<'_>,
         mut keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + 'v)>,
-        mut progress: Option<&mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send + 'p)>,
+        mut progress: Option<ProgressFn<'_, 'p>>,
     ) -> Result<bool, QueryError> {
         // Memory has no index: its candidates come from a scan, as in the main walk.
         for (id, ub) in self.candidates(ctx, tenant, &req.pipeline, &sources[0]).await? {
