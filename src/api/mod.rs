@@ -82,6 +82,69 @@ impl Api {
         }
         (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
     }
+
+    /// Serialises `value` as JSON in chunks of [`CHUNK`] bytes (no single large buffer, no copies while it
+    /// grows) and answers with them, or with 422 as soon as it passes `max_response_bytes`.
+    fn json_chunked(&self, value: &impl serde::Serialize) -> Response {
+        let max = self.limits.query.max_response_bytes;
+        let mut w = ChunkWriter { chunks: Vec::new(), current: Vec::with_capacity(CHUNK), len: 0, max };
+        match serde_json::to_writer(&mut w, value) {
+            Ok(()) => {}
+            Err(_) if w.len > max => {
+                return ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the response would be more than max_response_bytes ({max}) bytes; ask for fewer results"),
+                )
+                .into_response();
+            }
+            Err(e) => {
+                return ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the response: {e}"))
+                    .into_response();
+            }
+        }
+        let mut chunks = w.chunks;
+        chunks.push(bytes::Bytes::from(w.current));
+        let body = axum::body::Body::from_stream(futures::stream::iter(
+            chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+        ));
+        (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+/// Size of the pieces a large JSON answer is written in.
+const CHUNK: usize = 1 << 20;
+
+/// An `io::Write` that collects bytes in fixed-size chunks and refuses to grow past `max`.
+struct ChunkWriter {
+    chunks: Vec<bytes::Bytes>,
+    current: Vec<u8>,
+    len: usize,
+    max: usize,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        self.len += n;
+        if self.len > self.max {
+            return Err(std::io::Error::other("response too large"));
+        }
+        while !buf.is_empty() {
+            let room = CHUNK - self.current.len();
+            let take = room.min(buf.len());
+            self.current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.current.len() == CHUNK {
+                let full = std::mem::replace(&mut self.current, Vec::with_capacity(CHUNK));
+                self.chunks.push(bytes::Bytes::from(full));
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Builds the query API router.

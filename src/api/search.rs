@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message;
@@ -173,10 +173,7 @@ fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
     if wants_protobuf(headers) {
         return api.sized(to_proto(r).encode_to_vec(), "application/protobuf");
     }
-    match serde_json::to_vec(&ResponseJson(r)) {
-        Ok(body) => api.sized(body, "application/json"),
-        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the response: {e}")).into_response(),
-    }
+    api.json_chunked(&ResponseJson(r))
 }
 
 /// Hex trace ID with leading zeros stripped, as Tempo prints it in search results.

@@ -895,6 +895,12 @@ impl ReadNeeds {
         needs
     }
 
+    /// Also reads `field` (a tag whose values a listing collects from the matching traces).
+    pub fn with_field(mut self, field: &Field) -> Self {
+        self.field(field);
+        self
+    }
+
     /// The parts to read from one block: generic attribute lists are left out when every attribute of that
     /// scope the query names sits in a dedicated slot that holds all of its values.
     pub fn parts_for(&self, meta: &BlockMeta) -> SpanParts {

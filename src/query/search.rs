@@ -33,9 +33,10 @@ use crate::ingest::Ingester;
 use crate::model::{SpanRecord, Tenant, TraceId};
 use crate::storage::{BlockEntry, BlockStore};
 
-/// Sources scanned in the first round (memory and the newest block), doubling each round up to the maximum: a
-/// `limit=20` search usually ends after the first, a search for everything soon scans several blocks at once.
-const FIRST_ROUND: usize = 2;
+/// Sources scanned in the first round (memory and the two newest blocks: one per core here), doubling each round
+/// up to the maximum: a `limit=20` search usually ends after the first, a search for everything soon scans
+/// several blocks at once.
+const FIRST_ROUND: usize = 3;
 const MAX_ROUND: usize = 8;
 /// Fewest traces fetched and evaluated together.
 const MIN_EVAL_BATCH: usize = 16;
@@ -57,6 +58,15 @@ pub struct SearchRequest {
     /// Unix nanoseconds; a trace is returned when it overlaps the range.
     pub start: Option<u64>,
     pub end: Option<u64>,
+}
+
+/// What a tag listing reads from each matching trace besides what the query itself reads.
+#[derive(Clone, Copy)]
+pub(crate) enum Reads<'a> {
+    /// Everything (tag names of every scope).
+    All,
+    /// One field (the values of one tag).
+    Field(&'a query_lang::Field),
 }
 
 /// One span of a returned spanset.
@@ -244,9 +254,16 @@ impl SearchEngine {
         &self,
         tenant: &Tenant,
         req: &SearchRequest,
-        mut keep: Option<Visit<'_>>,
+        keep: Option<(Visit<'_>, Reads<'_>)>,
         mut progress: Option<Progress<'_>>,
     ) -> Result<SearchResult, QueryError> {
+        let needs = match keep.as_ref().map(|k| k.1) {
+            None => Some(ReadNeeds::new(&req.pipeline)),
+            Some(Reads::All) => None,
+            Some(Reads::Field(f)) => Some(ReadNeeds::new(&req.pipeline).with_field(f)),
+        };
+        let needs = needs.as_ref();
+        let mut keep = keep.map(|k| k.0);
         let mut reported: HashSet<TraceId> = HashSet::new();
         let eval = Evaluator::new(req.pipeline.clone());
         let limit = req.limit.max(1);
@@ -271,7 +288,7 @@ impl SearchEngine {
                 reported: &mut reported,
             };
             let (k, p) = (keep.as_deref_mut(), progress.as_deref_mut());
-            if self.index_walk(&ctx, tenant, &eval, req, &sources, limit, &mut walk, k, p).await? {
+            if self.index_walk(&ctx, tenant, &eval, req, needs, &sources, limit, &mut walk, k, p).await? {
                 stats.completed_jobs = stats.total_jobs;
                 return Ok(SearchResult { traces: hits, stats });
             }
@@ -310,7 +327,7 @@ impl SearchEngine {
                         break;
                     }
                     evaluated += batch.len();
-                    self.evaluate(tenant, &eval, req, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
+                    self.evaluate(tenant, &eval, req, needs, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
                     sort_hits(&mut hits);
                     hits.truncate(limit);
                 }
@@ -324,13 +341,12 @@ impl SearchEngine {
                     pending.drain().filter(|(ub, _)| kth.is_none_or(|k| *ub >= k)).map(|(_, Reverse(id))| id).collect();
                 ids.sort_unstable();
                 // The next chunk is read while this one is evaluated.
-                let all_parts = keep.is_some();
                 let chunks: Vec<Vec<TraceId>> = ids.chunks(BULK_CHUNK).map(<[TraceId]>::to_vec).collect();
                 let mut chunks = chunks.into_iter();
-                let mut next_read = chunks.next().map(|c| self.fetch(tenant, req, c, all_parts)).transpose()?;
+                let mut next_read = chunks.next().map(|c| self.fetch(tenant, needs, c)).transpose()?;
                 while let Some(read) = next_read.take() {
                     let fetched = read.await??;
-                    next_read = chunks.next().map(|c| self.fetch(tenant, req, c, all_parts)).transpose()?;
+                    next_read = chunks.next().map(|c| self.fetch(tenant, needs, c)).transpose()?;
                     judge(&fetched, &eval, req, &mut hits, &mut stats, keep.as_deref_mut());
                     sort_hits(&mut hits);
                     hits.truncate(limit);
@@ -397,6 +413,7 @@ impl SearchEngine {
         tenant: &Tenant,
         eval: &Evaluator,
         req: &SearchRequest,
+        needs: Option<&ReadNeeds>,
         sources: &[Source],
         limit: usize,
         w: &mut Walk<'_>,
@@ -451,7 +468,7 @@ impl SearchEngine {
             }
             if !batch.is_empty() {
                 walked += batch.len();
-                self.evaluate(tenant, eval, req, batch, w.hits, w.stats, keep.as_deref_mut()).await?;
+                self.evaluate(tenant, eval, req, needs, batch, w.hits, w.stats, keep.as_deref_mut()).await?;
                 sort_hits(w.hits);
                 w.hits.truncate(limit);
             }
@@ -568,25 +585,24 @@ impl SearchEngine {
         tenant: &Tenant,
         eval: &Evaluator,
         req: &SearchRequest,
+        needs: Option<&ReadNeeds>,
         ids: Vec<TraceId>,
         hits: &mut Vec<TraceHit>,
         stats: &mut SearchStats,
         keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + 'v)>,
     ) -> Result<(), QueryError> {
-        let fetched = self.fetch(tenant, req, ids, keep.is_some())?.await??;
+        let fetched = self.fetch(tenant, needs, ids)?.await??;
         judge(&fetched, eval, req, hits, stats, keep);
         Ok(())
     }
 
     /// Starts reading every fragment of the traces `ids`: memory now, blocks in a task of their own (so the
-    /// caller can evaluate the previous batch meanwhile). `all_parts` reads every part of the spans (tag
-    /// listings); otherwise only what the query reads.
+    /// caller can evaluate the previous batch meanwhile). Reads what `needs` names, or every part without it.
     fn fetch(
         &self,
         tenant: &Tenant,
-        req: &SearchRequest,
+        needs: Option<&ReadNeeds>,
         mut ids: Vec<TraceId>,
-        all_parts: bool,
     ) -> Result<tokio::task::JoinHandle<Result<Fetched, QueryError>>, QueryError> {
         ids.sort_unstable();
         let started = std::time::Instant::now();
@@ -604,12 +620,11 @@ impl SearchEngine {
         // The block list is read after memory, not taken from the start of the search: a head flushed meanwhile
         // has left memory only once its block is listed, so every fragment is found in one place or the other.
         let blocks = self.blocks.blocks(tenant);
-        let needs = (!all_parts).then(|| ReadNeeds::new(&req.pipeline));
         let mut jobs: Vec<(Arc<BlockEntry>, Vec<TraceId>, SpanParts)> = blocks
             .iter()
             .filter_map(|b| {
                 let wanted: Vec<TraceId> = ids.iter().copied().filter(|id| b.may_contain(id)).collect();
-                let parts = needs.as_ref().map_or(SpanParts::ALL, |n| n.parts_for(&b.meta));
+                let parts = needs.map_or(SpanParts::ALL, |n| n.parts_for(&b.meta));
                 (!wanted.is_empty()).then(|| (b.clone(), wanted, parts))
             })
             .collect();

@@ -150,7 +150,7 @@ impl SearchEngine {
                     }
                 }
             };
-            self.matching(tenant, p, req, &mut visit).await?;
+            self.matching(tenant, p, req, &mut visit, super::search::Reads::All).await?;
         } else {
             let sources = self.sources(tenant, req.start, req.end)?;
             for source in &sources {
@@ -212,7 +212,7 @@ impl SearchEngine {
                     texts.extend(eval.tag_values(t, i, tag));
                 }
             };
-            self.matching(tenant, p, req, &mut visit).await?;
+            self.matching(tenant, p, req, &mut visit, super::search::Reads::Field(tag)).await?;
         } else {
             let sources = self.sources(tenant, req.start, req.end)?;
             for source in &sources {
@@ -237,6 +237,7 @@ impl SearchEngine {
         p: &Pipeline,
         req: &TagRequest,
         visit: super::search::Visit<'_>,
+        reads: super::search::Reads<'_>,
     ) -> Result<(), QueryError> {
         let search = SearchRequest {
             pipeline: p.clone(),
@@ -245,7 +246,7 @@ impl SearchEngine {
             start: req.start,
             end: req.end,
         };
-        self.search_with(tenant, &search, Some(visit), None).await?;
+        self.search_with(tenant, &search, Some((visit, reads)), None).await?;
         Ok(())
     }
 
