@@ -237,3 +237,31 @@ fn a_second_process_sees_blocks_the_first_writes() {
         reader.trace(None, &trace_id(7)).map(|rs| span_count(&rs)) == Some(3)
     });
 }
+
+#[test]
+fn concurrent_writers_keep_every_block_in_the_tenant_index() {
+    let (s3, dir, env) = bucket();
+    // No block list refresh during the test: each process knows only its own blocks, so only the merge done by
+    // the conditional index write can keep the other's.
+    let opts = [("STRATA_COMPACTION", "false"), ("STRATA_BLOCKLIST_REFRESH", "1h")];
+    let a = start(&dir.path().join("a"), &env, &opts);
+    let b = start(&dir.path().join("b"), &env, &opts);
+    for r in 0..3 {
+        assert_eq!(a.post_otlp(None, &request(10 + r, 1, 2, "a")), 200);
+        a.flush();
+        assert_eq!(b.post_otlp(None, &request(20 + r, 1, 2, "b")), 200);
+        b.flush();
+    }
+    let blocks: std::collections::BTreeSet<String> =
+        meta_keys(&s3).iter().filter_map(|k| k.rsplit('/').nth(1).map(str::to_string)).collect();
+    assert_eq!(blocks.len(), 6, "{blocks:?}");
+    let key = s3.keys("life").into_iter().find(|k| k.ends_with("/index.json")).expect("index.json written");
+    let index: serde_json::Value = serde_json::from_slice(&s3.get("life", &key)).expect("index.json is JSON");
+    let listed: std::collections::BTreeSet<String> = index["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .filter_map(|m| m["blockId"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(listed, blocks, "index.json names every block of both writers");
+}

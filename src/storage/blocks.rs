@@ -55,6 +55,28 @@ struct IndexFile {
     blocks: Vec<BlockMeta>,
 }
 
+/// Conditional writes of `index.json` tried before leaving it to the next write.
+const INDEX_WRITE_ATTEMPTS: usize = 5;
+/// A block another writer listed in `index.json` that this process still has not seen after this long was removed
+/// (compacted, expired): this process refreshes its list every minute.
+const INDEX_FOREIGN_TTL_SECS: u64 = 3600;
+
+/// The index a writer stores: its own blocks, plus the stored entries of other writers it has not seen yet,
+/// minus blocks it knows were retired or that another listed block replaces.
+fn merge_index(ours: Vec<BlockMeta>, stored: Vec<BlockMeta>, retired: &[String], now: u64) -> Vec<BlockMeta> {
+    let mut out = ours;
+    let known: std::collections::HashSet<String> = out.iter().map(|m| m.block_id.clone()).collect();
+    out.extend(stored.into_iter().filter(|m| {
+        !known.contains(&m.block_id)
+            && !retired.contains(&m.block_id)
+            && m.created_at_unix.saturating_add(INDEX_FOREIGN_TTL_SECS) > now
+    }));
+    let replaced: std::collections::HashSet<String> = out.iter().flat_map(|m| m.replaces.iter().cloned()).collect();
+    out.retain(|m| !replaced.contains(&m.block_id));
+    out.sort_by(|a, b| a.block_id.cmp(&b.block_id));
+    out
+}
+
 /// All tenants' blocks, and the operations that read and write them.
 pub struct BlockStore {
     store: Arc<dyn ObjectStore>,
@@ -425,11 +447,44 @@ impl BlockStore {
         self.update_gauge();
     }
 
-    /// Rewrites `<tenant>/index.json` from the blocks in memory.
+    /// Rewrites `<tenant>/index.json`: this process's blocks merged with what another writer (an ingester, a
+    /// compactor) stored there meanwhile, written with a conditional PUT (create when absent, otherwise only over
+    /// the version just read) and retried when someone wrote in between, so concurrent writers never drop each
+    /// other's blocks. Stores without conditional updates (the local file system, owned by one process) are
+    /// overwritten. The index only saves start-up GETs (the listing is the truth), so giving up after a few
+    /// contended attempts is logged, not an error.
     async fn write_index(&self, tenant: &Tenant) -> Result<(), StorageError> {
-        let metas: Vec<BlockMeta> = self.blocks(tenant).iter().map(|e| e.meta.clone()).collect();
-        let index = serde_json::to_vec(&IndexFile { blocks: metas })?;
-        self.put(&Path::from_iter([tenant.as_str(), INDEX_OBJECT]), Bytes::from(index)).await
+        use object_store::{PutMode, PutOptions, UpdateVersion};
+        let path = Path::from_iter([tenant.as_str(), INDEX_OBJECT]);
+        for _ in 0..INDEX_WRITE_ATTEMPTS {
+            let (stored, mode) = match self.store.get(&path).await {
+                Ok(r) => {
+                    let version = UpdateVersion { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
+                    let bytes = r.bytes().await.map_err(|e| self.err(e))?;
+                    let stored = serde_json::from_slice::<IndexFile>(&bytes).map(|i| i.blocks).unwrap_or_default();
+                    (stored, PutMode::Update(version))
+                }
+                Err(object_store::Error::NotFound { .. }) => (Vec::new(), PutMode::Create),
+                Err(e) => return Err(self.err(e)),
+            };
+            let retired: Vec<String> =
+                self.retired.read().get(tenant).into_iter().flatten().map(|(m, _)| m.block_id.clone()).collect();
+            let ours: Vec<BlockMeta> = self.blocks(tenant).iter().map(|e| e.meta.clone()).collect();
+            let merged = merge_index(ours, stored, &retired, now_unix());
+            let payload = PutPayload::from(serde_json::to_vec(&IndexFile { blocks: merged })?);
+            let put = |mode: PutMode| self.store.put_opts(&path, payload.clone(), PutOptions::from(mode));
+            match put(mode).await {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => continue,
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    put(PutMode::Overwrite).await.map_err(|e| self.err(e))?;
+                    return Ok(());
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        tracing::warn!(tenant = %tenant, "index.json kept changing under concurrent writers; left for the next write");
+        Ok(())
     }
 
     /// Tenants with blocks (visible or retired).
@@ -738,4 +793,42 @@ fn parts_mask(footer: &ArrowReaderMetadata, parts: SpanParts, view_only: bool) -
     let roots: Vec<usize> =
         footer.schema().fields().iter().enumerate().filter(|(_, f)| wanted(f.name())).map(|(i, _)| i).collect();
     ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, created: u64, replaces: &[&str]) -> BlockMeta {
+        let mut m: BlockMeta = serde_json::from_value(serde_json::json!({
+            "format": "strata-parquet-v1", "schemaVersion": 1, "blockId": id, "tenant": "t",
+            "startTimeUnixNano": 0, "endTimeUnixNano": 0, "spanCount": 1, "traceCount": 1,
+            "minTraceId": "00", "maxTraceId": "ff", "dataSize": 1, "bloomSize": 1, "rowGroups": 1,
+            "rawBytes": 1, "compactionLevel": 0, "createdAtUnix": created, "dedicatedColumns": []
+        }))
+        .expect("meta");
+        m.replaces = replaces.iter().map(|s| s.to_string()).collect();
+        m
+    }
+
+    fn ids(v: &[BlockMeta]) -> Vec<&str> {
+        v.iter().map(|m| m.block_id.as_str()).collect()
+    }
+
+    #[test]
+    fn index_merge_keeps_other_writers_blocks_and_drops_removed_ones() {
+        let now = 10_000;
+        let ours = vec![meta("a1", now, &[]), meta("c", now, &["x1", "x2"])];
+        let stored = vec![
+            meta("a1", now, &[]),
+            meta("b1", now - 10, &[]),    // another writer's new block: kept
+            meta("x1", now - 10, &[]),    // replaced by our compacted block: dropped
+            meta("r", now - 10, &[]),     // retired here: dropped
+            meta("old", now - 7200, &[]), // another writer's block we never saw in an hour: removed meanwhile
+            meta("y", now - 10, &["b0"]), // another writer's compaction output
+            meta("b0", now - 20, &[]),    // ...replaced by it
+        ];
+        let merged = merge_index(ours, stored, &["r".to_string()], now);
+        assert_eq!(ids(&merged), vec!["a1", "b1", "c", "y"]);
+    }
 }

@@ -269,6 +269,25 @@ impl S3Server {
         assert!(r.status().is_success(), "create bucket: {}", r.status());
     }
 
+    /// One object's bytes, read with signed requests (objects are private).
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_bucket_name(bucket)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_region("us-east-1")
+            .with_allow_http(true)
+            .build()
+            .expect("S3 client");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let r = store.get(&object_store::path::Path::from(key)).await.expect("get object");
+            r.bytes().await.expect("object body").to_vec()
+        })
+    }
+
     /// Every key in the bucket.
     pub fn keys(&self, bucket: &str) -> Vec<String> {
         let body = http()
