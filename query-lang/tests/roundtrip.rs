@@ -316,7 +316,7 @@ proptest! {
 }
 
 #[test]
-#[ignore]
+#[ignore = "prints generated sample queries to eyeball the generator; checks nothing"]
 fn show_samples() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
