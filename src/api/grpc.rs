@@ -108,13 +108,15 @@ impl StreamingQuerier for Service {
             let progress_tx = tx.clone();
             let mut progress = |hits: Vec<crate::query::search::TraceHit>,
                                 stats: &crate::query::search::SearchStats| {
-                sent.extend(hits.iter().map(|h| h.trace_id));
                 let msg = SearchResponse {
                     traces: hits.iter().map(trace_meta).collect(),
                     metrics: Some(metrics_proto(stats)),
                 };
-                // A client that went away just stops receiving; the search finishes on its own.
-                let _ = progress_tx.try_send(Ok(msg));
+                // A slow client's full channel skips this message: its traces stay unsent and go in the last
+                // one. A client that went away just stops receiving; the search finishes on its own.
+                if progress_tx.try_send(Ok(msg)).is_ok() {
+                    sent.extend(hits.iter().map(|h| h.trace_id));
+                }
             };
             let result = tokio::time::timeout(timeout, querier.search_streaming(&tenant, &req, &mut progress)).await;
             let last = match result {

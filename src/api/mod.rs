@@ -87,7 +87,7 @@ impl Api {
     /// grows) and answers with them, or with 422 as soon as it passes `max_response_bytes`.
     fn json_chunked(&self, value: &impl serde::Serialize) -> Response {
         let max = self.limits.query.max_response_bytes;
-        let mut w = ChunkWriter { chunks: Vec::new(), current: Vec::with_capacity(CHUNK), len: 0, max };
+        let mut w = ChunkWriter { chunks: Vec::new(), current: Vec::with_capacity(4096), len: 0, max };
         match serde_json::to_writer(&mut w, value) {
             Ok(()) => {}
             Err(_) if w.len > max => {
@@ -104,9 +104,14 @@ impl Api {
         }
         let mut chunks = w.chunks;
         chunks.push(bytes::Bytes::from(w.current));
-        let body = axum::body::Body::from_stream(futures::stream::iter(
-            chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
-        ));
+        // One chunk goes out whole, with its length; more are streamed.
+        let body = if chunks.len() == 1 {
+            axum::body::Body::from(chunks.remove(0))
+        } else {
+            axum::body::Body::from_stream(futures::stream::iter(
+                chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+            ))
+        };
         (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }

@@ -62,13 +62,13 @@ const INDEX_WRITE_ATTEMPTS: usize = 5;
 const INDEX_FOREIGN_TTL_SECS: u64 = 3600;
 
 /// The index a writer stores: its own blocks, plus the stored entries of other writers it has not seen yet,
-/// minus blocks it knows were retired or that another listed block replaces.
-fn merge_index(ours: Vec<BlockMeta>, stored: Vec<BlockMeta>, retired: &[String], now: u64) -> Vec<BlockMeta> {
+/// minus blocks it knows were removed (retired by compaction, expired) or that another listed block replaces.
+fn merge_index(ours: Vec<BlockMeta>, stored: Vec<BlockMeta>, removed: &[String], now: u64) -> Vec<BlockMeta> {
     let mut out = ours;
     let known: std::collections::HashSet<String> = out.iter().map(|m| m.block_id.clone()).collect();
     out.extend(stored.into_iter().filter(|m| {
         !known.contains(&m.block_id)
-            && !retired.contains(&m.block_id)
+            && !removed.contains(&m.block_id)
             && m.created_at_unix.saturating_add(INDEX_FOREIGN_TTL_SECS) > now
     }));
     let replaced: std::collections::HashSet<String> = out.iter().flat_map(|m| m.replaces.iter().cloned()).collect();
@@ -409,7 +409,8 @@ impl BlockStore {
             self.footers.insert(built.meta.block_id.clone(), footer);
         }
         self.swap(tenant, Some(entry), &[]);
-        self.write_index(tenant).await
+        self.write_index(tenant, &[]).await;
+        Ok(())
     }
 
     /// Makes a compacted block visible: its data is already uploaded; writes its bloom, then its meta (which
@@ -424,7 +425,8 @@ impl BlockStore {
         let replaces = meta.replaces.clone();
         let entry = BlockEntry::new(meta, TraceBloom::from_bytes(&bloom)?);
         self.swap(tenant, Some(entry), &replaces);
-        self.write_index(tenant).await
+        self.write_index(tenant, &[]).await;
+        Ok(())
     }
 
     /// Adds `entry` (if new) and retires the blocks `gone`, in one step for readers.
@@ -448,43 +450,59 @@ impl BlockStore {
     }
 
     /// Rewrites `<tenant>/index.json`: this process's blocks merged with what another writer (an ingester, a
-    /// compactor) stored there meanwhile, written with a conditional PUT (create when absent, otherwise only over
-    /// the version just read) and retried when someone wrote in between, so concurrent writers never drop each
-    /// other's blocks. Stores without conditional updates (the local file system, owned by one process) are
-    /// overwritten. The index only saves start-up GETs (the listing is the truth), so giving up after a few
-    /// contended attempts is logged, not an error.
-    async fn write_index(&self, tenant: &Tenant) -> Result<(), StorageError> {
+    /// compactor) stored there meanwhile, minus `gone` (blocks just deleted here), written with a conditional PUT
+    /// (create when absent, otherwise only over the version just read) and retried when someone wrote in
+    /// between, so concurrent writers never drop each other's blocks. Stores without conditional updates (the
+    /// local file system, owned by one process) are overwritten. The index only saves start-up GETs (the listing
+    /// is the truth), so a failure is logged and never fails the publication that triggered it; a process that
+    /// has not read the bucket's block list yet leaves the index alone (its view would drop other writers' blocks).
+    async fn write_index(&self, tenant: &Tenant, gone: &[String]) {
+        if !self.loaded() {
+            return;
+        }
+        match self.try_write_index(tenant, gone).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(tenant = %tenant, "index.json kept changing under concurrent writers; left for the next write")
+            }
+            Err(e) => tracing::warn!(tenant = %tenant, error = %e, "index.json not rewritten; the next write retries"),
+        }
+    }
+
+    async fn try_write_index(&self, tenant: &Tenant, gone: &[String]) -> Result<bool, StorageError> {
         use object_store::{PutMode, PutOptions, UpdateVersion};
         let path = Path::from_iter([tenant.as_str(), INDEX_OBJECT]);
         for _ in 0..INDEX_WRITE_ATTEMPTS {
             let (stored, mode) = match self.store.get(&path).await {
                 Ok(r) => {
                     let version = UpdateVersion { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
+                    let conditional = version.e_tag.is_some() || version.version.is_some();
                     let bytes = r.bytes().await.map_err(|e| self.err(e))?;
                     let stored = serde_json::from_slice::<IndexFile>(&bytes).map(|i| i.blocks).unwrap_or_default();
-                    (stored, PutMode::Update(version))
+                    // A store that names no version cannot take a conditional update: overwrite.
+                    (stored, if conditional { PutMode::Update(version) } else { PutMode::Overwrite })
                 }
                 Err(object_store::Error::NotFound { .. }) => (Vec::new(), PutMode::Create),
                 Err(e) => return Err(self.err(e)),
             };
-            let retired: Vec<String> =
+            let mut removed: Vec<String> =
                 self.retired.read().get(tenant).into_iter().flatten().map(|(m, _)| m.block_id.clone()).collect();
+            removed.extend(gone.iter().cloned());
             let ours: Vec<BlockMeta> = self.blocks(tenant).iter().map(|e| e.meta.clone()).collect();
-            let merged = merge_index(ours, stored, &retired, now_unix());
+            let merged = merge_index(ours, stored, &removed, now_unix());
             let payload = PutPayload::from(serde_json::to_vec(&IndexFile { blocks: merged })?);
             let put = |mode: PutMode| self.store.put_opts(&path, payload.clone(), PutOptions::from(mode));
             match put(mode).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => continue,
                 Err(object_store::Error::NotImplemented { .. }) => {
                     put(PutMode::Overwrite).await.map_err(|e| self.err(e))?;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) => return Err(self.err(e)),
             }
         }
-        tracing::warn!(tenant = %tenant, "index.json kept changing under concurrent writers; left for the next write");
-        Ok(())
+        Ok(false)
     }
 
     /// Tenants with blocks (visible or retired).
@@ -507,7 +525,8 @@ impl BlockStore {
             }
         }
         self.update_gauge();
-        self.write_index(tenant).await
+        self.write_index(tenant, ids).await;
+        Ok(())
     }
 
     /// Deletes what no reader needs any more: blocks replaced more than `grace` seconds ago (meta first; a block
