@@ -110,29 +110,46 @@ impl AttrListBuilder {
     }
 }
 
-/// Reads attribute lists back out of a list column.
-pub struct AttrListReader<'a> {
-    list: &'a ListArray,
-    key: &'a StringArray,
-    kind: &'a Int8Array,
-    s: &'a StringArray,
-    i: &'a Int64Array,
-    d: &'a Float64Array,
-    b: &'a BooleanArray,
-    raw: &'a BinaryArray,
+/// Reads attribute lists back out of a list column: whole (as OTLP key-values) or one key in place. Holds the
+/// column's arrays (reference-counted), so it can live as long as the batch it came from.
+pub struct AttrListReader {
+    list: ListArray,
+    key: StringArray,
+    kind: Int8Array,
+    s: StringArray,
+    i: Int64Array,
+    d: Float64Array,
+    b: BooleanArray,
+    raw: BinaryArray,
 }
 
-fn child<'a, T: 'static>(st: &'a StructArray, name: &str) -> Result<&'a T, BlockError> {
+fn child<T: Clone + 'static>(st: &StructArray, name: &str) -> Result<T, BlockError> {
     st.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
+        .cloned()
         .ok_or_else(|| BlockError::Layout(format!("attribute field {name} missing or mistyped")))
 }
 
-impl<'a> AttrListReader<'a> {
-    pub fn new(col: &'a dyn Array) -> Result<Self, BlockError> {
+/// One stored attribute value, read in place.
+#[derive(Debug, Clone, Copy)]
+pub enum AttrRef<'a> {
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// An attribute without a value.
+    Empty,
+    /// Bytes, arrays, key-value lists and other forms: `(kind, bytes)` as in the list's `raw` field (arrays and
+    /// lists are their protobuf `AnyValue` encoding).
+    Raw(i8, &'a [u8]),
+}
+
+impl AttrListReader {
+    pub fn new(col: &dyn Array) -> Result<Self, BlockError> {
         let list = col
             .as_any()
             .downcast_ref::<ListArray>()
+            .cloned()
             .ok_or_else(|| BlockError::Layout("attribute column is not a list".into()))?;
         let st = list
             .values()
@@ -140,7 +157,6 @@ impl<'a> AttrListReader<'a> {
             .downcast_ref::<StructArray>()
             .ok_or_else(|| BlockError::Layout("attribute list items are not structs".into()))?;
         Ok(AttrListReader {
-            list,
             key: child(st, "key")?,
             kind: child(st, "kind")?,
             s: child(st, "s")?,
@@ -148,15 +164,20 @@ impl<'a> AttrListReader<'a> {
             d: child(st, "d")?,
             b: child(st, "b")?,
             raw: child(st, "raw")?,
+            list,
         })
+    }
+
+    fn range(&self, row: usize) -> std::ops::Range<usize> {
+        let o = self.list.value_offsets();
+        o[row] as usize..o[row + 1] as usize
     }
 
     /// Appends the attributes of `row` to `out`.
     pub fn read_into(&self, row: usize, out: &mut Vec<KeyValue>) -> Result<(), BlockError> {
-        let offsets = self.list.value_offsets();
-        let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
-        out.reserve(end - start);
-        for j in start..end {
+        let range = self.range(row);
+        out.reserve(range.len());
+        for j in range {
             out.push(kv(self.key.value(j), self.value(j)?));
         }
         Ok(())
@@ -166,6 +187,27 @@ impl<'a> AttrListReader<'a> {
         let mut v = Vec::new();
         self.read_into(row, &mut v)?;
         Ok(v)
+    }
+
+    /// The first value of `key` in `row`'s list, in place.
+    pub fn find(&self, row: usize, key: &str) -> Option<AttrRef<'_>> {
+        self.range(row).find(|&j| self.key.value(j) == key).map(|j| self.value_ref(j))
+    }
+
+    /// The keys of `row`'s list, as stored (with repeats).
+    pub fn keys(&self, row: usize) -> impl Iterator<Item = &str> {
+        self.range(row).map(|j| self.key.value(j))
+    }
+
+    fn value_ref(&self, j: usize) -> AttrRef<'_> {
+        match self.kind.value(j) {
+            kind::EMPTY => AttrRef::Empty,
+            kind::STRING => AttrRef::Str(self.s.value(j)),
+            kind::INT => AttrRef::Int(self.i.value(j)),
+            kind::DOUBLE => AttrRef::Float(self.d.value(j)),
+            kind::BOOL => AttrRef::Bool(self.b.value(j)),
+            k => AttrRef::Raw(k, if self.raw.is_null(j) { &[] } else { self.raw.value(j) }),
+        }
     }
 
     fn value(&self, j: usize) -> Result<Option<AnyValue>, BlockError> {

@@ -228,7 +228,7 @@ struct EventCols<'a> {
     list: &'a ListArray,
     time: &'a Int64Array,
     name: &'a StringArray,
-    attrs: AttrListReader<'a>,
+    attrs: AttrListReader,
     dropped: &'a UInt32Array,
 }
 
@@ -266,7 +266,7 @@ struct LinkCols<'a> {
     span: &'a BinaryArray,
     state: &'a StringArray,
     flags: &'a UInt32Array,
-    attrs: AttrListReader<'a>,
+    attrs: AttrListReader,
     dropped: &'a UInt32Array,
 }
 

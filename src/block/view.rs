@@ -6,27 +6,14 @@
 //! them, so "the first value of a key" is the same as on a decoded span.
 
 use arrow::array::{
-    Array, AsArray, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int8Array, Int64Array, ListArray,
-    RecordBatch, StringArray, StructArray,
+    Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int8Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray,
 };
 use arrow::datatypes::{DataType, Int64Type};
 
-use super::schema::{col, kind};
+use super::attrs::{AttrListReader as AttrList, AttrRef};
+use super::schema::col;
 use super::{BlockError, DedicatedColumn};
-
-/// One attribute value as stored.
-#[derive(Debug, Clone, Copy)]
-pub enum AttrRef<'a> {
-    Str(&'a str),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    /// An attribute without a value.
-    Empty,
-    /// Bytes, arrays, key-value lists and other forms: `(kind, bytes)` as in the generic list's `raw` field
-    /// (arrays and lists are their protobuf `AnyValue` encoding).
-    Raw(i8, &'a [u8]),
-}
 
 /// Where an attribute lives on a span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,18 +21,6 @@ pub enum AttrScope {
     Resource,
     Span,
     Instrumentation,
-}
-
-/// A generic attribute list column (`List<Struct<key, kind, s, i, d, b, raw>>`).
-struct AttrList {
-    list: ListArray,
-    key: StringArray,
-    kind: Int8Array,
-    s: StringArray,
-    i: Int64Array,
-    d: Float64Array,
-    b: BooleanArray,
-    raw: BinaryArray,
 }
 
 fn child<T: Clone + 'static>(st: &StructArray, name: &str) -> Result<T, BlockError> {
@@ -60,52 +35,6 @@ fn items(list: &ListArray) -> Result<&StructArray, BlockError> {
         .as_any()
         .downcast_ref::<StructArray>()
         .ok_or_else(|| BlockError::Layout("list items are not structs".into()))
-}
-
-impl AttrList {
-    fn new(c: &dyn Array) -> Result<Self, BlockError> {
-        let list = c
-            .as_any()
-            .downcast_ref::<ListArray>()
-            .cloned()
-            .ok_or_else(|| BlockError::Layout("attribute column is not a list".into()))?;
-        let st = items(&list)?;
-        Ok(AttrList {
-            key: child(st, "key")?,
-            kind: child(st, "kind")?,
-            s: child(st, "s")?,
-            i: child(st, "i")?,
-            d: child(st, "d")?,
-            b: child(st, "b")?,
-            raw: child(st, "raw")?,
-            list,
-        })
-    }
-
-    fn range(&self, row: usize) -> std::ops::Range<usize> {
-        let o = self.list.value_offsets();
-        o[row] as usize..o[row + 1] as usize
-    }
-
-    fn value(&self, j: usize) -> AttrRef<'_> {
-        match self.kind.value(j) {
-            kind::EMPTY => AttrRef::Empty,
-            kind::STRING => AttrRef::Str(self.s.value(j)),
-            kind::INT => AttrRef::Int(self.i.value(j)),
-            kind::DOUBLE => AttrRef::Float(self.d.value(j)),
-            kind::BOOL => AttrRef::Bool(self.b.value(j)),
-            k => AttrRef::Raw(k, if self.raw.is_null(j) { &[] } else { self.raw.value(j) }),
-        }
-    }
-
-    /// The first value of `key` in `row`'s list.
-    fn find(&self, row: usize, key: &str) -> Option<AttrRef<'_>> {
-        self.range(row).find(|&j| self.key.value(j) == key).map(|j| self.value(j))
-    }
-
-    fn keys(&self, row: usize) -> impl Iterator<Item = &str> {
-        self.range(row).map(|j| self.key.value(j))
-    }
 }
 
 /// Events or links of each span: the list, the per-item fields a search reads, and the items' attributes.
