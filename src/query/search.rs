@@ -317,7 +317,11 @@ impl SearchEngine {
                 loop {
                     // A limited search whose candidates keep failing turns bulk once everything is scanned: more
                     // ranked batches would each read the blocks again.
-                    if watermark.is_none() && evaluated >= BULK_CHUNK {
+                    // Likewise once the rate of matches so far says ranked batches would read more than a bulk
+                    // chunk before `limit` matches turn up (a query matching nothing reads everything anyway).
+                    let missing = limit.saturating_sub(hits.len());
+                    let projected = missing.saturating_mul(evaluated) / hits.len().max(1);
+                    if watermark.is_none() && (evaluated >= BULK_CHUNK || projected > BULK_CHUNK) {
                         bulk = true;
                         break;
                     }
