@@ -204,30 +204,35 @@ impl SearchEngine {
         tag: &Field,
         req: &TagRequest,
     ) -> Result<Vec<TagValue>, QueryError> {
-        let mut texts: BTreeSet<String> = BTreeSet::new();
+        let mut lists: Vec<Arc<Vec<String>>> = Vec::new();
         if let Some(p) = &req.narrow {
             let eval = Evaluator::new(p.clone());
+            let mut texts: BTreeSet<String> = BTreeSet::new();
             let mut visit = |t: &TraceData| {
                 for i in 0..t.len() {
                     texts.extend(eval.tag_values(t, i, tag));
                 }
             };
             self.matching(tenant, p, req, &mut visit, super::search::Reads::Field(tag)).await?;
+            lists.push(Arc::new(texts.into_iter().collect()));
         } else {
             let sources = self.sources(tenant, req.start, req.end)?;
             for source in &sources {
-                texts.extend(self.source_values(tenant, source, tag).await?);
+                lists.extend(self.source_values(tenant, source, tag).await?);
             }
         }
-        let mut out: Vec<TagValue> = texts
+        // Merged by reference: the per-block lists stay in the cache, only the answer is copied.
+        let mut texts: Vec<&str> = lists.iter().flat_map(|l| l.iter().map(String::as_str)).collect();
+        texts.sort_unstable();
+        texts.dedup();
+        Ok(texts
             .into_iter()
             .filter_map(|t| {
                 let (ty, value) = t.split_once('\u{1f}')?;
                 Some(TagValue { ty: ty.to_string(), value: value.to_string() })
             })
-            .collect();
-        out.truncate(req.limit);
-        Ok(out)
+            .take(req.limit)
+            .collect())
     }
 
     /// Hands every trace the pipeline matches in the range, whole, to `visit` (one at a time: memory stays bounded).
@@ -250,13 +255,19 @@ impl SearchEngine {
         Ok(())
     }
 
-    /// Tag values in one source, from the generic lists and slot columns that can hold the tag.
-    async fn source_values(&self, tenant: &Tenant, source: &Source, tag: &Field) -> Result<Vec<String>, QueryError> {
+    /// Tag values in one source (rendered typed values, several lists), from the generic lists and slot columns
+    /// that can hold the tag. Each list is cached per block as rendered, so a warm listing only merges.
+    async fn source_values(
+        &self,
+        tenant: &Tenant,
+        source: &Source,
+        tag: &Field,
+    ) -> Result<Vec<Arc<Vec<String>>>, QueryError> {
         let slots = source
             .block()
             .map(|b| super::prune::Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list))
             .unwrap_or_default();
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<Arc<Vec<String>>> = Vec::new();
         match tag {
             Field::Attribute(Attribute { scope, name, .. }) => {
                 let scopes: &[TagScope] = match scope {
@@ -270,65 +281,70 @@ impl SearchEngine {
                 for s in scopes {
                     let Some(list) = s.list_column() else { continue };
                     let key = format!("values:{list}:{name}");
-                    out.extend(
-                        self.cached(tenant, source, &key, async move |e| e.list_values(list, name).await)
-                            .await?
-                            .iter()
-                            .cloned(),
-                    );
+                    out.push(self.cached(tenant, source, &key, async move |e| e.list_values(list, name).await).await?);
                     let resource = *s == TagScope::Resource;
                     if resource && name == "service.name" {
-                        out.extend(self.typed(tenant, source, c::SERVICE_NAME, "string").await?);
+                        out.push(self.typed(tenant, source, c::SERVICE_NAME, "string").await?);
                     }
                     if matches!(s, TagScope::Resource | TagScope::Span) {
                         if let Some(slot) = slots.string_slot(resource, name) {
-                            out.extend(self.typed(tenant, source, slot, "string").await?);
+                            out.push(self.typed(tenant, source, slot, "string").await?);
                         }
                         if let (false, Some(slot)) = (resource, slots.int_slot(name)) {
-                            out.extend(self.typed(tenant, source, slot, "int").await?);
+                            out.push(self.typed(tenant, source, slot, "int").await?);
                         }
                     }
                 }
             }
             Field::Intrinsic(i) => match i {
-                Intrinsic::Name => out.extend(self.typed(tenant, source, c::NAME, "string").await?),
-                Intrinsic::StatusMessage => out.extend(self.typed(tenant, source, c::STATUS_MESSAGE, "string").await?),
-                Intrinsic::TraceRootService => out.extend(self.typed(tenant, source, c::ROOT_SERVICE, "string").await?),
-                Intrinsic::TraceRootName => out.extend(self.typed(tenant, source, c::ROOT_NAME, "string").await?),
-                Intrinsic::InstrumentationName => {
-                    out.extend(self.typed(tenant, source, c::SCOPE_NAME, "string").await?)
-                }
+                Intrinsic::Name => out.push(self.typed(tenant, source, c::NAME, "string").await?),
+                Intrinsic::StatusMessage => out.push(self.typed(tenant, source, c::STATUS_MESSAGE, "string").await?),
+                Intrinsic::TraceRootService => out.push(self.typed(tenant, source, c::ROOT_SERVICE, "string").await?),
+                Intrinsic::TraceRootName => out.push(self.typed(tenant, source, c::ROOT_NAME, "string").await?),
+                Intrinsic::InstrumentationName => out.push(self.typed(tenant, source, c::SCOPE_NAME, "string").await?),
                 Intrinsic::InstrumentationVersion => {
-                    out.extend(self.typed(tenant, source, c::SCOPE_VERSION, "string").await?)
+                    out.push(self.typed(tenant, source, c::SCOPE_VERSION, "string").await?)
                 }
                 Intrinsic::Status => {
-                    let codes = self
-                        .cached(tenant, source, "values:status", async move |e| e.column_values(c::STATUS_CODE).await)
-                        .await?;
-                    out.extend(codes.iter().map(|code| {
-                        let name = match code.as_str() {
-                            "1" => "ok",
-                            "2" => "error",
-                            _ => "unset",
-                        };
-                        tag_value_text("keyword", name)
-                    }));
+                    out.push(
+                        self.cached(tenant, source, "keywords:status", async move |e| {
+                            let codes = e.column_values(c::STATUS_CODE).await?;
+                            Ok(codes
+                                .iter()
+                                .map(|code| {
+                                    let name = match code.as_str() {
+                                        "1" => "ok",
+                                        "2" => "error",
+                                        _ => "unset",
+                                    };
+                                    tag_value_text("keyword", name)
+                                })
+                                .collect())
+                        })
+                        .await?,
+                    );
                 }
                 Intrinsic::Kind => {
-                    let kinds = self
-                        .cached(tenant, source, "values:kind", async move |e| e.column_values(c::KIND).await)
-                        .await?;
-                    out.extend(kinds.iter().map(|k| {
-                        let name = match k.as_str() {
-                            "1" => "internal",
-                            "2" => "server",
-                            "3" => "client",
-                            "4" => "producer",
-                            "5" => "consumer",
-                            _ => "unspecified",
-                        };
-                        tag_value_text("keyword", name)
-                    }));
+                    out.push(
+                        self.cached(tenant, source, "keywords:kind", async move |e| {
+                            let kinds = e.column_values(c::KIND).await?;
+                            Ok(kinds
+                                .iter()
+                                .map(|k| {
+                                    let name = match k.as_str() {
+                                        "1" => "internal",
+                                        "2" => "server",
+                                        "3" => "client",
+                                        "4" => "producer",
+                                        "5" => "consumer",
+                                        _ => "unspecified",
+                                    };
+                                    tag_value_text("keyword", name)
+                                })
+                                .collect())
+                        })
+                        .await?,
+                    );
                 }
                 // Durations and IDs have as many values as spans: not offered, as in Tempo.
                 _ => {}
@@ -337,12 +353,18 @@ impl SearchEngine {
         Ok(out)
     }
 
-    /// Distinct non-null values of a column, rendered with type `ty`.
-    async fn typed(&self, tenant: &Tenant, source: &Source, column: &str, ty: &str) -> Result<Vec<String>, QueryError> {
-        let v = self
-            .cached(tenant, source, &format!("values:{column}"), async move |e| e.column_values(column).await)
-            .await?;
-        Ok(v.iter().map(|x| tag_value_text(ty, x)).collect())
+    /// Distinct non-null values of a column, rendered with type `ty` (cached rendered).
+    async fn typed(
+        &self,
+        tenant: &Tenant,
+        source: &Source,
+        column: &str,
+        ty: &str,
+    ) -> Result<Arc<Vec<String>>, QueryError> {
+        self.cached(tenant, source, &format!("typed:{ty}:{column}"), async move |e| {
+            Ok(e.column_values(column).await?.iter().map(|x| tag_value_text(ty, x)).collect())
+        })
+        .await
     }
 
     /// Runs `f` over the source's table, caching the answer for blocks.
