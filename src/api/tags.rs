@@ -109,7 +109,23 @@ pub(super) fn v1_field(tag: &str) -> Field {
     Field::Attribute(query_lang::Attribute::new(query_lang::Scope::Unscoped, tag))
 }
 
-fn reply(r: Result<serde_json::Value, ApiError>) -> Response {
+/// One typed tag value as Tempo's v2 endpoint returns it.
+#[derive(serde::Serialize)]
+struct TypedValue {
+    #[serde(rename = "type")]
+    ty: String,
+    value: String,
+}
+
+/// `{"tagValues": [...]}`, serialised straight from the values (a `serde_json::Value` tree of 50k entries cost
+/// more than finding them).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TagValuesJson<T> {
+    tag_values: Vec<T>,
+}
+
+fn reply<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
     match r {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -181,7 +197,7 @@ pub(super) async fn tag_values_v1(
             let p = TagParams::from_http(&params)?;
             let values = values(&api, &tenant(&headers)?, &v1_field(&tag), &p).await?;
             let strings: Vec<String> = values.into_iter().filter(|v| v.ty == "string").map(|v| v.value).collect();
-            Ok(json!({ "tagValues": strings }))
+            Ok(TagValuesJson { tag_values: strings })
         }
         .await,
     )
@@ -197,9 +213,8 @@ pub(super) async fn tag_values_v2(
         async {
             let p = TagParams::from_http(&params)?;
             let values = values(&api, &tenant(&headers)?, &parse_tag(&tag)?, &p).await?;
-            let values: Vec<serde_json::Value> =
-                values.into_iter().map(|v| json!({ "type": v.ty, "value": v.value })).collect();
-            Ok(json!({ "tagValues": values }))
+            let values: Vec<TypedValue> = values.into_iter().map(|v| TypedValue { ty: v.ty, value: v.value }).collect();
+            Ok(TagValuesJson { tag_values: values })
         }
         .await,
     )
