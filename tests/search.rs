@@ -713,6 +713,15 @@ fn tags_and_tag_values_list_what_is_stored() {
     let status: TagValuesV2 = get_json(&srv, None, "/api/v2/search/tag/status/values", &[]);
     assert!(status.tag_values.iter().all(|v| v.r#type == "keyword"));
     assert!(status.tag_values.iter().any(|v| v.value == "error"));
+    let kinds: TagValuesV2 = get_json(&srv, None, "/api/v2/search/tag/kind/values", &[]);
+    let names = ["unspecified", "internal", "server", "client", "producer", "consumer"];
+    let want: BTreeSet<(String, String)> = traces
+        .iter()
+        .flat_map(|t| &t.spans)
+        .map(|s| ("keyword".to_string(), names[s.span.kind.clamp(0, 5) as usize].to_string()))
+        .collect();
+    let got: BTreeSet<(String, String)> = kinds.tag_values.into_iter().map(|v| (v.r#type, v.value)).collect();
+    assert_eq!(got, want, "kind values");
     let v1: TagValuesV1 = get_json(&srv, None, "/api/search/tag/service.name/values", &[]);
     let want: BTreeSet<String> = typed_values(&traces, res_attrs, "service.name").into_iter().map(|(_, v)| v).collect();
     assert_eq!(v1.tag_values.into_iter().collect::<BTreeSet<_>>(), want);

@@ -305,52 +305,44 @@ impl SearchEngine {
                 Intrinsic::InstrumentationVersion => {
                     out.push(self.typed(tenant, source, c::SCOPE_VERSION, "string").await?)
                 }
-                Intrinsic::Status => {
-                    out.push(
-                        self.cached(tenant, source, "keywords:status", async move |e| {
-                            let codes = e.column_values(c::STATUS_CODE).await?;
-                            Ok(codes
-                                .iter()
-                                .map(|code| {
-                                    let name = match code.as_str() {
-                                        "1" => "ok",
-                                        "2" => "error",
-                                        _ => "unset",
-                                    };
-                                    tag_value_text("keyword", name)
-                                })
-                                .collect())
-                        })
-                        .await?,
-                    );
-                }
-                Intrinsic::Kind => {
-                    out.push(
-                        self.cached(tenant, source, "keywords:kind", async move |e| {
-                            let kinds = e.column_values(c::KIND).await?;
-                            Ok(kinds
-                                .iter()
-                                .map(|k| {
-                                    let name = match k.as_str() {
-                                        "1" => "internal",
-                                        "2" => "server",
-                                        "3" => "client",
-                                        "4" => "producer",
-                                        "5" => "consumer",
-                                        _ => "unspecified",
-                                    };
-                                    tag_value_text("keyword", name)
-                                })
-                                .collect())
-                        })
-                        .await?,
-                    );
-                }
+                Intrinsic::Status => out.push(
+                    self.keywords(tenant, source, c::STATUS_CODE, |code| match code {
+                        "1" => "ok",
+                        "2" => "error",
+                        _ => "unset",
+                    })
+                    .await?,
+                ),
+                Intrinsic::Kind => out.push(
+                    self.keywords(tenant, source, c::KIND, |kind| match kind {
+                        "1" => "internal",
+                        "2" => "server",
+                        "3" => "client",
+                        "4" => "producer",
+                        "5" => "consumer",
+                        _ => "unspecified",
+                    })
+                    .await?,
+                ),
                 // Durations and IDs have as many values as spans: not offered, as in Tempo.
                 _ => {}
             },
         }
         Ok(out)
+    }
+
+    /// Distinct values of a numeric enum column (status, kind), rendered as TraceQL keywords (cached rendered).
+    async fn keywords(
+        &self,
+        tenant: &Tenant,
+        source: &Source,
+        column: &str,
+        name: fn(&str) -> &'static str,
+    ) -> Result<Arc<Vec<String>>, QueryError> {
+        self.cached(tenant, source, &format!("keywords:{column}"), async move |e| {
+            Ok(e.column_values(column).await?.iter().map(|v| tag_value_text("keyword", name(v))).collect())
+        })
+        .await
     }
 
     /// Distinct non-null values of a column, rendered with type `ty` (cached rendered).
