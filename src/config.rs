@@ -108,6 +108,15 @@ pub struct Args {
     /// Memory the query engine may use for sorting, grouping and joins, in bytes [default: 2GiB]
     #[arg(long, env = "STRATA_QUERY_MEMORY_BYTES")]
     pub query_memory_bytes: Option<usize>,
+    /// Longest time range of a TraceQL metrics query, e.g. 7d [default: 24h, as Tempo]
+    #[arg(long, env = "STRATA_METRICS_MAX_RANGE", value_parser = humantime::parse_duration)]
+    pub metrics_max_range: Option<Duration>,
+    /// Most intervals (range / step) of a TraceQL metrics query [default: 10000, as Tempo]
+    #[arg(long, env = "STRATA_METRICS_MAX_INTERVALS")]
+    pub metrics_max_intervals: Option<u64>,
+    /// Most series one TraceQL metrics function may produce [default: 1000]
+    #[arg(long, env = "STRATA_METRICS_MAX_SERIES")]
+    pub metrics_max_series: Option<usize>,
     /// Log filter in tracing's EnvFilter syntax [default: info]
     #[arg(long, env = "STRATA_LOG")]
     pub log: Option<String>,
@@ -188,6 +197,10 @@ pub struct FileConfig {
     pub max_query_scan_bytes: Option<u64>,
     pub max_response_bytes: Option<usize>,
     pub query_memory_bytes: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    pub metrics_max_range: Option<Duration>,
+    pub metrics_max_intervals: Option<u64>,
+    pub metrics_max_series: Option<usize>,
     pub log: Option<String>,
     pub target: Option<Target>,
     pub compaction: Option<bool>,
@@ -280,6 +293,10 @@ pub struct QueryLimits {
     pub max_scan_bytes: u64,
     pub max_response_bytes: usize,
     pub memory_bytes: usize,
+    /// Longest range, most intervals and most series of a metrics query.
+    pub metrics_max_range: Duration,
+    pub metrics_max_intervals: u64,
+    pub metrics_max_series: usize,
 }
 
 impl Default for QueryLimits {
@@ -289,6 +306,9 @@ impl Default for QueryLimits {
             max_scan_bytes: 64 << 30,
             max_response_bytes: 256 << 20,
             memory_bytes: 2 << 30,
+            metrics_max_range: Duration::from_secs(24 * 3600),
+            metrics_max_intervals: 10_000,
+            metrics_max_series: 1000,
         }
     }
 }
@@ -347,6 +367,12 @@ impl Config {
                     max_scan_bytes: a.max_query_scan_bytes.or(f.max_query_scan_bytes).unwrap_or(d.max_scan_bytes),
                     max_response_bytes: a.max_response_bytes.or(f.max_response_bytes).unwrap_or(d.max_response_bytes),
                     memory_bytes: a.query_memory_bytes.or(f.query_memory_bytes).unwrap_or(d.memory_bytes),
+                    metrics_max_range: a.metrics_max_range.or(f.metrics_max_range).unwrap_or(d.metrics_max_range),
+                    metrics_max_intervals: a
+                        .metrics_max_intervals
+                        .or(f.metrics_max_intervals)
+                        .unwrap_or(d.metrics_max_intervals),
+                    metrics_max_series: a.metrics_max_series.or(f.metrics_max_series).unwrap_or(d.metrics_max_series),
                 }
             },
             log: a.log.or(f.log).unwrap_or_else(|| "info".into()),
@@ -386,10 +412,17 @@ impl Config {
                 }
             },
         };
-        if cfg.query.max_scan_bytes == 0 || cfg.query.max_response_bytes == 0 || cfg.query.memory_bytes == 0 {
+        if cfg.query.max_scan_bytes == 0
+            || cfg.query.max_response_bytes == 0
+            || cfg.query.memory_bytes == 0
+            || cfg.query.metrics_max_intervals == 0
+            || cfg.query.metrics_max_series == 0
+        {
             return Err(ConfigError::Invalid {
                 field: "limits",
-                message: "max_query_scan_bytes, max_response_bytes and query_memory_bytes must be positive".into(),
+                message: "max_query_scan_bytes, max_response_bytes, query_memory_bytes, metrics_max_intervals and \
+                          metrics_max_series must be positive"
+                    .into(),
             });
         }
         if cfg.max_request_bytes > crate::ingest::wal::MAX_BODY {

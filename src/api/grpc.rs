@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::metrics::{instant_proto, instant_request, range_proto, range_request};
 use super::search::{DEFAULT_LIMIT, DEFAULT_SPSS, legacy_traceql, metrics_proto, parse_search, trace_meta};
 use super::tags::{TagParams, names, parse_tag, v1_field, values};
 use super::tempopb::streaming_querier_server::{StreamingQuerier, StreamingQuerierServer};
@@ -189,17 +190,53 @@ impl StreamingQuerier for Service {
 
     async fn metrics_query_range(
         &self,
-        _req: Request<QueryRangeRequest>,
+        req: Request<QueryRangeRequest>,
     ) -> Result<Response<Self::MetricsQueryRangeStream>, Status> {
-        Err(Status::unimplemented("TraceQL metrics queries are not served yet"))
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let (start, end) = metrics_range(r.start, r.end);
+        let step = (r.step != 0).then_some(r.step);
+        let q = metrics_request(&self.api, &tenant, |l| {
+            range_request(l, &r.query, start, end, step, u64::from(r.exemplars))
+        })
+        .await?;
+        Ok(once(range_proto(&q)))
     }
 
     async fn metrics_query_instant(
         &self,
-        _req: Request<QueryInstantRequest>,
+        req: Request<QueryInstantRequest>,
     ) -> Result<Response<Self::MetricsQueryInstantStream>, Status> {
-        Err(Status::unimplemented("TraceQL metrics queries are not served yet"))
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let (start, end) = metrics_range(r.start, r.end);
+        let q = metrics_request(&self.api, &tenant, |l| instant_request(l, &r.query, start, end)).await?;
+        Ok(once(instant_proto(&q)))
     }
+}
+
+/// A metrics request's bounds: unix nanoseconds (seconds accepted too, as the HTTP API does); an unset end is now,
+/// an unset start an hour before it.
+fn metrics_range(start: u64, end: u64) -> (u64, u64) {
+    let scale = |v: u64| crate::api::parse_time(&v.to_string()).unwrap_or(v);
+    let end = if end == 0 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    } else {
+        scale(end)
+    };
+    let start = if start == 0 { end.saturating_sub(3_600_000_000_000) } else { scale(start) };
+    (start, end)
+}
+
+/// Validates and runs a metrics query; the whole answer is one message (the last message of a stream is
+/// complete, so a client that merges partial messages gets the same).
+async fn metrics_request(
+    api: &Api,
+    tenant: &Tenant,
+    build: impl FnOnce(&crate::config::QueryLimits) -> Result<crate::query::metrics::MetricsRequest, ApiError>,
+) -> Result<crate::query::metrics::MetricsResult, Status> {
+    let req = build(&api.limits.query).map_err(status)?;
+    api.bounded("metrics query", api.querier.metrics(tenant, &req)).await.map_err(status)
 }
 
 const MAX_TAGS: usize = 100_000;

@@ -3,6 +3,7 @@
 
 mod grpc;
 mod json;
+mod metrics;
 mod search;
 mod sql;
 mod tags;
@@ -171,6 +172,8 @@ pub fn router(
         .route("/api/v2/traces/{id}", get(trace_v2))
         .route("/api/search", get(search::search))
         .route("/api/sql", post(sql::sql))
+        .route("/api/metrics/query_range", get(metrics::query_range))
+        .route("/api/metrics/query", get(metrics::query_instant))
         .route("/api/search/tags", get(tags::tags_v1))
         .route("/api/v2/search/tags", get(tags::tags_v2))
         .route("/api/search/tag/{tag}/values", get(tags::tag_values_v1))

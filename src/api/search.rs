@@ -252,7 +252,7 @@ macro_rules! put {
 }
 
 /// 64-bit integers are strings in proto3 JSON; written without an intermediate `String`.
-struct Str64(u64);
+pub(super) struct Str64(pub u64);
 
 impl Serialize for Str64 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -279,7 +279,7 @@ impl Serialize for AnyJson<'_> {
 }
 
 /// A signed 64-bit integer as a proto3 JSON string.
-struct StrI64(i64);
+pub(super) struct StrI64(pub i64);
 
 impl Serialize for StrI64 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -298,7 +298,7 @@ impl Serialize for ArrayJson<'_> {
 }
 
 /// Serialises an iterator as a JSON array without collecting it.
-struct Seq<I>(I);
+pub(super) struct Seq<I>(pub I);
 
 impl<I: Iterator<Item = T> + Clone, T: Serialize> Serialize for Seq<I> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -417,7 +417,7 @@ impl Serialize for ServiceStatsJson {
     }
 }
 
-struct MetricsJson<'a>(&'a tempopb::SearchMetrics);
+pub(super) struct MetricsJson<'a>(pub &'a tempopb::SearchMetrics);
 
 impl Serialize for MetricsJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -364,6 +364,65 @@ impl Evaluator {
             .collect()
     }
 
+    fn field_of<'t>(&self, t: &'t TraceData, i: usize, field: &Field) -> E<'t> {
+        match field {
+            Field::Attribute(a) => self.attribute(t, i, a),
+            Field::Intrinsic(x) => self.intrinsic(t, i, *x),
+        }
+    }
+
+    /// The value of `field` on span `i` as a metrics series label: `None` when the span has none that can label
+    /// a series (absent, bytes, maps); arrays label by their first element.
+    pub fn label_value(&self, t: &TraceData, i: usize, field: &Field) -> Option<AnyValue> {
+        self.field_of(t, i, field).values().first().map(to_any_label)
+    }
+
+    /// The value of `field` on span `i` as a metrics sample: numbers as they are, durations in seconds (Tempo's
+    /// unit for latency series). `None` for anything else.
+    pub fn metric_value(&self, t: &TraceData, i: usize, field: &Field) -> Option<f64> {
+        match self.field_of(t, i, field).values().first()? {
+            V::Int(x) => Some(*x as f64),
+            V::Float(x) => Some(*x),
+            V::Dur(ns) => Some(*ns as f64 / 1e9),
+            _ => None,
+        }
+    }
+
+    /// Whether span `i` passes a spanset filter on its own (`compare()`'s selection).
+    pub fn span_matches(&self, filter: &query_lang::SpansetFilter, t: &TraceData, i: usize) -> bool {
+        filter.expr.as_ref().is_none_or(|x| truthy(&self.field(x, t, i)))
+    }
+
+    /// The span intrinsics `compare()` breaks spans down by, as labels.
+    pub fn compare_intrinsics(&self, t: &TraceData, i: usize) -> Vec<(String, AnyValue)> {
+        [Intrinsic::Name, Intrinsic::Status, Intrinsic::Kind]
+            .into_iter()
+            .filter_map(|x| {
+                let v = self.intrinsic(t, i, x).values().first().map(to_any_label)?;
+                Some((Field::Intrinsic(x).to_string(), v))
+            })
+            .collect()
+    }
+
+    /// Every attribute of span `i` with a scalar value, keyed as TraceQL names them (`span.x`, `resource.x`),
+    /// first value per key: what `compare()` breaks spans down by.
+    pub fn span_attributes(&self, t: &TraceData, i: usize) -> Vec<(String, AnyValue)> {
+        let (v, r) = t.at(i);
+        let mut out: Vec<(String, AnyValue)> = Vec::new();
+        for (scope, prefix) in [(AttrScope::Resource, "resource."), (AttrScope::Span, "span.")] {
+            for key in v.attr_keys(r, scope) {
+                let name = format!("{prefix}{key}");
+                if out.iter().any(|(k, _)| *k == name) {
+                    continue;
+                }
+                if let Some(value) = lookup(v.attr(r, scope, key)).values().first() {
+                    out.push((name, to_any_label(value)));
+                }
+            }
+        }
+        out
+    }
+
     fn pipeline_sets(&self, p: &Pipeline, mut sets: Vec<SpanSet>, t: &TraceData) -> Vec<SpanSet> {
         for stage in &p.stages {
             sets = match stage {
@@ -742,6 +801,14 @@ fn value_key(v: &V) -> String {
         V::Dur(d) => format!("d:{d}"),
         V::Status(s) => format!("st:{}", s.as_str()),
         V::Kind(k) => format!("k:{}", k.as_str()),
+    }
+}
+
+/// A label value: like [`to_any`], but durations as their nanoseconds (a number Grafana can order).
+fn to_any_label(v: &V) -> AnyValue {
+    match v {
+        V::Dur(d) => AnyValue { value: Some(Value::IntValue(*d)) },
+        other => to_any(other),
     }
 }
 

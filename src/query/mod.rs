@@ -4,6 +4,7 @@
 //! blocks, `eval`: the exact per-trace operator). Semantics: `SEMANTICS.md`; design: `DESIGN.md`.
 
 pub mod eval;
+pub mod metrics;
 pub mod prune;
 pub mod search;
 pub mod sql;
@@ -100,6 +101,15 @@ impl Querier {
         progress: search::Progress<'_>,
     ) -> Result<search::SearchResult, QueryError> {
         self.observed(self.engine.search_streaming(tenant, req, progress)).await
+    }
+
+    /// A TraceQL metrics query (range or instant).
+    pub async fn metrics(
+        &self,
+        tenant: &Tenant,
+        req: &metrics::MetricsRequest,
+    ) -> Result<metrics::MetricsResult, QueryError> {
+        self.observed(self.engine.metrics(tenant, req)).await
     }
 
     /// One read-only SQL statement over the tenant's spans.

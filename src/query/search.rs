@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use query_lang::Pipeline;
 
 use super::QueryError;
-use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
+use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData};
 use super::prune::{Slots, candidate_filter};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
@@ -71,8 +71,8 @@ pub struct SearchRequest {
 pub(crate) enum Reads<'a> {
     /// Everything (tag names of every scope).
     All,
-    /// One field (the values of one tag).
-    Field(&'a query_lang::Field),
+    /// These fields (the values of one tag; the grouping and value fields of a metrics query).
+    Fields(&'a [query_lang::Field]),
 }
 
 /// One span of a returned spanset.
@@ -160,8 +160,11 @@ impl Source {
 /// Per-block tag answers: (block ID, what was asked) -> names or rendered values.
 pub(crate) type TagCache = parking_lot::Mutex<HashMap<(String, String), Arc<Vec<String>>>>;
 
-/// Sees each matching trace whole, as the search evaluates it.
-pub(crate) type Visit<'a> = &'a mut (dyn FnMut(&TraceData<'_>) + Send);
+/// Sees each matching trace whole, with the spansets the query yields for it, as the search evaluates it.
+pub(crate) type Visit<'a> = &'a mut VisitFn<'a>;
+
+/// The callback behind [`Visit`], for a visitor that lives for `'v`.
+pub(crate) type VisitFn<'v> = dyn FnMut(&TraceData<'_>, &[SpanSet]) + Send + 'v;
 
 /// Receives the traces a search is already sure of, with the counters so far.
 pub type Progress<'a> = &'a mut (dyn FnMut(Vec<TraceHit>, &SearchStats) + Send);
@@ -256,8 +259,8 @@ impl SearchEngine {
         self.search_with(tenant, req, None, Some(progress)).await
     }
 
-    /// Runs a search; when `keep` is given, it sees every matching trace whole, one at a time (tag values
-    /// narrowed by a query need them).
+    /// Runs a search; when `keep` is given, it sees every matching trace in the range whole, one at a time, and
+    /// nothing is collected (tag values narrowed by a query and metrics queries need them, not the hits).
     pub(crate) async fn search_with(
         &self,
         tenant: &Tenant,
@@ -268,13 +271,13 @@ impl SearchEngine {
         let needs = match keep.as_ref().map(|k| k.1) {
             None => Some(ReadNeeds::new(&req.pipeline)),
             Some(Reads::All) => None,
-            Some(Reads::Field(f)) => Some(ReadNeeds::new(&req.pipeline).with_field(f)),
+            Some(Reads::Fields(fs)) => Some(fs.iter().fold(ReadNeeds::new(&req.pipeline), ReadNeeds::with_field)),
         };
         let needs = needs.as_ref();
         let mut keep = keep.map(|k| k.0);
         let mut reported: HashSet<TraceId> = HashSet::new();
         let eval = Evaluator::new(req.pipeline.clone());
-        let limit = req.limit.max(1);
+        let limit = if keep.is_some() { usize::MAX } else { req.limit.max(1) };
         let mut stats = SearchStats::default();
         let sources = self.sources(tenant, req.start, req.end)?;
         stats.total_blocks = (sources.len() - 1) as u32;
@@ -427,7 +430,7 @@ impl SearchEngine {
         sources: &[Source],
         limit: usize,
         w: &mut Walk<'_>,
-        mut keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + 'v)>,
+        mut keep: Option<&mut VisitFn<'v>>,
         mut progress: Option<ProgressFn<'_, 'p>>,
     ) -> Result<bool, QueryError> {
         // Memory has no index: its candidates come from a scan, as in the main walk.
@@ -628,7 +631,7 @@ impl SearchEngine {
         ids: Vec<TraceId>,
         hits: &mut Vec<TraceHit>,
         stats: &mut SearchStats,
-        keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + 'v)>,
+        keep: Option<&mut VisitFn<'v>>,
     ) -> Result<(), QueryError> {
         let fetched = self.fetch(tenant, needs, ids)?.await??;
         judge(&fetched, eval, req, hits, stats, keep);
@@ -739,7 +742,7 @@ fn judge(
     req: &SearchRequest,
     hits: &mut Vec<TraceHit>,
     stats: &mut SearchStats,
-    mut keep: Option<&mut (dyn FnMut(&TraceData<'_>) + Send + '_)>,
+    mut keep: Option<&mut VisitFn<'_>>,
 ) {
     for &id in &f.ids {
         let Some(rows) = f.refs.get(&id) else { continue };
@@ -753,9 +756,9 @@ fn judge(
         if sets.is_empty() {
             continue;
         }
-        hits.push(trace_hit(&t, eval, sets, req.spans_per_spanset));
-        if let Some(k) = keep.as_deref_mut() {
-            k(&t);
+        match keep.as_deref_mut() {
+            Some(k) => k(&t, &sets),
+            None => hits.push(trace_hit(&t, eval, sets, req.spans_per_spanset)),
         }
     }
 }
@@ -771,7 +774,7 @@ fn sort_hits(hits: &mut [TraceHit]) {
     hits.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id)));
 }
 
-fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<super::eval::SpanSet>, spss: usize) -> TraceHit {
+fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, spss: usize) -> TraceHit {
     let spansets = sets
         .into_iter()
         .map(|s| SpansetHit {

@@ -130,7 +130,7 @@ impl SearchEngine {
     ) -> Result<Vec<(TagScope, Vec<String>)>, QueryError> {
         let mut out: Vec<(TagScope, BTreeSet<String>)> = scopes.iter().map(|s| (*s, BTreeSet::new())).collect();
         if let Some(p) = &req.narrow {
-            let mut visit = |t: &TraceData| {
+            let mut visit = |t: &TraceData, _: &[super::eval::SpanSet]| {
                 for i in 0..t.len() {
                     let (v, r) = t.at(i);
                     for (scope, names) in out.iter_mut() {
@@ -208,12 +208,12 @@ impl SearchEngine {
         if let Some(p) = &req.narrow {
             let eval = Evaluator::new(p.clone());
             let mut texts: BTreeSet<String> = BTreeSet::new();
-            let mut visit = |t: &TraceData| {
+            let mut visit = |t: &TraceData, _: &[super::eval::SpanSet]| {
                 for i in 0..t.len() {
                     texts.extend(eval.tag_values(t, i, tag));
                 }
             };
-            self.matching(tenant, p, req, &mut visit, super::search::Reads::Field(tag)).await?;
+            self.matching(tenant, p, req, &mut visit, super::search::Reads::Fields(std::slice::from_ref(tag))).await?;
             lists.push(Arc::new(texts.into_iter().collect()));
         } else {
             let sources = self.sources(tenant, req.start, req.end)?;

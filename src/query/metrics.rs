@@ -1,0 +1,666 @@
+//! TraceQL metrics (`{ ... } | rate() by (...)`): time series computed from the spans a search pipeline yields.
+//!
+//! No second engine: each metrics pipeline runs as a search over the range (same candidate scans, same exact
+//! per-trace evaluation, live data included) that hands every matching trace, with its spansets, to an
+//! accumulator instead of collecting hits. The accumulator buckets each matched span (once, however many spansets
+//! hold it) by its start time and folds it into its series. Semantics follow Tempo 2.9+ (see `SEMANTICS.md`):
+//! intervals are `(start + i*step, start + (i+1)*step]`, stamped with their end.
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use query_lang::{
+    ArithOp, CmpOp, Field, Literal, MetricsExpr, MetricsFunction, MetricsOp, MetricsPipeline, SecondStage,
+};
+
+use super::QueryError;
+use super::eval::{Evaluator, SpanSet, TraceData};
+use super::search::{Reads, SearchEngine, SearchRequest, SearchStats};
+use crate::model::Tenant;
+
+/// Most distinct values of one attribute `compare()` counts; later values count in the attribute's totals only.
+const COMPARE_MAX_VALUES: usize = 10_000;
+
+/// A metrics query over `(start, end]`, in `step`-long intervals (all unix nanoseconds / nanoseconds).
+pub struct MetricsRequest {
+    pub expr: MetricsExpr,
+    pub start: u64,
+    pub end: u64,
+    pub step: u64,
+    /// Most exemplars in the whole answer (0: none).
+    pub exemplars: usize,
+    /// Most series one function may produce before the query fails.
+    pub max_series: usize,
+}
+
+impl MetricsRequest {
+    fn intervals(&self) -> usize {
+        ((self.end.saturating_sub(self.start)) / self.step.max(1)) as usize
+    }
+
+    /// The interval a span starting at `ts` falls in: `(start + i*step, start + (i+1)*step]`.
+    fn interval(&self, ts: u64) -> Option<usize> {
+        if ts <= self.start || ts > self.end {
+            return None;
+        }
+        Some(((ts - self.start - 1) / self.step.max(1)) as usize)
+    }
+
+    /// Unix milliseconds of interval `i`'s end.
+    fn timestamp_ms(&self, i: usize) -> i64 {
+        ((self.start + (i as u64 + 1) * self.step) / 1_000_000) as i64
+    }
+}
+
+/// One output series: labels, samples `(unix ms, value)` oldest first (intervals without a value left out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Vec<KeyValue>,
+    pub samples: Vec<(i64, f64)>,
+    pub exemplars: Vec<Exemplar>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    pub labels: Vec<KeyValue>,
+    pub value: f64,
+    pub timestamp_ms: i64,
+}
+
+pub struct MetricsResult {
+    pub series: Vec<Series>,
+    pub stats: SearchStats,
+}
+
+/// A series while it is computed: one value per interval, NaN where it has none.
+#[derive(Clone)]
+struct Raw {
+    labels: Vec<(String, AnyValue)>,
+    values: Vec<f64>,
+    /// (interval, span start ns, own value or NaN = the series' value there, trace ID hex).
+    exemplars: Vec<(usize, u64, f64, String)>,
+}
+
+type Set = Vec<Raw>;
+
+/// Values of one series per interval, as the function needs them.
+enum Cells {
+    /// rate, count_over_time, histogram buckets: counts.
+    Count(Vec<f64>),
+    /// min/max/sum_over_time: NaN until a value arrives.
+    Fold(Vec<f64>),
+    /// avg_over_time: (sum, count).
+    Avg(Vec<(f64, u64)>),
+    /// quantile_over_time: every value (exact nearest-rank quantiles).
+    Values(Vec<Vec<f64>>),
+}
+
+struct Group {
+    labels: Vec<(String, AnyValue)>,
+    cells: Cells,
+    exemplars: Vec<(usize, u64, f64, String)>,
+}
+
+/// Chooses exemplars spread over the range: at most one per trace, at most two per slice of the range.
+struct ExemplarPicker {
+    limit: usize,
+    taken: usize,
+    per_slice: Vec<u8>,
+    start: u64,
+    width: u64,
+}
+
+impl ExemplarPicker {
+    fn new(req: &MetricsRequest) -> Self {
+        let slices = (req.exemplars / 2).max(1);
+        let width = (req.end.saturating_sub(req.start) / slices as u64).max(1);
+        ExemplarPicker { limit: req.exemplars, taken: 0, per_slice: vec![0; slices], start: req.start, width }
+    }
+
+    fn take(&mut self, ts: u64) -> bool {
+        if self.taken >= self.limit {
+            return false;
+        }
+        let slice = ((ts.saturating_sub(self.start) / self.width) as usize).min(self.per_slice.len() - 1);
+        if self.per_slice[slice] >= 2 {
+            return false;
+        }
+        self.per_slice[slice] += 1;
+        self.taken += 1;
+        true
+    }
+}
+
+fn str_value(s: impl Into<String>) -> AnyValue {
+    AnyValue { value: Some(Value::StringValue(s.into())) }
+}
+
+fn label_key(labels: &[(String, AnyValue)]) -> String {
+    use std::fmt::Write;
+    let mut k = String::new();
+    for (name, v) in labels {
+        let _ = write!(k, "{name}\u{1f}{:?}\u{1e}", v.value);
+    }
+    k
+}
+
+/// The group labels of span `i`: by() values in order, absent ones dropped; when every one is absent, the first
+/// key with the string `nil` (as Tempo labels such spans).
+fn group_labels(eval: &Evaluator, t: &TraceData, i: usize, by: &[Field]) -> Vec<(String, AnyValue)> {
+    let labels: Vec<(String, AnyValue)> =
+        by.iter().filter_map(|f| eval.label_value(t, i, f).map(|v| (f.to_string(), v))).collect();
+    match (labels.is_empty(), by.first()) {
+        (true, Some(first)) => vec![(first.to_string(), str_value("nil"))],
+        _ => labels,
+    }
+}
+
+/// The bucket Tempo's histograms put a value in: the next power of two at or above it (durations bucketed in
+/// nanoseconds, labelled in seconds). `None` for values that have no bucket (zero, negative).
+fn log2_bucket(v: f64, duration: bool) -> Option<f64> {
+    let x = if duration { v * 1e9 } else { v };
+    if x.is_nan() || x <= 0.0 || !x.is_finite() {
+        return None;
+    }
+    let b = 2f64.powi(x.log2().ceil() as i32);
+    Some(if duration { b.round() / 1e9 } else { b })
+}
+
+/// Whether a field's metric values are durations (reported in seconds).
+fn is_duration(f: &Field) -> bool {
+    use query_lang::Intrinsic::*;
+    matches!(f, Field::Intrinsic(Duration | TraceDuration | EventTimeSinceStart))
+}
+
+/// Exact nearest-rank quantile: the smallest value with at least `q * n` values at or below it.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Folds the matched spans of one metrics pipeline into series.
+struct Accumulator<'r> {
+    req: &'r MetricsRequest,
+    function: &'r MetricsFunction,
+    groups: HashMap<String, Group>,
+    picker: ExemplarPicker,
+    /// `compare()`: ((type, attribute) -> value key -> (value, counts)), and totals per (type, attribute).
+    compare: CompareCounts,
+    compare_totals: HashMap<(bool, String), Vec<f64>>,
+    too_many: Option<String>,
+}
+
+impl<'r> Accumulator<'r> {
+    fn new(req: &'r MetricsRequest, function: &'r MetricsFunction) -> Self {
+        Accumulator {
+            req,
+            function,
+            groups: HashMap::new(),
+            picker: ExemplarPicker::new(req),
+            compare: HashMap::new(),
+            compare_totals: HashMap::new(),
+            too_many: None,
+        }
+    }
+
+    /// The series `labels` belong to, created on first use; `None` past the series limit.
+    fn group<'g>(
+        groups: &'g mut HashMap<String, Group>,
+        req: &MetricsRequest,
+        op: &MetricsOp,
+        labels: Vec<(String, AnyValue)>,
+        too_many: &mut Option<String>,
+    ) -> Option<&'g mut Group> {
+        let key = label_key(&labels);
+        if !groups.contains_key(&key) {
+            if groups.len() >= req.max_series {
+                *too_many = Some(format!(
+                    "the metrics query produces more than {} series (max_metrics_series); group by fewer or \
+                     lower-cardinality attributes",
+                    req.max_series
+                ));
+                return None;
+            }
+            let n = req.intervals();
+            let cells = match op {
+                MetricsOp::Rate | MetricsOp::CountOverTime | MetricsOp::HistogramOverTime(_) => {
+                    Cells::Count(vec![0.0; n])
+                }
+                MetricsOp::AvgOverTime(_) => Cells::Avg(vec![(0.0, 0); n]),
+                MetricsOp::QuantileOverTime(..) => Cells::Values(vec![Vec::new(); n]),
+                _ => Cells::Fold(vec![f64::NAN; n]),
+            };
+            groups.insert(key.clone(), Group { labels, cells, exemplars: Vec::new() });
+        }
+        groups.get_mut(&key)
+    }
+
+    /// One matching trace: each span of its spansets counted once.
+    fn visit(&mut self, eval: &Evaluator, t: &TraceData, sets: &[SpanSet]) {
+        if self.too_many.is_some() {
+            return;
+        }
+        let mut spans: Vec<usize> = sets.iter().flat_map(|s| s.spans.iter().copied()).collect();
+        spans.sort_unstable();
+        spans.dedup();
+        let mut exemplar_taken = false;
+        for i in spans {
+            let ts = t.start_of(i);
+            let Some(at) = self.req.interval(ts) else { continue };
+            if let MetricsOp::Compare { filter, start, end, .. } = &self.function.op {
+                let in_window = (*start == 0 && *end == 0) || ((*start as u64) < ts && ts <= *end as u64);
+                let selected = in_window && eval.span_matches(filter, t, i);
+                self.compare_span(eval, t, i, at, selected);
+                continue;
+            }
+            let mut labels = group_labels(eval, t, i, &self.function.by);
+            let value = self.function.op.field().map(|f| (eval.metric_value(t, i, f), is_duration(f)));
+            if let MetricsOp::HistogramOverTime(_) = self.function.op {
+                let Some((Some(v), dur)) = value else { continue };
+                let Some(b) = log2_bucket(v, dur) else { continue };
+                labels.push(("__bucket".to_string(), AnyValue { value: Some(Value::DoubleValue(b)) }));
+            }
+            if labels.is_empty() {
+                labels.push(("__name__".to_string(), str_value(self.function.op.name())));
+            }
+            let op = &self.function.op;
+            let Some(g) = Self::group(&mut self.groups, self.req, op, labels, &mut self.too_many) else { return };
+            let own = match (&mut g.cells, value) {
+                (Cells::Count(c), _) => {
+                    c[at] += 1.0;
+                    f64::NAN
+                }
+                (Cells::Fold(c), Some((Some(v), _))) => {
+                    c[at] = match (op, c[at].is_nan()) {
+                        (_, true) => v,
+                        (MetricsOp::MinOverTime(_), false) => c[at].min(v),
+                        (MetricsOp::MaxOverTime(_), false) => c[at].max(v),
+                        (_, false) => c[at] + v,
+                    };
+                    v
+                }
+                (Cells::Avg(c), Some((Some(v), _))) => {
+                    c[at].0 += v;
+                    c[at].1 += 1;
+                    v
+                }
+                (Cells::Values(c), Some((Some(v), _))) => {
+                    c[at].push(v);
+                    v
+                }
+                _ => continue,
+            };
+            if !exemplar_taken && self.picker.take(ts) {
+                g.exemplars.push((at, ts, own, short_hex(&t.id.to_hex())));
+                exemplar_taken = true;
+            }
+        }
+    }
+
+    fn compare_span(&mut self, eval: &Evaluator, t: &TraceData, i: usize, at: usize, selected: bool) {
+        let n = self.req.intervals();
+        let mut attrs = eval.compare_intrinsics(t, i);
+        attrs.extend(eval.span_attributes(t, i));
+        for (key, value) in attrs {
+            self.compare_totals.entry((selected, key.clone())).or_insert_with(|| vec![0.0; n])[at] += 1.0;
+            let values = self.compare.entry((selected, key)).or_default();
+            let vkey = format!("{:?}", value.value);
+            if !values.contains_key(&vkey) && values.len() >= COMPARE_MAX_VALUES {
+                continue;
+            }
+            values.entry(vkey).or_insert_with(|| (value, vec![0.0; n])).1[at] += 1.0;
+        }
+    }
+
+    fn finish(self) -> Result<Set, QueryError> {
+        if let Some(msg) = self.too_many {
+            return Err(QueryError::Limit(msg));
+        }
+        if let MetricsOp::Compare { top_n, .. } = &self.function.op {
+            return Ok(compare_series(self.compare, self.compare_totals, (*top_n).max(1) as usize));
+        }
+        let step_seconds = self.req.step as f64 / 1e9;
+        let mut out: Set = Vec::new();
+        let mut groups: Vec<Group> = self.groups.into_values().collect();
+        // Ungrouped counts exist even when nothing matched (a flat zero line, as Tempo draws it).
+        if groups.is_empty()
+            && self.function.by.is_empty()
+            && matches!(self.function.op, MetricsOp::Rate | MetricsOp::CountOverTime)
+        {
+            groups.push(Group {
+                labels: vec![("__name__".to_string(), str_value(self.function.op.name()))],
+                cells: Cells::Count(vec![0.0; self.req.intervals()]),
+                exemplars: Vec::new(),
+            });
+        }
+        for g in groups {
+            match g.cells {
+                Cells::Count(c) => {
+                    let values: Vec<f64> = match self.function.op {
+                        MetricsOp::Rate => c.iter().map(|x| x / step_seconds).collect(),
+                        _ => c,
+                    };
+                    let exemplars = fill_exemplars(g.exemplars, &values);
+                    out.push(Raw { labels: g.labels, values, exemplars });
+                }
+                Cells::Fold(values) => out.push(Raw { labels: g.labels, values, exemplars: g.exemplars }),
+                Cells::Avg(c) => {
+                    let values = c.iter().map(|(s, n)| if *n == 0 { f64::NAN } else { s / *n as f64 }).collect();
+                    out.push(Raw { labels: g.labels, values, exemplars: g.exemplars })
+                }
+                Cells::Values(mut c) => {
+                    let MetricsOp::QuantileOverTime(_, qs) = &self.function.op else { continue };
+                    for cell in &mut c {
+                        cell.sort_by(f64::total_cmp);
+                    }
+                    // Without by(), Tempo labels quantile series by `p` alone.
+                    let base: Vec<(String, AnyValue)> =
+                        g.labels.into_iter().filter(|(k, _)| k != "__name__").collect();
+                    let mut per_q: Vec<Raw> = qs
+                        .iter()
+                        .map(|q| {
+                            let mut labels = base.clone();
+                            labels.push(("p".to_string(), AnyValue { value: Some(Value::DoubleValue(*q)) }));
+                            Raw { labels, values: c.iter().map(|cell| quantile(cell, *q)).collect(), exemplars: vec![] }
+                        })
+                        .collect();
+                    // Each exemplar goes to the quantile series whose value there is closest to its own.
+                    for e in g.exemplars {
+                        if let Some(best) = (0..per_q.len()).min_by(|&a, &b| {
+                            (per_q[a].values[e.0] - e.2).abs().total_cmp(&(per_q[b].values[e.0] - e.2).abs())
+                        }) {
+                            per_q[best].exemplars.push(e);
+                        }
+                    }
+                    out.extend(per_q);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Counting exemplars take the value of their series in their interval.
+fn fill_exemplars(mut ex: Vec<(usize, u64, f64, String)>, values: &[f64]) -> Vec<(usize, u64, f64, String)> {
+    for e in &mut ex {
+        e.2 = values[e.0];
+    }
+    ex
+}
+
+type CompareCounts = HashMap<(bool, String), HashMap<String, (AnyValue, Vec<f64>)>>;
+
+/// `compare()`'s series: per attribute, the `top_n` most frequent values of the selection and of the baseline
+/// (by their count over the whole range), and each side's total per attribute.
+fn compare_series(counts: CompareCounts, totals: HashMap<(bool, String), Vec<f64>>, top_n: usize) -> Set {
+    let kind = |selected: bool| if selected { "selection" } else { "baseline" };
+    let mut out: Set = Vec::new();
+    for ((selected, key), values) in counts {
+        let mut ranked: Vec<(AnyValue, Vec<f64>, f64)> =
+            values.into_values().map(|(v, c)| (v, c.clone(), c.iter().sum::<f64>())).collect();
+        ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+        for (v, values, _) in ranked.into_iter().take(top_n) {
+            out.push(Raw {
+                labels: vec![("__meta_type".to_string(), str_value(kind(selected))), (key.clone(), v)],
+                values,
+                exemplars: Vec::new(),
+            });
+        }
+    }
+    for ((selected, key), values) in totals {
+        out.push(Raw {
+            labels: vec![
+                ("__meta_type".to_string(), str_value(format!("{}_total", kind(selected)))),
+                (key, str_value("nil")),
+            ],
+            values,
+            exemplars: Vec::new(),
+        });
+    }
+    out
+}
+
+fn short_hex(h: &str) -> String {
+    let t = h.trim_start_matches('0');
+    if t.is_empty() { "0".into() } else { t.into() }
+}
+
+fn literal_number(l: &Literal) -> Option<f64> {
+    match l {
+        Literal::Int(i) => Some(*i as f64),
+        Literal::Float(f) => Some(*f),
+        Literal::Duration(d) => Some(*d as f64 / 1e9),
+        _ => None,
+    }
+}
+
+fn cmp(op: CmpOp, a: f64, b: f64) -> bool {
+    match op {
+        CmpOp::Eq => a == b,
+        CmpOp::Neq => a != b,
+        CmpOp::Lt => a < b,
+        CmpOp::Lte => a <= b,
+        CmpOp::Gt => a > b,
+        CmpOp::Gte => a >= b,
+    }
+}
+
+/// `topk`/`bottomk` (per interval: series in the top n at any interval stay, with only those intervals) and
+/// value filters (failing samples dropped).
+fn second_stages(mut set: Set, stages: &[SecondStage]) -> Set {
+    for stage in stages {
+        match stage {
+            SecondStage::Filter { op, value } => {
+                let Some(x) = literal_number(value) else { continue };
+                for s in &mut set {
+                    for v in &mut s.values {
+                        if !v.is_nan() && !cmp(*op, *v, x) {
+                            *v = f64::NAN;
+                        }
+                    }
+                }
+            }
+            SecondStage::TopK(n) | SecondStage::BottomK(n) => {
+                let n = (*n).max(0) as usize;
+                if set.len() <= n {
+                    continue;
+                }
+                let top = matches!(stage, SecondStage::TopK(_));
+                let intervals = set.first().map_or(0, |s| s.values.len());
+                let keys: Vec<String> = set.iter().map(|s| label_key(&s.labels)).collect();
+                let mut keep = vec![vec![false; intervals]; set.len()];
+                #[allow(clippy::needless_range_loop)] // `i` indexes every series' values, not only `keep`
+                for i in 0..intervals {
+                    let mut ranked: Vec<usize> = (0..set.len()).filter(|&s| !set[s].values[i].is_nan()).collect();
+                    ranked.sort_by(|&a, &b| {
+                        let o = set[a].values[i].total_cmp(&set[b].values[i]);
+                        (if top { o.reverse() } else { o }).then_with(|| keys[a].cmp(&keys[b]))
+                    });
+                    for &s in ranked.iter().take(n) {
+                        keep[s][i] = true;
+                    }
+                }
+                for (s, k) in set.iter_mut().zip(keep) {
+                    for (v, k) in s.values.iter_mut().zip(k) {
+                        if !k {
+                            *v = f64::NAN;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    set.retain(|s| s.values.iter().any(|v| !v.is_nan()));
+    set
+}
+
+fn arith(op: ArithOp, a: f64, b: f64) -> f64 {
+    match op {
+        ArithOp::Add => a + b,
+        ArithOp::Sub => a - b,
+        ArithOp::Mul => a * b,
+        ArithOp::Div if b == 0.0 => f64::NAN,
+        ArithOp::Div => a / b,
+        ArithOp::Mod if b == 0.0 => f64::NAN,
+        ArithOp::Mod => a % b,
+        ArithOp::Pow => a.powf(b),
+    }
+}
+
+/// Labels a binary operation matches series by: all but the function name.
+fn match_key(labels: &[(String, AnyValue)]) -> String {
+    let kept: Vec<(String, AnyValue)> = labels.iter().filter(|(k, _)| k != "__name__").cloned().collect();
+    label_key(&kept)
+}
+
+/// An operand of metrics arithmetic.
+enum Operand {
+    Const(f64),
+    Series(Set),
+}
+
+impl SearchEngine {
+    /// Runs a metrics query.
+    pub async fn metrics(&self, tenant: &Tenant, req: &MetricsRequest) -> Result<MetricsResult, QueryError> {
+        if req.step == 0 || req.end <= req.start {
+            return Err(QueryError::Limit("a metrics query needs end > start and step > 0".into()));
+        }
+        let mut stats = SearchStats::default();
+        let set = match self.metrics_expr(tenant, req, &req.expr, &mut stats).await? {
+            Operand::Series(s) => s,
+            Operand::Const(_) => Vec::new(),
+        };
+        Ok(MetricsResult { series: finish(set, req), stats })
+    }
+
+    fn metrics_expr<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        req: &'a MetricsRequest,
+        expr: &'a MetricsExpr,
+        stats: &'a mut SearchStats,
+    ) -> futures::future::BoxFuture<'a, Result<Operand, QueryError>> {
+        Box::pin(async move {
+            Ok(match expr {
+                MetricsExpr::Scalar(l) => Operand::Const(literal_number(l).unwrap_or(f64::NAN)),
+                MetricsExpr::Pipeline(p) => Operand::Series(self.metrics_pipeline(tenant, req, p, stats).await?),
+                MetricsExpr::Staged { expr, stages } => match self.metrics_expr(tenant, req, expr, stats).await? {
+                    Operand::Series(s) => Operand::Series(second_stages(s, stages)),
+                    c => c,
+                },
+                MetricsExpr::Binary { op, lhs, rhs } => {
+                    let a = self.metrics_expr(tenant, req, lhs, stats).await?;
+                    let b = self.metrics_expr(tenant, req, rhs, stats).await?;
+                    Operand::Series(binary(*op, a, b))
+                }
+            })
+        })
+    }
+
+    async fn metrics_pipeline(
+        &self,
+        tenant: &Tenant,
+        req: &MetricsRequest,
+        p: &MetricsPipeline,
+        stats: &mut SearchStats,
+    ) -> Result<Set, QueryError> {
+        let search = SearchRequest {
+            pipeline: p.pipeline.clone(),
+            limit: usize::MAX,
+            spans_per_spanset: 0,
+            start: Some(req.start.saturating_add(1)),
+            end: Some(req.end),
+        };
+        let mut fields: Vec<Field> = p.function.by.clone();
+        fields.extend(p.function.op.field().cloned());
+        let reads = if matches!(p.function.op, MetricsOp::Compare { .. }) { Reads::All } else { Reads::Fields(&fields) };
+        let eval = Evaluator::new(p.pipeline.clone());
+        let mut acc = Accumulator::new(req, &p.function);
+        let mut visit = |t: &TraceData, sets: &[SpanSet]| acc.visit(&eval, t, sets);
+        let r = self.search_with(tenant, &search, Some((&mut visit, reads)), None).await?;
+        add_stats(stats, &r.stats);
+        let set = acc.finish()?;
+        Ok(second_stages(set, &p.stages))
+    }
+}
+
+fn add_stats(into: &mut SearchStats, s: &SearchStats) {
+    into.inspected_traces += s.inspected_traces;
+    into.inspected_spans += s.inspected_spans;
+    into.inspected_bytes += s.inspected_bytes;
+    into.total_blocks = into.total_blocks.max(s.total_blocks);
+    into.total_block_bytes = into.total_block_bytes.max(s.total_block_bytes);
+    into.completed_jobs += s.completed_jobs;
+    into.total_jobs += s.total_jobs;
+}
+
+fn binary(op: ArithOp, a: Operand, b: Operand) -> Set {
+    match (a, b) {
+        (Operand::Const(x), Operand::Const(y)) => {
+            let _ = arith(op, x, y);
+            Vec::new()
+        }
+        (Operand::Series(mut s), Operand::Const(y)) => {
+            s.iter_mut().for_each(|r| r.values.iter_mut().for_each(|v| *v = arith(op, *v, y)));
+            s
+        }
+        (Operand::Const(x), Operand::Series(mut s)) => {
+            s.iter_mut().for_each(|r| r.values.iter_mut().for_each(|v| *v = arith(op, x, *v)));
+            s
+        }
+        (Operand::Series(l), Operand::Series(r)) => {
+            let rhs: HashMap<String, &Raw> = r.iter().map(|s| (match_key(&s.labels), s)).collect();
+            l.into_iter()
+                .filter_map(|mut s| {
+                    let other = rhs.get(&match_key(&s.labels))?;
+                    for (v, w) in s.values.iter_mut().zip(&other.values) {
+                        *v = arith(op, *v, *w);
+                    }
+                    s.exemplars.clear();
+                    Some(s)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Samples without a value dropped, series without samples dropped, sorted as Tempo sorts them.
+fn finish(set: Set, req: &MetricsRequest) -> Vec<Series> {
+    let kv = |labels: Vec<(String, AnyValue)>| -> Vec<KeyValue> {
+        labels.into_iter().map(|(k, v)| crate::model::kv(k, Some(v))).collect()
+    };
+    let mut out: Vec<Series> = set
+        .into_iter()
+        .filter_map(|r| {
+            let samples: Vec<(i64, f64)> = r
+                .values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_nan())
+                .map(|(i, v)| (req.timestamp_ms(i), *v))
+                .collect();
+            if samples.is_empty() {
+                return None;
+            }
+            let mut exemplars: Vec<Exemplar> = r
+                .exemplars
+                .into_iter()
+                .filter(|e| !r.values[e.0].is_nan())
+                .map(|(_, ts, value, trace)| Exemplar {
+                    labels: vec![crate::model::kv("trace:id", Some(str_value(trace)))],
+                    value,
+                    timestamp_ms: (ts / 1_000_000) as i64,
+                })
+                .collect();
+            exemplars.sort_by_key(|e| e.timestamp_ms);
+            Some(Series { labels: kv(r.labels), samples, exemplars })
+        })
+        .collect();
+    out.sort_by_cached_key(|s| {
+        (s.labels.len(), s.labels.iter().map(|l| (l.key.clone(), format!("{:?}", l.value))).collect::<Vec<_>>())
+    });
+    out
+}
