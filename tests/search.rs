@@ -7,6 +7,7 @@
 
 mod common;
 mod naive;
+mod search_metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
 

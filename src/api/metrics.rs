@@ -186,14 +186,7 @@ pub fn instant_request(limits: &QueryLimits, query: &str, start: u64, end: u64) 
     let parsed = parse_metrics(query)?;
     let step = end.saturating_sub(start);
     check_range(limits, start, end, step.max(1))?;
-    Ok(MetricsRequest {
-        expr: parsed.expr,
-        start,
-        end,
-        step,
-        exemplars: 0,
-        max_series: limits.metrics_max_series,
-    })
+    Ok(MetricsRequest { expr: parsed.expr, start, end, step, exemplars: 0, max_series: limits.metrics_max_series })
 }
 
 fn query_param(params: &HashMap<String, String>) -> Result<&str, ApiError> {
@@ -264,7 +257,11 @@ pub(super) fn range_proto(r: &MetricsResult) -> tempopb::QueryRangeResponse {
                 exemplars: s
                     .exemplars
                     .iter()
-                    .map(|e| tempopb::Exemplar { labels: e.labels.clone(), value: e.value, timestamp_ms: e.timestamp_ms })
+                    .map(|e| tempopb::Exemplar {
+                        labels: e.labels.clone(),
+                        value: e.value,
+                        timestamp_ms: e.timestamp_ms,
+                    })
                     .collect(),
             })
             .collect(),
@@ -395,8 +392,7 @@ struct InstantJson<'a>(&'a MetricsResult);
 impl Serialize for InstantJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let metrics = metrics_proto(&self.0.stats);
-        let series: Vec<(&Series, f64)> =
-            self.0.series.iter().filter_map(|s| Some((s, instant_value(s)?))).collect();
+        let series: Vec<(&Series, f64)> = self.0.series.iter().filter_map(|s| Some((s, instant_value(s)?))).collect();
         let mut m = s.serialize_map(None)?;
         if !series.is_empty() {
             m.serialize_entry("series", &Seq(series.iter().map(|(s, v)| InstantSeriesJson(s, *v))))?;

@@ -374,7 +374,7 @@ impl Evaluator {
     /// The value of `field` on span `i` as a metrics series label: `None` when the span has none that can label
     /// a series (absent, bytes, maps); arrays label by their first element.
     pub fn label_value(&self, t: &TraceData, i: usize, field: &Field) -> Option<AnyValue> {
-        self.field_of(t, i, field).values().first().map(to_any_label)
+        self.field_of(t, i, field).values().first().map(to_any)
     }
 
     /// The value of `field` on span `i` as a metrics sample: numbers as they are, durations in seconds (Tempo's
@@ -398,8 +398,8 @@ impl Evaluator {
         [Intrinsic::Name, Intrinsic::Status, Intrinsic::Kind]
             .into_iter()
             .filter_map(|x| {
-                let v = self.intrinsic(t, i, x).values().first().map(to_any_label)?;
-                Some((Field::Intrinsic(x).to_string(), v))
+                let v = self.intrinsic(t, i, x).values().first().map(to_any)?;
+                Some((x.legacy_name().unwrap_or(x.canonical_name()).to_string(), v))
             })
             .collect()
     }
@@ -416,7 +416,7 @@ impl Evaluator {
                     continue;
                 }
                 if let Some(value) = lookup(v.attr(r, scope, key)).values().first() {
-                    out.push((name, to_any_label(value)));
+                    out.push((name, to_any(value)));
                 }
             }
         }
@@ -801,14 +801,6 @@ fn value_key(v: &V) -> String {
         V::Dur(d) => format!("d:{d}"),
         V::Status(s) => format!("st:{}", s.as_str()),
         V::Kind(k) => format!("k:{}", k.as_str()),
-    }
-}
-
-/// A label value: like [`to_any`], but durations as their nanoseconds (a number Grafana can order).
-fn to_any_label(v: &V) -> AnyValue {
-    match v {
-        V::Dur(d) => AnyValue { value: Some(Value::IntValue(*d)) },
-        other => to_any(other),
     }
 }
 

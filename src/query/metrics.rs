@@ -135,6 +135,22 @@ fn str_value(s: impl Into<String>) -> AnyValue {
     AnyValue { value: Some(Value::StringValue(s.into())) }
 }
 
+/// A label value as plain text (what ties between series are broken by).
+fn value_text(v: &AnyValue) -> String {
+    match &v.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(f)) => f.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Labels as (key, text) pairs: the order series are sorted in, and topk/bottomk ties broken by.
+fn label_order(labels: &[(String, AnyValue)]) -> Vec<(String, String)> {
+    labels.iter().map(|(k, v)| (k.clone(), value_text(v))).collect()
+}
+
 fn label_key(labels: &[(String, AnyValue)]) -> String {
     use std::fmt::Write;
     let mut k = String::new();
@@ -162,7 +178,14 @@ fn log2_bucket(v: f64, duration: bool) -> Option<f64> {
     if x.is_nan() || x <= 0.0 || !x.is_finite() {
         return None;
     }
-    let b = 2f64.powi(x.log2().ceil() as i32);
+    // log2 of a value just above a power of two may round down to it: settle the bucket exactly.
+    let mut b = 2f64.powi(x.log2().ceil() as i32);
+    while b < x {
+        b *= 2.0;
+    }
+    while b / 2.0 >= x {
+        b /= 2.0;
+    }
     Some(if duration { b.round() / 1e9 } else { b })
 }
 
@@ -357,8 +380,7 @@ impl<'r> Accumulator<'r> {
                         cell.sort_by(f64::total_cmp);
                     }
                     // Without by(), Tempo labels quantile series by `p` alone.
-                    let base: Vec<(String, AnyValue)> =
-                        g.labels.into_iter().filter(|(k, _)| k != "__name__").collect();
+                    let base: Vec<(String, AnyValue)> = g.labels.into_iter().filter(|(k, _)| k != "__name__").collect();
                     let mut per_q: Vec<Raw> = qs
                         .iter()
                         .map(|q| {
@@ -401,7 +423,7 @@ fn compare_series(counts: CompareCounts, totals: HashMap<(bool, String), Vec<f64
     for ((selected, key), values) in counts {
         let mut ranked: Vec<(AnyValue, Vec<f64>, f64)> =
             values.into_values().map(|(v, c)| (v, c.clone(), c.iter().sum::<f64>())).collect();
-        ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+        ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| value_text(&a.0).cmp(&value_text(&b.0))));
         for (v, values, _) in ranked.into_iter().take(top_n) {
             out.push(Raw {
                 labels: vec![("__meta_type".to_string(), str_value(kind(selected))), (key.clone(), v)],
@@ -470,7 +492,7 @@ fn second_stages(mut set: Set, stages: &[SecondStage]) -> Set {
                 }
                 let top = matches!(stage, SecondStage::TopK(_));
                 let intervals = set.first().map_or(0, |s| s.values.len());
-                let keys: Vec<String> = set.iter().map(|s| label_key(&s.labels)).collect();
+                let keys: Vec<Vec<(String, String)>> = set.iter().map(|s| label_order(&s.labels)).collect();
                 let mut keep = vec![vec![false; intervals]; set.len()];
                 #[allow(clippy::needless_range_loop)] // `i` indexes every series' values, not only `keep`
                 for i in 0..intervals {
@@ -576,7 +598,8 @@ impl SearchEngine {
         };
         let mut fields: Vec<Field> = p.function.by.clone();
         fields.extend(p.function.op.field().cloned());
-        let reads = if matches!(p.function.op, MetricsOp::Compare { .. }) { Reads::All } else { Reads::Fields(&fields) };
+        let reads =
+            if matches!(p.function.op, MetricsOp::Compare { .. }) { Reads::All } else { Reads::Fields(&fields) };
         let eval = Evaluator::new(p.pipeline.clone());
         let mut acc = Accumulator::new(req, &p.function);
         let mut visit = |t: &TraceData, sets: &[SpanSet]| acc.visit(&eval, t, sets);
@@ -660,7 +683,9 @@ fn finish(set: Set, req: &MetricsRequest) -> Vec<Series> {
         })
         .collect();
     out.sort_by_cached_key(|s| {
-        (s.labels.len(), s.labels.iter().map(|l| (l.key.clone(), format!("{:?}", l.value))).collect::<Vec<_>>())
+        let labels: Vec<(String, String)> =
+            s.labels.iter().map(|l| (l.key.clone(), l.value.as_ref().map(value_text).unwrap_or_default())).collect();
+        (labels.len(), labels)
     });
     out
 }

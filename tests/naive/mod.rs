@@ -2366,3 +2366,109 @@ mod tests {
         assert!(bad.is_empty(), "\n{}", bad.join("\n"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metrics support: the spans a pipeline yields, with plain values of the fields a metrics query reads
+// ---------------------------------------------------------------------------------------------
+
+/// A field's first value, as a metrics label or sample sees it. Statuses and kinds are their names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plain {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// Nanoseconds.
+    Dur(i64),
+}
+
+fn plain(v: &Val) -> Option<Plain> {
+    let first = match v {
+        Val::One(s) => s.clone(),
+        Val::List(l) => l.first()?.clone(),
+        Val::Absent | Val::Opaque => return None,
+    };
+    Some(match first {
+        Scalar::Str(s) => Plain::Str(s),
+        Scalar::Int(i) => Plain::Int(i),
+        Scalar::Float(f) => Plain::Float(f),
+        Scalar::Bool(b) => Plain::Bool(b),
+        Scalar::Dur(d) => Plain::Dur(d),
+        Scalar::Status(c) => Plain::Str(["unset", "ok", "error"].get(c as usize).copied().unwrap_or("unset").into()),
+        Scalar::Kind(k) => Plain::Str(
+            ["unspecified", "internal", "server", "client", "producer", "consumer"]
+                .get(k as usize)
+                .copied()
+                .unwrap_or("unspecified")
+                .into(),
+        ),
+    })
+}
+
+/// One span a metrics pipeline counts.
+pub struct MatchedSpan {
+    /// 32 lower hex digits.
+    pub trace_id: String,
+    pub start_ns: u64,
+    /// The first value of each asked field, in order.
+    pub fields: Vec<Option<Plain>>,
+    /// Whether the span passes `select` (compare()'s selection filter), when one is given.
+    pub selected: bool,
+    /// `name`, `status`, `kind`, then `resource.<key>` and `span.<key>` (first value per key, scalars only).
+    pub attrs: Vec<(String, Plain)>,
+}
+
+/// Every span `pipeline` yields in each trace (a span in several spansets once), trace by trace.
+pub fn matched_spans(
+    pipeline: &ql::Pipeline,
+    traces: &[GenTrace],
+    fields: &[ql::Field],
+    select: Option<&ql::SpansetFilter>,
+) -> Vec<MatchedSpan> {
+    let mut out = vec![];
+    for t in traces {
+        let cx = Ctx::new(t);
+        if cx.spans.is_empty() {
+            continue;
+        }
+        let all = SS { spans: (0..cx.spans.len()).collect(), attrs: vec![] };
+        let mut spans: BTreeSet<usize> = BTreeSet::new();
+        for s in cx.run_pipeline(&pipeline.stages, vec![all]) {
+            spans.extend(s.spans.iter().copied());
+        }
+        for i in spans {
+            let value = |f: &ql::Field| match f {
+                ql::Field::Attribute(a) => cx.attribute(i, a),
+                ql::Field::Intrinsic(x) => cx.intrinsic(i, *x),
+            };
+            let mut attrs: Vec<(String, Plain)> = vec![];
+            for (name, x) in
+                [("name", ql::Intrinsic::Name), ("status", ql::Intrinsic::Status), ("kind", ql::Intrinsic::Kind)]
+            {
+                if let Some(v) = plain(&cx.intrinsic(i, x)) {
+                    attrs.push((name.to_string(), v));
+                }
+            }
+            for (prefix, list) in [("resource.", &cx.spans[i].resource.attributes), ("span.", &cx.span(i).attributes)] {
+                for kv in list.iter() {
+                    let key = format!("{prefix}{}", kv.key);
+                    if attrs.iter().any(|(k, _)| *k == key) {
+                        continue;
+                    }
+                    // The first value of the key decides; a key whose first value is not a scalar is left out.
+                    if let Some(v) = plain(&lookup(list, &kv.key).unwrap_or(Val::Absent)) {
+                        attrs.push((key, v));
+                    }
+                }
+            }
+            out.push(MatchedSpan {
+                trace_id: cx.trace_id.clone(),
+                start_ns: cx.span(i).start_time_unix_nano,
+                fields: fields.iter().map(|f| plain(&value(f))).collect(),
+                selected: select.is_some_and(|f| cx.keeps(i, f)),
+                attrs,
+            });
+        }
+    }
+    out
+}
