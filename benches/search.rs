@@ -36,6 +36,9 @@ struct Args {
     /// flushed). Without it compaction is off, so the layout measured is the flushed one.
     #[arg(long)]
     compacted: bool,
+    /// Only the TraceQL metrics queries (skips searches, tag values and freshness).
+    #[arg(long)]
+    metrics_only: bool,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     bench: bool,
@@ -62,6 +65,20 @@ const TAG_VALUES: &[(&str, &str, &str)] = &[
     ("routes, narrowed by q", "span.http.route", r#"{ resource.service.name = "payment" }"#),
     ("status", "status", ""),
 ];
+
+/// TraceQL metrics queries (issue targets; the data set's status attribute is `http.response.status_code`).
+const METRICS: &[(&str, &str)] = &[
+    ("rate by service", "{ } | rate() by (resource.service.name)"),
+    (
+        "quantiles by name, filtered",
+        "{ span.http.response.status_code >= 500 } | quantile_over_time(duration, .5, .99) by (name)",
+    ),
+    ("error rate by service", "{ status = error } | rate() by (resource.service.name)"),
+    ("histogram", "{ } | histogram_over_time(duration)"),
+];
+
+/// The generator's traces start in the minute before this instant (`common/gen.rs`).
+const DATA_END_S: u64 = 1_763_900_000;
 
 struct Sample {
     ms: Vec<f64>,
@@ -183,6 +200,33 @@ fn main() {
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
     let spans = metric(&api, "strata_blocks");
     println!("blocks: {spans}, RSS after start: {} MB", status_kb(pid, "VmRSS:") / 1024);
+
+    println!("\n| metrics query (range 80 s, step 5 s) | p50 ms | p99 ms | series | bytes read/query |");
+    println!("|---|---|---|---|---|");
+    for (kind, q) in METRICS {
+        let s = timed(&api, args.runs, || {
+            let (start, end) = ((DATA_END_S - 70).to_string(), (DATA_END_S + 10).to_string());
+            let r = client
+                .get(format!("{api}/api/metrics/query_range"))
+                .query(&[("q", *q), ("start", &start), ("end", &end), ("step", "5s")])
+                .send()
+                .expect("metrics query");
+            assert!(r.status().is_success(), "{q}: {}", r.status());
+            let v: serde_json::Value = r.json().expect("json");
+            v["series"].as_array().map_or(0, Vec::len)
+        });
+        println!(
+            "| {kind}: `{q}` | {:.1} | {:.1} | {} | {:.0} |",
+            percentile(&s.ms, 0.5),
+            percentile(&s.ms, 0.99),
+            s.results,
+            s.bytes
+        );
+    }
+    if args.metrics_only {
+        println!("server peak RSS during queries: {} MB", status_kb(pid, "VmHWM:") / 1024);
+        return;
+    }
 
     println!("\n| query | limit | p50 ms | p99 ms | results | bytes read/query | GETs/query |");
     println!("|---|---|---|---|---|---|---|");

@@ -97,10 +97,11 @@ TOP_KEYS = {
     "data_dir", "http_addr", "otlp_grpc_addr", "otlp_http_addr", "storage", "local_path", "s3",
     "max_block_spans", "max_block_bytes", "max_block_age", "max_request_bytes", "shutdown_timeout", "log",
     "query_timeout", "max_query_scan_bytes", "max_response_bytes", "query_memory_bytes",
+    "metrics_max_range", "metrics_max_intervals", "metrics_max_series",
     "target", "compaction", "compaction_interval", "compaction_window", "compaction_target_bytes",
     "compaction_min_inputs", "compaction_max_inputs", "compaction_grace", "retention", "tenant_retention",
     "blocklist_refresh", "footer_cache_bytes", "trace_index_cache_bytes",
-    "max_inflight_bytes", "max_trace_idle",
+    "max_inflight_bytes", "max_trace_idle", "generator", "generator_max_series",
 }
 S3_KEYS = {"endpoint", "bucket", "prefix", "region", "path_style"}
 ENV_VARS = {
@@ -109,10 +110,12 @@ ENV_VARS = {
     "STRATA_S3_PATH_STYLE", "STRATA_MAX_BLOCK_SPANS", "STRATA_MAX_BLOCK_BYTES", "STRATA_MAX_BLOCK_AGE",
     "STRATA_MAX_REQUEST_BYTES", "STRATA_SHUTDOWN_TIMEOUT", "STRATA_LOG",
     "STRATA_QUERY_TIMEOUT", "STRATA_MAX_QUERY_SCAN_BYTES", "STRATA_MAX_RESPONSE_BYTES", "STRATA_QUERY_MEMORY_BYTES",
+    "STRATA_METRICS_MAX_RANGE", "STRATA_METRICS_MAX_INTERVALS", "STRATA_METRICS_MAX_SERIES",
     "STRATA_TARGET", "STRATA_COMPACTION", "STRATA_COMPACTION_INTERVAL", "STRATA_COMPACTION_WINDOW",
     "STRATA_COMPACTION_TARGET_BYTES", "STRATA_COMPACTION_MIN_INPUTS", "STRATA_COMPACTION_MAX_INPUTS",
     "STRATA_COMPACTION_GRACE", "STRATA_RETENTION", "STRATA_BLOCKLIST_REFRESH", "STRATA_FOOTER_CACHE_BYTES",
     "STRATA_TRACE_INDEX_CACHE_BYTES", "STRATA_MAX_INFLIGHT_BYTES", "STRATA_MAX_TRACE_IDLE",
+    "STRATA_GENERATOR", "STRATA_GENERATOR_MAX_SERIES",
 }
 HUMANTIME = re.compile(
     r"^\s*(\d+\s*(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h"
@@ -185,11 +188,12 @@ def config_problems(cfg, require_all=False):
         p.append(f"storage={cfg['storage']!r} is not local|s3")
     for k in ("max_block_spans", "max_block_bytes", "max_request_bytes", "max_query_scan_bytes",
               "max_response_bytes", "query_memory_bytes", "compaction_target_bytes", "compaction_min_inputs",
-              "compaction_max_inputs", "footer_cache_bytes", "trace_index_cache_bytes", "max_inflight_bytes"):
+              "compaction_max_inputs", "footer_cache_bytes", "trace_index_cache_bytes", "max_inflight_bytes",
+              "metrics_max_intervals", "metrics_max_series", "generator_max_series"):
         if k in cfg and not positive_int(cfg[k]):
             p.append(f"{k}={cfg[k]!r} is not a positive integer (bytes/spans, no units)")
     for k in ("max_block_age", "max_trace_idle", "shutdown_timeout", "query_timeout", "compaction_interval", "compaction_window",
-              "compaction_grace", "retention", "blocklist_refresh"):
+              "compaction_grace", "retention", "blocklist_refresh", "metrics_max_range"):
         if k in cfg and not (isinstance(cfg[k], str) and HUMANTIME.match(cfg[k])):
             p.append(f"{k}={cfg[k]!r} is not a duration string like \"30s\"")
     if "target" in cfg and cfg["target"] not in ("all", "compactor"):

@@ -93,6 +93,12 @@ pub struct Args {
     /// gRPC requests wait [default: 256MiB]
     #[arg(long, env = "STRATA_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<usize>,
+    /// Span metrics and service-graph series from ingested spans, on /metrics [default: true]
+    #[arg(long, env = "STRATA_GENERATOR")]
+    pub generator: Option<bool>,
+    /// Most span-metrics series, and most service-graph edges, per tenant [default: 10000]
+    #[arg(long, env = "STRATA_GENERATOR_MAX_SERIES")]
+    pub generator_max_series: Option<usize>,
     /// How long SIGTERM may spend flushing blocks before exiting, e.g. 30s [default: 30s]
     #[arg(long, env = "STRATA_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
@@ -190,6 +196,8 @@ pub struct FileConfig {
     pub max_trace_idle: Option<Duration>,
     pub max_request_bytes: Option<usize>,
     pub max_inflight_bytes: Option<usize>,
+    pub generator: Option<bool>,
+    pub generator_max_series: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -275,6 +283,9 @@ pub struct Config {
     pub max_trace_idle: Duration,
     pub max_request_bytes: usize,
     pub max_inflight_bytes: usize,
+    /// Span metrics and service graph on (with their per-tenant series limit).
+    pub generator: bool,
+    pub generator_max_series: usize,
     pub shutdown_timeout: Duration,
     pub query: QueryLimits,
     pub log: String,
@@ -359,6 +370,8 @@ impl Config {
             max_trace_idle: a.max_trace_idle.or(f.max_trace_idle).unwrap_or(Duration::from_secs(5)),
             max_request_bytes: a.max_request_bytes.or(f.max_request_bytes).unwrap_or(16 << 20),
             max_inflight_bytes: a.max_inflight_bytes.or(f.max_inflight_bytes).unwrap_or(256 << 20),
+            generator: a.generator.or(f.generator).unwrap_or(true),
+            generator_max_series: a.generator_max_series.or(f.generator_max_series).unwrap_or(10_000),
             shutdown_timeout: a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
             query: {
                 let d = QueryLimits::default();

@@ -59,6 +59,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
         return result;
     }
+    let generator = cfg.generator.then(|| {
+        let g = crate::generate::GeneratorConfig { max_series: cfg.generator_max_series, ..Default::default() };
+        Arc::new(crate::generate::Generator::new(g, metrics.clone()))
+    });
     let ingester = Ingester::start(
         IngestConfig {
             wal_dir: cfg.data_dir.join("wal"),
@@ -70,6 +74,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         },
         blocks.clone(),
         metrics.clone(),
+        generator.clone(),
     )?;
     let querier = Arc::new(Querier::new(ingester.clone(), blocks.clone(), metrics.clone(), &cfg.query)?);
 
@@ -89,7 +94,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
 
     let health = Arc::new(crate::telemetry::Health::default());
-    let api_app = crate::api::router(querier, ingester.clone(), metrics.clone(), cfg.query.clone(), health.clone());
+    let api_app =
+        crate::api::router(querier, ingester.clone(), metrics.clone(), generator, cfg.query.clone(), health.clone());
     let api_task =
         tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stop_api.clone())).into_future());
     let budget = receiver::InflightBudget::new(cfg.max_inflight_bytes, cfg.max_request_bytes);

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub compacted_blocks: Counter,
     pub compacted_spans: Counter,
     pub blocks_deleted: Counter,
+    /// Spans or edges the metrics generator left out (series or pending limits, unpaired edges).
+    pub generator_dropped: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -80,6 +82,7 @@ impl Metrics {
             compacted_blocks: Counter::default(),
             compacted_spans: Counter::default(),
             blocks_deleted: Counter::default(),
+            generator_dropped: Family::default(),
             trace_lookup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             registry: Registry::default(),
         };
@@ -120,14 +123,26 @@ impl Metrics {
             m.search_errors.clone(),
         );
         registry.register("trace_lookup_seconds", "Trace-by-ID latency", m.trace_lookup_seconds.clone());
+        registry.register(
+            "generator_dropped",
+            "Spans or edges the metrics generator left out, by reason",
+            m.generator_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.encode_with(|_| {})
+    }
+
+    /// The exposition with more families (the generated series) appended before its end marker.
+    pub fn encode_with(&self, extra: impl FnOnce(&mut String)) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        extra(&mut out);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 }

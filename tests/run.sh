@@ -20,6 +20,18 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 export STRATA_REQUIRE_S3=1
 
+# The service-graph test (tests/generator.rs) is scraped by a real Prometheus: Debian's package.
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "== installing prometheus (Debian package)"
+  as_root=""
+  [ "$(id -u)" = 0 ] || as_root="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $as_root apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1; then
+    $as_root apt-get update >/dev/null
+    $as_root apt-get install -y --no-install-recommends prometheus >/dev/null
+  fi
+fi
+
 # TraceQL corpus (Tempo's, kept outside the repo); the parser test skips when it is not given.
 corpus="$(pwd)/../shared/traceql/test_examples.yaml"
 if [ -z "${TRACEQL_CORPUS:-}" ] && [ -f "$corpus" ]; then

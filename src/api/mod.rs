@@ -32,6 +32,8 @@ pub const TEMPO_COMPAT_VERSION: &str = "2.2.0";
 #[derive(Clone)]
 struct Api {
     querier: Arc<Querier>,
+    /// Span metrics and service graph, exposed with the self-metrics.
+    generator: Option<Arc<crate::generate::Generator>>,
     ingester: Arc<Ingester>,
     metrics: Arc<Metrics>,
     health: Arc<crate::telemetry::Health>,
@@ -158,10 +160,12 @@ pub fn router(
     querier: Arc<Querier>,
     ingester: Arc<Ingester>,
     metrics: Arc<Metrics>,
+    generator: Option<Arc<crate::generate::Generator>>,
     query: QueryLimits,
     health: Arc<crate::telemetry::Health>,
 ) -> Router {
-    let api = Api { querier, ingester, metrics, health, limits: Limits { max_search_limit: 1_000_000, query } };
+    let api =
+        Api { querier, generator, ingester, metrics, health, limits: Limits { max_search_limit: 1_000_000, query } };
     Router::new()
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(buildinfo))
@@ -214,7 +218,11 @@ async fn metrics_text(State(api): State<Api>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        api.metrics.encode(),
+        api.metrics.encode_with(|out| {
+            if let Some(g) = &api.generator {
+                g.encode(out);
+            }
+        }),
     )
         .into_response()
 }

@@ -179,6 +179,8 @@ enum Cmd {
 /// The handle receivers and queriers use.
 pub struct Ingester {
     tx: mpsc::Sender<Cmd>,
+    /// Span metrics and service graph, fed with each request's spans once they are acknowledged.
+    generator: Option<Arc<crate::generate::Generator>>,
     shared: Arc<Shared>,
     flushed: watch::Receiver<u64>,
     backlog_limit: usize,
@@ -186,7 +188,12 @@ pub struct Ingester {
 
 impl Ingester {
     /// Replays the WAL into memory, then starts the WAL thread and the flusher.
-    pub fn start(cfg: IngestConfig, blocks: Arc<BlockStore>, metrics: Arc<Metrics>) -> Result<Arc<Self>, IngestError> {
+    pub fn start(
+        cfg: IngestConfig,
+        blocks: Arc<BlockStore>,
+        metrics: Arc<Metrics>,
+        generator: Option<Arc<crate::generate::Generator>>,
+    ) -> Result<Arc<Self>, IngestError> {
         std::fs::create_dir_all(&cfg.wal_dir).map_err(|e| IngestError::Wal(e.to_string()))?;
         let shared = Arc::new(Shared {
             live: RwLock::new(HashMap::new()),
@@ -264,7 +271,7 @@ impl Ingester {
                 }
             }
         });
-        Ok(Arc::new(Ingester { tx, shared, flushed, backlog_limit }))
+        Ok(Arc::new(Ingester { tx, generator, shared, flushed, backlog_limit }))
     }
 
     /// Makes a request's spans durable and live. `raw` is the request's protobuf encoding when the caller already
@@ -286,9 +293,15 @@ impl Ingester {
         if spans.is_empty() {
             return Ok(());
         }
+        // The generator counts spans once they are acknowledged; what it needs is taken now (they move on).
+        let observed = self.generator.as_ref().map(|g| (g, g.prepare(&spans), tenant.clone()));
         let (ack, rx) = oneshot::channel();
         self.tx.send(Cmd::Append { tenant, header, body, spans, ack }).await.map_err(|_| IngestError::Shutdown)?;
-        rx.await.map_err(|_| IngestError::Shutdown)?
+        rx.await.map_err(|_| IngestError::Shutdown)??;
+        if let Some((g, observed, tenant)) = observed {
+            g.record(&tenant, observed);
+        }
+        Ok(())
     }
 
     /// Backpressure: while more than the allowed amount of data waits for upload, requests wait (bounded), so a
