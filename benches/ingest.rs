@@ -40,6 +40,9 @@ struct Args {
     /// Store blocks in a moto S3 server (moto_server must be on PATH) instead of local disk.
     #[arg(long)]
     s3: bool,
+    /// Turn span metrics and the service graph off (to measure what they cost).
+    #[arg(long)]
+    no_generator: bool,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     bench: bool,
@@ -65,6 +68,9 @@ fn main() {
     };
     // Ingest alone: compaction (measured by `benches/search.rs --compacted`) would share the CPU and memory.
     env.push(("STRATA_COMPACTION".into(), "false".into()));
+    if args.no_generator {
+        env.push(("STRATA_GENERATOR".into(), "false".into()));
+    }
 
     eprintln!("generating {} traces...", args.traces);
     let (reqs, ids) = generator::requests(42, args.traces, args.per_request);

@@ -130,9 +130,32 @@ fn column<T: Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T, Bloc
         .ok_or_else(|| BlockError::Layout(format!("column {name} missing or mistyped")))
 }
 
+/// A column of `batch`, or an all-null one of the same type when the read left it out.
+fn column_or_null<T: Clone + 'static>(batch: &RecordBatch, name: &str, ty: DataType) -> Result<T, BlockError> {
+    match batch.column_by_name(name) {
+        Some(_) => column(batch, name),
+        None => arrow::array::new_null_array(&ty, batch.num_rows())
+            .as_any()
+            .downcast_ref::<T>()
+            .cloned()
+            .ok_or_else(|| BlockError::Layout(format!("column {name} cannot be stood in for"))),
+    }
+}
+
 impl SpanRows {
     /// Views `batch`, whose slot columns hold `dedicated` (the block meta's list; empty for data in memory).
     pub fn new(batch: &RecordBatch, dedicated: &[DedicatedColumn]) -> Result<Self, BlockError> {
+        Self::build(batch, dedicated, false)
+    }
+
+    /// Like [`SpanRows::new`] for a read of only some of the view's columns (trace ID and start are required):
+    /// the others read as empty (null IDs, empty strings, zero kind and status). For evaluations that only look
+    /// at what was read, such as a span-by-span metrics scan.
+    pub fn partial(batch: &RecordBatch, dedicated: &[DedicatedColumn]) -> Result<Self, BlockError> {
+        Self::build(batch, dedicated, true)
+    }
+
+    fn build(batch: &RecordBatch, dedicated: &[DedicatedColumn], partial: bool) -> Result<Self, BlockError> {
         let list = |name: &str| batch.column_by_name(name).map(|c| AttrList::new(c.as_ref())).transpose();
         let mut res_slots = Vec::new();
         let mut span_slots = Vec::new();
@@ -165,19 +188,33 @@ impl SpanRows {
             }
             None => None,
         };
+        let fixed = |name: &str| -> Result<FixedSizeBinaryArray, BlockError> {
+            if partial { column_or_null(batch, name, DataType::FixedSizeBinary(8)) } else { column(batch, name) }
+        };
+        let text = |name: &str| -> Result<StringArray, BlockError> {
+            if partial { column_or_null(batch, name, DataType::Utf8) } else { column(batch, name) }
+        };
+        let small = |name: &str| -> Result<Int8Array, BlockError> {
+            if partial { column_or_null(batch, name, DataType::Int8) } else { column(batch, name) }
+        };
+        let duration: Int64Array = if partial {
+            column_or_null(batch, col::DURATION, DataType::Int64)?
+        } else {
+            column(batch, col::DURATION)?
+        };
         Ok(SpanRows {
             trace_id: column(batch, col::TRACE_ID)?,
-            span_id: column(batch, col::SPAN_ID)?,
-            parent: column(batch, col::PARENT_SPAN_ID)?,
-            name: column(batch, col::NAME)?,
-            kind: column(batch, col::KIND)?,
+            span_id: fixed(col::SPAN_ID)?,
+            parent: fixed(col::PARENT_SPAN_ID)?,
+            name: text(col::NAME)?,
+            kind: small(col::KIND)?,
             start: column(batch, col::START)?,
-            duration: column(batch, col::DURATION)?,
-            status_code: column(batch, col::STATUS_CODE)?,
-            status_message: column(batch, col::STATUS_MESSAGE)?,
-            service: column(batch, col::SERVICE_NAME)?,
-            scope_name: column(batch, col::SCOPE_NAME)?,
-            scope_version: column(batch, col::SCOPE_VERSION)?,
+            duration,
+            status_code: small(col::STATUS_CODE)?,
+            status_message: text(col::STATUS_MESSAGE)?,
+            service: text(col::SERVICE_NAME)?,
+            scope_name: text(col::SCOPE_NAME)?,
+            scope_version: text(col::SCOPE_VERSION)?,
             resource_attrs: list(col::RESOURCE_ATTRS)?,
             span_attrs: list(col::SPAN_ATTRS)?,
             scope_attrs: list(col::SCOPE_ATTRS)?,
@@ -189,7 +226,7 @@ impl SpanRows {
     }
 
     pub fn len(&self) -> usize {
-        self.span_id.len()
+        self.trace_id.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -90,6 +90,28 @@ impl<'a> TraceData<'a> {
         t
     }
 
+    /// A run of rows of one trace taken as they are, for span-local evaluation (see [`span_local`]): no
+    /// deduplication and no tree (no parents, children or root), which such an evaluation never looks at.
+    pub fn local(id: TraceId, rows: &'a [SpanRows], refs: Vec<(u32, u32)>) -> Self {
+        let (mut start, mut end) = (u64::MAX, 0u64);
+        for &(b, r) in &refs {
+            let (v, r) = (&rows[b as usize], r as usize);
+            start = start.min(v.start(r));
+            end = end.max(v.end(r));
+        }
+        let n = refs.len();
+        TraceData {
+            id,
+            rows,
+            spans: refs,
+            parent: vec![None; n],
+            child_count: vec![0; n],
+            root: None,
+            start: if n == 0 { 0 } else { start },
+            end,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.spans.len()
     }
@@ -940,16 +962,54 @@ fn structural(op: SpansetOp, a: &[bool], b: &[bool], t: &TraceData) -> Vec<bool>
     out
 }
 
+/// Whether a pipeline, and `fields` read from the spans it yields, look at one span at a time: filter stages
+/// (and `select()`) over span-level fields only. Such a query gives the same spans whether a trace is evaluated
+/// whole or a fragment at a time, so metrics over it can scan rows without assembling traces.
+pub fn span_local(p: &Pipeline, fields: &[Field]) -> bool {
+    fn field_ok(f: &Field) -> bool {
+        match f {
+            Field::Attribute(a) => !a.parent,
+            Field::Intrinsic(x) => !matches!(
+                x,
+                Intrinsic::TraceRootName
+                    | Intrinsic::TraceRootService
+                    | Intrinsic::TraceDuration
+                    | Intrinsic::ChildCount
+                    | Intrinsic::Parent
+                    | Intrinsic::NestedSetLeft
+                    | Intrinsic::NestedSetRight
+                    | Intrinsic::NestedSetParent
+            ),
+        }
+    }
+    fn expr_ok(e: &FieldExpr) -> bool {
+        match e {
+            FieldExpr::Field(f) => field_ok(f),
+            FieldExpr::Literal(_) => true,
+            FieldExpr::Unary { expr, .. } => expr_ok(expr),
+            FieldExpr::Binary { lhs, rhs, .. } => expr_ok(lhs) && expr_ok(rhs),
+        }
+    }
+    fields.iter().all(field_ok)
+        && p.stages.iter().all(|s| match s {
+            Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.as_ref().is_none_or(expr_ok),
+            Stage::Select(_) => true,
+            _ => false,
+        })
+}
+
 /// What a whole-trace fetch must decode for a pipeline: the span parts it reads, and the attributes it names
 /// (a block whose dedicated slots hold all of them whole needs no generic list).
 pub struct ReadNeeds {
     parts: SpanParts,
     attrs: Vec<Attribute>,
+    /// The view columns the fields read (for reads that take only those, see [`SpanRows::partial`]).
+    columns: Vec<&'static str>,
 }
 
 impl ReadNeeds {
     pub fn new(p: &Pipeline) -> Self {
-        let mut needs = ReadNeeds { parts: SpanParts::NONE, attrs: Vec::new() };
+        let mut needs = ReadNeeds { parts: SpanParts::NONE, attrs: Vec::new(), columns: Vec::new() };
         needs.pipeline(p);
         needs
     }
@@ -958,6 +1018,18 @@ impl ReadNeeds {
     pub fn with_field(mut self, field: &Field) -> Self {
         self.field(field);
         self
+    }
+
+    /// The view columns a span-local evaluation reads: trace ID, start and duration, plus those of the fields.
+    pub fn view_columns(&self) -> Vec<&'static str> {
+        use crate::block::schema::col;
+        let mut out = vec![col::TRACE_ID, col::START, col::DURATION];
+        for c in &self.columns {
+            if !out.contains(c) {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// The parts to read from one block: generic attribute lists are left out when every attribute of that
@@ -1005,6 +1077,24 @@ impl ReadNeeds {
     }
 
     fn field(&mut self, f: &Field) {
+        use crate::block::schema::col;
+        let column = match f {
+            Field::Attribute(a) if matches!(a.scope, Scope::Resource | Scope::Unscoped) => Some(col::SERVICE_NAME),
+            Field::Intrinsic(Intrinsic::Name | Intrinsic::TraceRootName) => Some(col::NAME),
+            Field::Intrinsic(Intrinsic::Status) => Some(col::STATUS_CODE),
+            Field::Intrinsic(Intrinsic::StatusMessage) => Some(col::STATUS_MESSAGE),
+            Field::Intrinsic(Intrinsic::Kind) => Some(col::KIND),
+            Field::Intrinsic(Intrinsic::SpanId) => Some(col::SPAN_ID),
+            Field::Intrinsic(Intrinsic::ParentId) => Some(col::PARENT_SPAN_ID),
+            Field::Intrinsic(Intrinsic::InstrumentationName) => Some(col::SCOPE_NAME),
+            Field::Intrinsic(Intrinsic::InstrumentationVersion) => Some(col::SCOPE_VERSION),
+            _ => None,
+        };
+        if let Some(c) = column
+            && !self.columns.contains(&c)
+        {
+            self.columns.push(c);
+        }
         let parts = &mut self.parts;
         match f {
             Field::Attribute(a) => {

@@ -13,10 +13,17 @@ use query_lang::{
     ArithOp, CmpOp, Field, Literal, MetricsExpr, MetricsFunction, MetricsOp, MetricsPipeline, SecondStage,
 };
 
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use futures::StreamExt;
+use query_lang::Pipeline;
+
 use super::QueryError;
-use super::eval::{Evaluator, SpanSet, TraceData};
-use super::search::{Reads, SearchEngine, SearchRequest, SearchStats};
-use crate::model::Tenant;
+use super::eval::{Evaluator, ReadNeeds, SpanSet, TraceData, span_local};
+use super::search::{Reads, SearchEngine, SearchRequest, SearchStats, Source, cores};
+use crate::block::{DedicatedColumn, SpanParts, SpanRows};
+use crate::model::{Tenant, TraceId};
 
 /// Most distinct values of one attribute `compare()` counts; later values count in the attribute's totals only.
 const COMPARE_MAX_VALUES: usize = 10_000;
@@ -33,7 +40,34 @@ pub struct MetricsRequest {
     pub max_series: usize,
 }
 
+/// The time frame of a query, shared by the accumulators of its sources.
+#[derive(Clone, Copy)]
+struct Frame {
+    start: u64,
+    end: u64,
+    step: u64,
+    exemplars: usize,
+    max_series: usize,
+}
+
 impl MetricsRequest {
+    fn frame(&self) -> Frame {
+        Frame {
+            start: self.start,
+            end: self.end,
+            step: self.step,
+            exemplars: self.exemplars,
+            max_series: self.max_series,
+        }
+    }
+
+    /// Unix milliseconds of interval `i`'s end.
+    fn timestamp_ms(&self, i: usize) -> i64 {
+        self.frame().timestamp_ms(i)
+    }
+}
+
+impl Frame {
     fn intervals(&self) -> usize {
         ((self.end.saturating_sub(self.start)) / self.step.max(1)) as usize
     }
@@ -111,7 +145,7 @@ struct ExemplarPicker {
 }
 
 impl ExemplarPicker {
-    fn new(req: &MetricsRequest) -> Self {
+    fn new(req: &Frame) -> Self {
         let slices = (req.exemplars / 2).max(1);
         let width = (req.end.saturating_sub(req.start) / slices as u64).max(1);
         ExemplarPicker { limit: req.exemplars, taken: 0, per_slice: vec![0; slices], start: req.start, width }
@@ -204,10 +238,11 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-/// Folds the matched spans of one metrics pipeline into series.
-struct Accumulator<'r> {
-    req: &'r MetricsRequest,
-    function: &'r MetricsFunction,
+/// Folds the matched spans of one metrics pipeline into series (one per source when sources are scanned in
+/// parallel, merged at the end).
+struct Accumulator {
+    req: Frame,
+    function: Arc<MetricsFunction>,
     groups: HashMap<String, Group>,
     picker: ExemplarPicker,
     /// `compare()`: ((type, attribute) -> value key -> (value, counts)), and totals per (type, attribute).
@@ -216,13 +251,13 @@ struct Accumulator<'r> {
     too_many: Option<String>,
 }
 
-impl<'r> Accumulator<'r> {
-    fn new(req: &'r MetricsRequest, function: &'r MetricsFunction) -> Self {
+impl Accumulator {
+    fn new(req: Frame, function: Arc<MetricsFunction>) -> Self {
         Accumulator {
             req,
             function,
             groups: HashMap::new(),
-            picker: ExemplarPicker::new(req),
+            picker: ExemplarPicker::new(&req),
             compare: HashMap::new(),
             compare_totals: HashMap::new(),
             too_many: None,
@@ -232,7 +267,7 @@ impl<'r> Accumulator<'r> {
     /// The series `labels` belong to, created on first use; `None` past the series limit.
     fn group<'g>(
         groups: &'g mut HashMap<String, Group>,
-        req: &MetricsRequest,
+        req: &Frame,
         op: &MetricsOp,
         labels: Vec<(String, AnyValue)>,
         too_many: &mut Option<String>,
@@ -270,27 +305,28 @@ impl<'r> Accumulator<'r> {
         spans.sort_unstable();
         spans.dedup();
         let mut exemplar_taken = false;
+        let function = self.function.clone();
         for i in spans {
             let ts = t.start_of(i);
             let Some(at) = self.req.interval(ts) else { continue };
-            if let MetricsOp::Compare { filter, start, end, .. } = &self.function.op {
+            if let MetricsOp::Compare { filter, start, end, .. } = &function.op {
                 let in_window = (*start == 0 && *end == 0) || ((*start as u64) < ts && ts <= *end as u64);
                 let selected = in_window && eval.span_matches(filter, t, i);
                 self.compare_span(eval, t, i, at, selected);
                 continue;
             }
-            let mut labels = group_labels(eval, t, i, &self.function.by);
-            let value = self.function.op.field().map(|f| (eval.metric_value(t, i, f), is_duration(f)));
-            if let MetricsOp::HistogramOverTime(_) = self.function.op {
+            let mut labels = group_labels(eval, t, i, &function.by);
+            let value = function.op.field().map(|f| (eval.metric_value(t, i, f), is_duration(f)));
+            if let MetricsOp::HistogramOverTime(_) = function.op {
                 let Some((Some(v), dur)) = value else { continue };
                 let Some(b) = log2_bucket(v, dur) else { continue };
                 labels.push(("__bucket".to_string(), AnyValue { value: Some(Value::DoubleValue(b)) }));
             }
             if labels.is_empty() {
-                labels.push(("__name__".to_string(), str_value(self.function.op.name())));
+                labels.push(("__name__".to_string(), str_value(function.op.name())));
             }
-            let op = &self.function.op;
-            let Some(g) = Self::group(&mut self.groups, self.req, op, labels, &mut self.too_many) else { return };
+            let op = &function.op;
+            let Some(g) = Self::group(&mut self.groups, &self.req, op, labels, &mut self.too_many) else { return };
             let own = match (&mut g.cells, value) {
                 (Cells::Count(c), _) => {
                     c[at] += 1.0;
@@ -338,10 +374,94 @@ impl<'r> Accumulator<'r> {
         }
     }
 
-    fn finish(self) -> Result<Set, QueryError> {
+    /// Adds what another accumulator of the same query (another source) folded.
+    fn merge(&mut self, other: Accumulator) {
+        if self.too_many.is_none() {
+            self.too_many = other.too_many;
+        }
+        let op = self.function.op.clone();
+        for (key, g) in other.groups {
+            match self.groups.get_mut(&key) {
+                None => {
+                    if self.groups.len() >= self.req.max_series {
+                        self.too_many = Some(format!(
+                            "the metrics query produces more than {} series (max_metrics_series)",
+                            self.req.max_series
+                        ));
+                        continue;
+                    }
+                    self.groups.insert(key, g);
+                }
+                Some(mine) => {
+                    mine.exemplars.extend(g.exemplars);
+                    match (&mut mine.cells, g.cells) {
+                        (Cells::Count(a), Cells::Count(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+                        (Cells::Avg(a), Cells::Avg(b)) => a.iter_mut().zip(b).for_each(|(x, y)| {
+                            x.0 += y.0;
+                            x.1 += y.1;
+                        }),
+                        (Cells::Values(a), Cells::Values(b)) => a.iter_mut().zip(b).for_each(|(x, y)| x.extend(y)),
+                        (Cells::Fold(a), Cells::Fold(b)) => a.iter_mut().zip(b).for_each(|(x, y)| {
+                            *x = match (x.is_nan(), y.is_nan(), &op) {
+                                (_, true, _) => *x,
+                                (true, false, _) => y,
+                                (false, false, MetricsOp::MinOverTime(_)) => x.min(y),
+                                (false, false, MetricsOp::MaxOverTime(_)) => x.max(y),
+                                (false, false, _) => *x + y,
+                            }
+                        }),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (k, values) in other.compare {
+            let mine = self.compare.entry(k).or_default();
+            for (vk, (v, counts)) in values {
+                if !mine.contains_key(&vk) && mine.len() >= COMPARE_MAX_VALUES {
+                    continue;
+                }
+                let e = mine.entry(vk).or_insert_with(|| (v, vec![0.0; counts.len()]));
+                e.1.iter_mut().zip(counts).for_each(|(x, y)| *x += y);
+            }
+        }
+        for (k, counts) in other.compare_totals {
+            let mine = self.compare_totals.entry(k).or_insert_with(|| vec![0.0; counts.len()]);
+            mine.iter_mut().zip(counts).for_each(|(x, y)| *x += y);
+        }
+    }
+
+    /// Keeps the exemplars the limits allow over all series (sources picked theirs independently): oldest
+    /// first, one per trace, at most two per slice of the range.
+    fn settle_exemplars(&mut self) {
+        // (start, trace, series, position in the series' list)
+        let mut all: Vec<(u64, String, String, usize)> = self
+            .groups
+            .iter()
+            .flat_map(|(key, g)| g.exemplars.iter().enumerate().map(move |(i, e)| (e.1, e.3.clone(), key.clone(), i)))
+            .collect();
+        all.sort();
+        let mut picker = ExemplarPicker::new(&self.req);
+        let mut traces = std::collections::HashSet::new();
+        let kept: std::collections::HashSet<(String, usize)> = all
+            .into_iter()
+            .filter(|(ts, trace, _, _)| traces.insert(trace.clone()) && picker.take(*ts))
+            .map(|(_, _, key, i)| (key, i))
+            .collect();
+        for (key, g) in self.groups.iter_mut() {
+            let mut i = 0;
+            g.exemplars.retain(|_| {
+                i += 1;
+                kept.contains(&(key.clone(), i - 1))
+            });
+        }
+    }
+
+    fn finish(mut self) -> Result<Set, QueryError> {
         if let Some(msg) = self.too_many {
             return Err(QueryError::Limit(msg));
         }
+        self.settle_exemplars();
         if let MetricsOp::Compare { top_n, .. } = &self.function.op {
             return Ok(compare_series(self.compare, self.compare_totals, (*top_n).max(1) as usize));
         }
@@ -598,16 +718,123 @@ impl SearchEngine {
         };
         let mut fields: Vec<Field> = p.function.by.clone();
         fields.extend(p.function.op.field().cloned());
-        let reads =
-            if matches!(p.function.op, MetricsOp::Compare { .. }) { Reads::All } else { Reads::Fields(&fields) };
-        let eval = Evaluator::new(p.pipeline.clone());
-        let mut acc = Accumulator::new(req, &p.function);
-        let mut visit = |t: &TraceData, sets: &[SpanSet]| acc.visit(&eval, t, sets);
-        let r = self.search_with(tenant, &search, Some((&mut visit, reads)), None).await?;
-        add_stats(stats, &r.stats);
+        let compare = matches!(p.function.op, MetricsOp::Compare { .. });
+        let function = Arc::new(p.function.clone());
+        let acc = if !compare && span_local(&p.pipeline, &fields) {
+            self.scan_metrics(tenant, req.frame(), &p.pipeline, &fields, function, stats).await?
+        } else {
+            let reads = if compare { Reads::All } else { Reads::Fields(&fields) };
+            let eval = Evaluator::new(p.pipeline.clone());
+            let mut acc = Accumulator::new(req.frame(), function);
+            let mut visit = |t: &TraceData, sets: &[SpanSet]| acc.visit(&eval, t, sets);
+            let r = self.search_with(tenant, &search, Some((&mut visit, reads)), None).await?;
+            add_stats(stats, &r.stats);
+            acc
+        };
         let set = acc.finish()?;
         Ok(second_stages(set, &p.stages))
     }
+
+    /// A span-local pipeline (see `eval::span_local`) over every source in range, row by row: each source's rows
+    /// are read with only the columns the query names and evaluated a run of one trace's rows at a time, sources
+    /// in parallel (one accumulator each, merged). No trace is assembled across sources: a span-local query
+    /// yields the same spans either way.
+    async fn scan_metrics(
+        &self,
+        tenant: &Tenant,
+        frame: Frame,
+        pipeline: &Pipeline,
+        fields: &[Field],
+        function: Arc<MetricsFunction>,
+        stats: &mut SearchStats,
+    ) -> Result<Accumulator, QueryError> {
+        let needs = fields.iter().fold(ReadNeeds::new(pipeline), ReadNeeds::with_field);
+        let columns = needs.view_columns();
+        let eval = Arc::new(Evaluator::new(pipeline.clone()));
+        let sources = self.sources(tenant, Some(frame.start.saturating_add(1)), Some(frame.end))?;
+        let block_bytes: u64 = sources.iter().filter_map(Source::block).map(|b| b.meta.data_size).sum();
+        stats.total_blocks += (sources.len() - 1) as u32;
+        stats.total_block_bytes += block_bytes;
+        stats.total_jobs += sources.len() as u32;
+        stats.inspected_bytes += block_bytes;
+        if stats.inspected_bytes > self.max_scan_bytes {
+            return Err(QueryError::Limit(format!(
+                "the metrics query would scan more than {} bytes of blocks (max_query_scan_bytes); narrow the time \
+                 range or the query",
+                self.max_scan_bytes
+            )));
+        }
+        let tasks = sources.into_iter().map(|source| {
+            let (eval, function, blocks, tenant) =
+                (eval.clone(), function.clone(), self.blocks.clone(), tenant.clone());
+            let parts = source.block().map_or(SpanParts::ALL, |b| needs.parts_for(&b.meta));
+            let columns = columns.clone();
+            tokio::spawn(async move {
+                let mut acc = Accumulator::new(frame, function);
+                let mut spans = 0u64;
+                match source {
+                    Source::Memory(batches) => {
+                        for batch in &batches {
+                            spans += scan_batch(batch, &[], &eval, &mut acc)?;
+                        }
+                    }
+                    Source::Block(b) => {
+                        let mut stream = blocks.scan_rows(&tenant, &b, &columns, parts).await?;
+                        while let Some(batch) = stream.next().await {
+                            spans += scan_batch(&batch?, &b.meta.dedicated_columns, &eval, &mut acc)?;
+                        }
+                    }
+                }
+                Ok::<_, QueryError>((acc, spans))
+            })
+        });
+        let empty = Accumulator::new(frame, function.clone());
+        let mut done = futures::stream::iter(tasks).buffer_unordered(cores());
+        let mut total: Option<Accumulator> = None;
+        while let Some(r) = done.next().await {
+            let (acc, spans) = r??;
+            stats.inspected_spans += spans;
+            stats.completed_jobs += 1;
+            match total.as_mut() {
+                None => total = Some(acc),
+                Some(t) => t.merge(acc),
+            }
+        }
+        drop(done);
+        Ok(total.unwrap_or(empty))
+    }
+}
+
+/// Evaluates a span-local pipeline on one batch of rows, a run of one trace's rows at a time. Returns the rows.
+fn scan_batch(
+    batch: &RecordBatch,
+    dedicated: &[DedicatedColumn],
+    eval: &Evaluator,
+    acc: &mut Accumulator,
+) -> Result<u64, QueryError> {
+    let n = batch.num_rows();
+    if n == 0 {
+        return Ok(0);
+    }
+    let rows = [SpanRows::partial(batch, dedicated)?];
+    let view = &rows[0];
+    let mut i = 0;
+    while i < n {
+        let raw = view.trace_id(i);
+        let mut j = i + 1;
+        while j < n && view.trace_id(j) == raw {
+            j += 1;
+        }
+        if let Some(id) = TraceId::from_bytes(raw) {
+            let t = TraceData::local(id, &rows, (i..j).map(|r| (0u32, r as u32)).collect());
+            let sets = eval.evaluate(&t);
+            if !sets.is_empty() {
+                acc.visit(eval, &t, &sets);
+            }
+        }
+        i = j;
+    }
+    Ok(n as u64)
 }
 
 fn add_stats(into: &mut SearchStats, s: &SearchStats) {

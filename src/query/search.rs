@@ -183,7 +183,7 @@ pub struct SearchEngine {
     /// Tag names and values per block (blocks never change, so entries never go stale), bounded.
     pub(crate) tag_cache: TagCache,
     /// Most block bytes one search may scan.
-    max_scan_bytes: u64,
+    pub(crate) max_scan_bytes: u64,
 }
 
 impl SearchEngine {
@@ -764,7 +764,7 @@ fn judge(
 }
 
 /// Cores to spread one block's work over (asked once: the lookup reads cgroup files on Linux).
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -747,6 +747,40 @@ impl BlockStore {
         Ok(batches.iter().map(|batch| block::only_traces(batch, ids)).collect::<Result<_, _>>()?)
     }
 
+    /// Every row of a block, a batch at a time, with only `columns` of the view and the optional `parts`: what a
+    /// span-by-span scan reads (a metrics query over span-level fields needs no trace assembly).
+    pub async fn scan_rows(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        columns: &[&str],
+        parts: SpanParts,
+    ) -> Result<futures::stream::BoxStream<'static, Result<arrow::array::RecordBatch, StorageError>>, StorageError>
+    {
+        let reader = self.data_file(tenant, b);
+        let footer = self.footer(tenant, b).await?;
+        let roots: Vec<usize> = footer
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                columns.contains(&f.name().as_str()) || (SpanParts::optional(f.name()) && parts.keeps(f.name()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
+        let metrics = self.metrics.clone();
+        let stream =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer).with_projection(mask).build()?;
+        Ok(stream
+            .map_err(move |e| {
+                metrics.object_store_errors.inc();
+                StorageError::from(e)
+            })
+            .boxed())
+    }
+
     fn data_file(&self, tenant: &Tenant, b: &BlockEntry) -> ObjectFile {
         ObjectFile::new(
             self.store.clone(),
