@@ -81,13 +81,15 @@ impl MetricConstructor<Histogram> for Buckets {
     }
 }
 
-/// What ingest keeps of a span for the generator until the request is acknowledged.
+/// What ingest keeps of a span for the generator until the request is acknowledged: its span-metrics series
+/// (looked up already, so nothing is copied) and what the service graph pairs on.
 pub struct Observed {
+    series: Option<(Counter, Histogram)>,
     trace: TraceId,
-    span_id: Vec<u8>,
-    parent: Vec<u8>,
+    /// Span and parent IDs as numbers (0: none).
+    span_id: u64,
+    parent: u64,
     origin: Arc<Origin>,
-    name: String,
     kind: i32,
     status: i32,
     seconds: f64,
@@ -128,7 +130,7 @@ struct TenantState {
     spans: HashMap<u64, Vec<SpanSeries>>,
     span_series: usize,
     edges: HashMap<(String, String, &'static str), EdgeSeries>,
-    pending: HashMap<(TraceId, Vec<u8>), Pending>,
+    pending: HashMap<(TraceId, u64), Pending>,
     last_sweep: Option<Instant>,
 }
 
@@ -172,6 +174,11 @@ fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
         Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
         _ => None,
     })
+}
+
+/// An 8-byte span ID as a number (0 for none or a malformed one: validation refuses those).
+fn id64(id: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(id).map_or(0, u64::from_be_bytes)
 }
 
 fn hash_of(service: &str, name: &str, kind: i32, status: i32) -> u64 {
@@ -226,10 +233,16 @@ impl Generator {
     }
 
     /// What the generator needs of a request's spans, taken before they go to the WAL (they are moved there).
-    pub fn prepare(&self, spans: &[(TraceId, SpanRecord)]) -> Vec<Observed> {
+    /// Span-metrics series are found (or created) now; they are counted by [`Generator::record`] once the spans
+    /// are acknowledged.
+    pub fn prepare(&self, tenant: &Tenant, spans: &[(TraceId, SpanRecord)]) -> Vec<Observed> {
+        let mut tenants = self.tenants.lock();
+        let st = tenants.entry(tenant.clone()).or_default();
         spans
             .iter()
             .map(|(trace, rec)| {
+                let service = service_name(&rec.origin.resource).unwrap_or("");
+                let series = self.span_series(st, tenant, service, &rec.span);
                 let s = &rec.span;
                 let ns = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
                 let client_like = matches!(s.kind, 3 | 4);
@@ -266,11 +279,11 @@ impl Generator {
                     None
                 };
                 Observed {
+                    series,
                     trace: *trace,
-                    span_id: s.span_id.clone(),
-                    parent: s.parent_span_id.clone(),
+                    span_id: id64(&s.span_id),
+                    parent: id64(&s.parent_span_id),
                     origin: rec.origin.clone(),
-                    name: s.name.clone(),
                     kind: s.kind,
                     status: s.status.as_ref().map_or(0, |st| st.code),
                     seconds: ns as f64 / 1e9,
@@ -286,9 +299,12 @@ impl Generator {
         let mut tenants = self.tenants.lock();
         let st = tenants.entry(tenant.clone()).or_default();
         for o in spans {
+            if let Some((calls, latency)) = &o.series {
+                calls.inc();
+                latency.observe(o.seconds);
+            }
             let origin = o.origin.clone();
             let service = service_name(&origin.resource).unwrap_or("");
-            self.span_metrics(st, tenant, service, &o);
             if !service.is_empty() {
                 self.service_graph(st, tenant, service, o);
             }
@@ -296,41 +312,44 @@ impl Generator {
         self.sweep(st, tenant, Instant::now(), false);
     }
 
-    fn span_metrics(&self, st: &mut TenantState, tenant: &Tenant, service: &str, o: &Observed) {
-        let kind = KINDS.get(o.kind as usize).copied().unwrap_or(KINDS[0]);
-        let status = STATUSES.get(o.status as usize).copied().unwrap_or(STATUSES[0]);
-        let h = hash_of(service, &o.name, o.kind, o.status);
+    /// The span-metrics series of a span, created on first use; `None` past the series limit.
+    fn span_series(
+        &self,
+        st: &mut TenantState,
+        tenant: &Tenant,
+        service: &str,
+        span: &opentelemetry_proto::tonic::trace::v1::Span,
+    ) -> Option<(Counter, Histogram)> {
+        let status = span.status.as_ref().map_or(0, |s| s.code);
+        let kind_label = KINDS.get(span.kind as usize).copied().unwrap_or(KINDS[0]);
+        let status_label = STATUSES.get(status as usize).copied().unwrap_or(STATUSES[0]);
+        let h = hash_of(service, &span.name, span.kind, status);
         let list = st.spans.entry(h).or_default();
-        let found = list.iter().position(|s| {
+        let found = list.iter().find(|s| {
             s.labels.service == service
-                && s.labels.span_name == o.name
-                && s.labels.span_kind == kind
-                && s.labels.status_code == status
+                && s.labels.span_name == span.name
+                && s.labels.span_kind == kind_label
+                && s.labels.status_code == status_label
         });
-        let series = match found {
-            Some(i) => &list[i],
-            None => {
-                if st.span_series >= self.cfg.max_series {
-                    self.dropped("span_metrics_series_limit");
-                    return;
-                }
-                let labels = SpanLabels {
-                    tenant: tenant.as_str().to_string(),
-                    service: cut(service),
-                    span_name: cut(&o.name),
-                    span_kind: kind,
-                    status_code: status,
-                };
-                let calls = self.calls.get_or_create(&labels).clone();
-                let latency = self.latency.get_or_create(&labels).clone();
-                st.span_series += 1;
-                list.push(SpanSeries { labels, calls, latency });
-                // Just pushed.
-                &list[list.len() - 1]
-            }
+        if let Some(s) = found {
+            return Some((s.calls.clone(), s.latency.clone()));
+        }
+        if st.span_series >= self.cfg.max_series {
+            self.dropped("span_metrics_series_limit");
+            return None;
+        }
+        let labels = SpanLabels {
+            tenant: tenant.as_str().to_string(),
+            service: cut(service),
+            span_name: cut(&span.name),
+            span_kind: kind_label,
+            status_code: status_label,
         };
-        series.calls.inc();
-        series.latency.observe(o.seconds);
+        let calls = self.calls.get_or_create(&labels).clone();
+        let latency = self.latency.get_or_create(&labels).clone();
+        st.span_series += 1;
+        list.push(SpanSeries { labels, calls: calls.clone(), latency: latency.clone() });
+        Some((calls, latency))
     }
 
     fn service_graph(&self, st: &mut TenantState, tenant: &Tenant, service: &str, o: Observed) {
@@ -353,7 +372,7 @@ impl Generator {
             // Server or consumer: keyed by its parent's span ID. A root has no client to wait for: its caller is a
             // user (or the peer it names).
             2 | 5 => {
-                if o.parent.is_empty() {
+                if o.parent == 0 {
                     let client = o.peer.as_deref().unwrap_or("user");
                     self.edge(st, tenant, client, service, "virtual_node", failed, Some(o.seconds), None);
                     return;
@@ -370,12 +389,12 @@ impl Generator {
     }
 
     /// Adds one side to a pending edge, recording the edge once both sides are known.
-    fn half(&self, st: &mut TenantState, tenant: &Tenant, key: (TraceId, Vec<u8>), set: impl FnOnce(&mut Pending)) {
+    fn half(&self, st: &mut TenantState, tenant: &Tenant, key: (TraceId, u64), set: impl FnOnce(&mut Pending)) {
         if !st.pending.contains_key(&key) && st.pending.len() >= self.cfg.max_pending {
             self.dropped("service_graph_pending_limit");
             return;
         }
-        let p = st.pending.entry(key.clone()).or_insert_with(|| Pending {
+        let p = st.pending.entry(key).or_insert_with(|| Pending {
             created: Instant::now(),
             client: None,
             server: None,
@@ -446,8 +465,8 @@ impl Generator {
         }
         st.last_sweep = Some(now);
         let wait = self.cfg.wait;
-        let expired: Vec<(TraceId, Vec<u8>)> =
-            st.pending.iter().filter(|(_, p)| now.duration_since(p.created) >= wait).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<(TraceId, u64)> =
+            st.pending.iter().filter(|(_, p)| now.duration_since(p.created) >= wait).map(|(k, _)| *k).collect();
         for k in expired {
             let Some(p) = st.pending.remove(&k) else { continue };
             match (p.client, p.peer) {
@@ -519,9 +538,9 @@ mod tests {
         // A pair (client in one request, server in the next), a client naming an uninstrumented peer, and a
         // server whose client never comes.
         let first = vec![rec("web", 1, 0, 3, false, &[]), rec("web", 2, 0, 3, true, &[("peer.service", "billing")])];
-        g.record(&tenant, g.prepare(&first));
+        g.record(&tenant, g.prepare(&tenant, &first));
         let second = vec![rec("api", 3, 1, 2, false, &[]), rec("api", 4, 9, 2, false, &[])];
-        g.record(&tenant, g.prepare(&second));
+        g.record(&tenant, g.prepare(&tenant, &second));
         // Past `wait`, the scrape's sweep expires what is still unpaired.
         std::thread::sleep(Duration::from_millis(150));
         let text = exposition(&g);

@@ -294,7 +294,7 @@ impl Ingester {
             return Ok(());
         }
         // The generator counts spans once they are acknowledged; what it needs is taken now (they move on).
-        let observed = self.generator.as_ref().map(|g| (g, g.prepare(&spans), tenant.clone()));
+        let observed = self.generator.as_ref().map(|g| (g, g.prepare(&tenant, &spans), tenant.clone()));
         let (ack, rx) = oneshot::channel();
         self.tx.send(Cmd::Append { tenant, header, body, spans, ack }).await.map_err(|_| IngestError::Shutdown)?;
         rx.await.map_err(|_| IngestError::Shutdown)??;

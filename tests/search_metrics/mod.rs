@@ -723,7 +723,11 @@ fn exemplars_link_matching_traces_and_bad_requests_are_400s() {
                 let id = e.labels.iter().find(|l| l.key == "trace:id").and_then(|l| l.value.string_value.clone());
                 let id = format!("{:0>32}", id.expect("every exemplar names its trace"));
                 assert!(matching.contains(&id), "exemplar trace {id} does not match the query");
-                assert!(seen.insert(id.clone()), "one exemplar per trace: {id} twice in {:?}", resp.series.iter().map(|s| &s.exemplars).collect::<Vec<_>>());
+                assert!(
+                    seen.insert(id.clone()),
+                    "one exemplar per trace: {id} twice in {:?}",
+                    resp.series.iter().map(|s| &s.exemplars).collect::<Vec<_>>()
+                );
                 let ts: i64 = e.timestamp_ms.as_deref().expect("timestamp").parse().expect("ts");
                 // A counting exemplar carries its series' value in the interval holding it.
                 let interval_end = samples.range(ts + 1..).next().map(|(_, v)| *v);
