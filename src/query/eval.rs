@@ -399,6 +399,30 @@ impl Evaluator {
         self.field_of(t, i, field).values().first().map(to_any)
     }
 
+    /// Writes the first value of `field` on span `i` into `out`, tagged with its type, so equal label values (as
+    /// [`Evaluator::label_value`] gives them) write equal text; false when the span has none. Allocates nothing:
+    /// metrics find a span's series by this text.
+    pub fn write_label(&self, t: &TraceData, i: usize, field: &Field, out: &mut String) -> bool {
+        use std::fmt::Write;
+        let e = self.field_of(t, i, field);
+        let Some(v) = e.values().first() else { return false };
+        let _ = match v {
+            V::Str(s) => {
+                out.push('s');
+                out.push_str(s);
+                Ok(())
+            }
+            V::Int(x) => write!(out, "i{x}"),
+            V::Float(x) => write!(out, "f{}", x.to_bits()),
+            V::Bool(b) => write!(out, "b{b}"),
+            // Shown as text (see `to_any`), so keyed as that text.
+            V::Dur(d) => write!(out, "s{}", format_duration(*d)),
+            V::Status(x) => write!(out, "s{}", x.as_str()),
+            V::Kind(x) => write!(out, "s{}", x.as_str()),
+        };
+        true
+    }
+
     /// The value of `field` on span `i` as a metrics sample: numbers as they are, durations in seconds (Tempo's
     /// unit for latency series). `None` for anything else.
     pub fn metric_value(&self, t: &TraceData, i: usize, field: &Field) -> Option<f64> {

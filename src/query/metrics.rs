@@ -196,11 +196,11 @@ fn label_key(labels: &[(String, AnyValue)]) -> String {
 
 /// The group labels of span `i`: by() values in order, absent ones dropped; when every one is absent, the first
 /// key with the string `nil` (as Tempo labels such spans).
-fn group_labels(eval: &Evaluator, t: &TraceData, i: usize, by: &[Field]) -> Vec<(String, AnyValue)> {
+fn group_labels(eval: &Evaluator, t: &TraceData, i: usize, by: &[Field], names: &[String]) -> Vec<(String, AnyValue)> {
     let labels: Vec<(String, AnyValue)> =
-        by.iter().filter_map(|f| eval.label_value(t, i, f).map(|v| (f.to_string(), v))).collect();
-    match (labels.is_empty(), by.first()) {
-        (true, Some(first)) => vec![(first.to_string(), str_value("nil"))],
+        by.iter().zip(names).filter_map(|(f, name)| eval.label_value(t, i, f).map(|v| (name.clone(), v))).collect();
+    match (labels.is_empty(), names.first()) {
+        (true, Some(first)) => vec![(first.clone(), str_value("nil"))],
         _ => labels,
     }
 }
@@ -243,6 +243,10 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 struct Accumulator {
     req: Frame,
     function: Arc<MetricsFunction>,
+    /// The by() fields as printed (label keys).
+    by_names: Vec<String>,
+    /// Reused buffer for series keys.
+    key: String,
     groups: HashMap<String, Group>,
     picker: ExemplarPicker,
     /// `compare()`: ((type, attribute) -> value key -> (value, counts)), and totals per (type, attribute).
@@ -255,6 +259,8 @@ impl Accumulator {
     fn new(req: Frame, function: Arc<MetricsFunction>) -> Self {
         Accumulator {
             req,
+            by_names: function.by.iter().map(ToString::to_string).collect(),
+            key: String::new(),
             function,
             groups: HashMap::new(),
             picker: ExemplarPicker::new(&req),
@@ -269,11 +275,11 @@ impl Accumulator {
         groups: &'g mut HashMap<String, Group>,
         req: &Frame,
         op: &MetricsOp,
-        labels: Vec<(String, AnyValue)>,
+        key: &str,
+        labels: impl FnOnce() -> Vec<(String, AnyValue)>,
         too_many: &mut Option<String>,
     ) -> Option<&'g mut Group> {
-        let key = label_key(&labels);
-        if !groups.contains_key(&key) {
+        if !groups.contains_key(key) {
             if groups.len() >= req.max_series {
                 *too_many = Some(format!(
                     "the metrics query produces more than {} series (max_metrics_series); group by fewer or \
@@ -291,9 +297,9 @@ impl Accumulator {
                 MetricsOp::QuantileOverTime(..) => Cells::Values(vec![Vec::new(); n]),
                 _ => Cells::Fold(vec![f64::NAN; n]),
             };
-            groups.insert(key.clone(), Group { labels, cells, exemplars: Vec::new() });
+            groups.insert(key.to_string(), Group { labels: labels(), cells, exemplars: Vec::new() });
         }
-        groups.get_mut(&key)
+        groups.get_mut(key)
     }
 
     /// One matching trace: each span of its spansets counted once.
@@ -315,18 +321,51 @@ impl Accumulator {
                 self.compare_span(eval, t, i, at, selected);
                 continue;
             }
-            let mut labels = group_labels(eval, t, i, &function.by);
             let value = function.op.field().map(|f| (eval.metric_value(t, i, f), is_duration(f)));
-            if let MetricsOp::HistogramOverTime(_) = function.op {
-                let Some((Some(v), dur)) = value else { continue };
-                let Some(b) = log2_bucket(v, dur) else { continue };
-                labels.push(("__bucket".to_string(), AnyValue { value: Some(Value::DoubleValue(b)) }));
+            let bucket = match (&function.op, value) {
+                (MetricsOp::HistogramOverTime(_), Some((Some(v), dur))) => match log2_bucket(v, dur) {
+                    Some(b) => Some(b),
+                    None => continue,
+                },
+                (MetricsOp::HistogramOverTime(_), _) => continue,
+                _ => None,
+            };
+            // The series key, written without allocating: by() values in order (a span without any is keyed as
+            // the first field's "nil"), then the bucket.
+            let mut key = std::mem::take(&mut self.key);
+            key.clear();
+            let mut any = false;
+            for (n, f) in function.by.iter().enumerate() {
+                let at_len = key.len();
+                key.push(char::from(b'0' + (n % 10) as u8));
+                if eval.write_label(t, i, f, &mut key) {
+                    key.push('\u{1e}');
+                    any = true;
+                } else {
+                    key.truncate(at_len);
+                }
             }
-            if labels.is_empty() {
-                labels.push(("__name__".to_string(), str_value(function.op.name())));
+            if !any && !function.by.is_empty() {
+                key.push_str("0snil\u{1e}");
             }
+            if let Some(b) = bucket {
+                key.push('b');
+                key.push_str(&b.to_bits().to_string());
+            }
+            let labels = || {
+                let mut labels = group_labels(eval, t, i, &function.by, &self.by_names);
+                if let Some(b) = bucket {
+                    labels.push(("__bucket".to_string(), AnyValue { value: Some(Value::DoubleValue(b)) }));
+                }
+                if labels.is_empty() {
+                    labels.push(("__name__".to_string(), str_value(function.op.name())));
+                }
+                labels
+            };
             let op = &function.op;
-            let Some(g) = Self::group(&mut self.groups, &self.req, op, labels, &mut self.too_many) else { return };
+            let found = Self::group(&mut self.groups, &self.req, op, &key, labels, &mut self.too_many);
+            self.key = key;
+            let Some(g) = found else { return };
             let own = match (&mut g.cells, value) {
                 (Cells::Count(c), _) => {
                     c[at] += 1.0;
