@@ -9,7 +9,6 @@
 //! are bounded too. Series live as long as the process (counters restart at 0 with it, which `rate()` handles).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,13 +123,16 @@ struct EdgeSeries {
     client: Histogram,
 }
 
+/// Maps on the ingest path hash with aHash (SipHash was a third of the generator's cost per span).
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 #[derive(Default)]
 struct TenantState {
     /// Span-metrics series by a hash of their labels (collisions resolved by comparing labels).
-    spans: HashMap<u64, Vec<SpanSeries>>,
+    spans: FastMap<u64, Vec<SpanSeries>>,
     span_series: usize,
-    edges: HashMap<(String, String, &'static str), EdgeSeries>,
-    pending: HashMap<(TraceId, u64), Pending>,
+    edges: FastMap<(String, String, &'static str), EdgeSeries>,
+    pending: FastMap<(TraceId, u64), Pending>,
     last_sweep: Option<Instant>,
 }
 
@@ -146,6 +148,7 @@ pub struct Generator {
     client_seconds: Family<EdgeLabels, Histogram, Buckets>,
     tenants: Mutex<HashMap<Tenant, TenantState>>,
     metrics: Arc<Metrics>,
+    hasher: ahash::RandomState,
 }
 
 const KINDS: [&str; 6] = [
@@ -176,15 +179,39 @@ fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
     })
 }
 
+/// The peer a span names (first of [`PEER_ATTRIBUTES`]) and, for a client or producer span that is a database
+/// call, the database's node name (peer.service, server.address, network.peer.address[:port], else the database).
+fn peers(rec: &SpanRecord) -> (Option<String>, Option<String>) {
+    let s = &rec.span;
+    let peer = PEER_ATTRIBUTES.iter().find_map(|k| string_attr(&s.attributes, k)).map(cut);
+    if !matches!(s.kind, 3 | 4) {
+        return (peer, None);
+    }
+    let resource = &rec.origin.resource.attributes;
+    let db_name =
+        DATABASE_ATTRIBUTES.iter().find_map(|k| string_attr(&s.attributes, k).or_else(|| string_attr(resource, k)));
+    let Some(db_name) = db_name else { return (peer, None) };
+    let address = string_attr(&s.attributes, "network.peer.address").map(|a| {
+        match s.attributes.iter().find(|kv| kv.key == "network.peer.port").and_then(|kv| kv.value.as_ref()) {
+            Some(v) => match &v.value {
+                Some(Value::IntValue(p)) => format!("{a}:{p}"),
+                Some(Value::StringValue(p)) => format!("{a}:{p}"),
+                _ => a.to_string(),
+            },
+            None => a.to_string(),
+        }
+    });
+    let server = string_attr(&s.attributes, "peer.service")
+        .or_else(|| string_attr(&s.attributes, "server.address"))
+        .map(str::to_string)
+        .or(address)
+        .unwrap_or_else(|| db_name.to_string());
+    (peer, Some(cut(&server)))
+}
+
 /// An 8-byte span ID as a number (0 for none or a malformed one: validation refuses those).
 fn id64(id: &[u8]) -> u64 {
     <[u8; 8]>::try_from(id).map_or(0, u64::from_be_bytes)
-}
-
-fn hash_of(service: &str, name: &str, kind: i32, status: i32) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (service, name, kind, status).hash(&mut h);
-    h.finish()
 }
 
 impl Generator {
@@ -229,6 +256,7 @@ impl Generator {
             client_seconds,
             tenants: Mutex::new(HashMap::new()),
             metrics,
+            hasher: ahash::RandomState::new(),
         }
     }
 
@@ -245,39 +273,8 @@ impl Generator {
                 let series = self.span_series(st, tenant, service, &rec.span);
                 let s = &rec.span;
                 let ns = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
-                let client_like = matches!(s.kind, 3 | 4);
-                let peer = PEER_ATTRIBUTES.iter().find_map(|k| string_attr(&s.attributes, k)).map(cut);
-                let database = if client_like
-                    && DATABASE_ATTRIBUTES.iter().any(|k| {
-                        string_attr(&s.attributes, k).is_some()
-                            || string_attr(&rec.origin.resource.attributes, k).is_some()
-                    }) {
-                    let name = ["peer.service", "server.address"]
-                        .iter()
-                        .find_map(|k| string_attr(&s.attributes, k).map(str::to_string))
-                        .or_else(|| {
-                            string_attr(&s.attributes, "network.peer.address").map(|a| {
-                                match s.attributes.iter().find(|kv| kv.key == "network.peer.port") {
-                                    Some(KeyValue { value: Some(v), .. }) => match &v.value {
-                                        Some(Value::IntValue(p)) => format!("{a}:{p}"),
-                                        Some(Value::StringValue(p)) => format!("{a}:{p}"),
-                                        _ => a.to_string(),
-                                    },
-                                    _ => a.to_string(),
-                                }
-                            })
-                        })
-                        .or_else(|| {
-                            DATABASE_ATTRIBUTES.iter().find_map(|k| {
-                                string_attr(&s.attributes, k)
-                                    .or_else(|| string_attr(&rec.origin.resource.attributes, k))
-                                    .map(str::to_string)
-                            })
-                        });
-                    name.map(|n| cut(&n))
-                } else {
-                    None
-                };
+                // Only the kinds the service graph pairs read attributes (internal spans are most spans).
+                let (peer, database) = if matches!(s.kind, 2..=5) { peers(rec) } else { (None, None) };
                 Observed {
                     series,
                     trace: *trace,
@@ -323,7 +320,7 @@ impl Generator {
         let status = span.status.as_ref().map_or(0, |s| s.code);
         let kind_label = KINDS.get(span.kind as usize).copied().unwrap_or(KINDS[0]);
         let status_label = STATUSES.get(status as usize).copied().unwrap_or(STATUSES[0]);
-        let h = hash_of(service, &span.name, span.kind, status);
+        let h = self.hasher.hash_one((service, span.name.as_str(), span.kind, status));
         let list = st.spans.entry(h).or_default();
         let found = list.iter().find(|s| {
             s.labels.service == service
