@@ -99,6 +99,10 @@ pub struct Args {
     /// Most span-metrics series, and most service-graph edges, per tenant [default: 10000]
     #[arg(long, env = "STRATA_GENERATOR_MAX_SERIES")]
     pub generator_max_series: Option<usize>,
+    /// Most distinct values of one generated label (service, span name, client, server) per tenant; more fold
+    /// into `__overflow__` [default: 2000]
+    #[arg(long, env = "STRATA_GENERATOR_MAX_LABEL_VALUES")]
+    pub generator_max_label_values: Option<usize>,
     /// How long SIGTERM may spend flushing blocks before exiting, e.g. 30s [default: 30s]
     #[arg(long, env = "STRATA_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
@@ -198,6 +202,7 @@ pub struct FileConfig {
     pub max_inflight_bytes: Option<usize>,
     pub generator: Option<bool>,
     pub generator_max_series: Option<usize>,
+    pub generator_max_label_values: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -286,6 +291,7 @@ pub struct Config {
     /// Span metrics and service graph on (with their per-tenant series limit).
     pub generator: bool,
     pub generator_max_series: usize,
+    pub generator_max_label_values: usize,
     pub shutdown_timeout: Duration,
     pub query: QueryLimits,
     pub log: String,
@@ -372,6 +378,7 @@ impl Config {
             max_inflight_bytes: a.max_inflight_bytes.or(f.max_inflight_bytes).unwrap_or(256 << 20),
             generator: a.generator.or(f.generator).unwrap_or(true),
             generator_max_series: a.generator_max_series.or(f.generator_max_series).unwrap_or(10_000),
+            generator_max_label_values: a.generator_max_label_values.or(f.generator_max_label_values).unwrap_or(2_000),
             shutdown_timeout: a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
             query: {
                 let d = QueryLimits::default();

@@ -60,7 +60,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         return result;
     }
     let generator = cfg.generator.then(|| {
-        let g = crate::generate::GeneratorConfig { max_series: cfg.generator_max_series, ..Default::default() };
+        let g = crate::generate::GeneratorConfig {
+            max_series: cfg.generator_max_series,
+            max_label_values: cfg.generator_max_label_values,
+            ..Default::default()
+        };
         Arc::new(crate::generate::Generator::new(g, metrics.clone()))
     });
     let ingester = Ingester::start(

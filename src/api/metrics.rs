@@ -410,9 +410,9 @@ mod tests {
 
     #[test]
     fn alignment_adds_one_leading_interval_and_rounds_end_up() {
-        // [1000s+7, 1060s+3] with 15 s steps: stamps 990..1065, first interval (975, 990].
+        // [1007 s, 1063 s] with 15 s steps: stamps 1005..1065, first interval (990, 1005].
         let (s, e) = align(1007 * S, 1063 * S, 15 * S);
-        assert_eq!((s, e), (975 * S, 1065 * S));
+        assert_eq!((s, e), (990 * S, 1065 * S));
         assert_eq!(align(30 * S, 60 * S, 15 * S), (15 * S, 60 * S));
     }
 

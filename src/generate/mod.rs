@@ -34,6 +34,8 @@ const PEER_ATTRIBUTES: [&str; 4] = ["peer.service", "db.name", "db.system", "db.
 const DATABASE_ATTRIBUTES: [&str; 4] = ["db.namespace", "db.name", "db.system", "db.system.name"];
 /// Longest label value kept (longer ones are cut).
 const MAX_LABEL_LEN: usize = 1024;
+/// The value a label takes once it has too many distinct values.
+pub const OVERFLOW: &str = "__overflow__";
 /// How often unpaired edges are checked for expiry.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
@@ -41,6 +43,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 pub struct GeneratorConfig {
     /// Most span-metrics series, and most service-graph edges, per tenant.
     pub max_series: usize,
+    /// Most distinct values of one label (service, span name, client, server) per tenant; later values become
+    /// [`OVERFLOW`], so counts stay whole while series stay bounded.
+    pub max_label_values: usize,
     /// How long half an edge waits for its other side before it expires (Tempo's `wait`).
     pub wait: Duration,
     /// Most unpaired edges held per tenant (Tempo's `max_items`).
@@ -49,7 +54,12 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        GeneratorConfig { max_series: 10_000, wait: Duration::from_secs(10), max_pending: 10_000 }
+        GeneratorConfig {
+            max_series: 10_000,
+            max_label_values: 2_000,
+            wait: Duration::from_secs(10),
+            max_pending: 10_000,
+        }
     }
 }
 
@@ -133,6 +143,8 @@ struct TenantState {
     span_series: usize,
     edges: FastMap<(String, String, &'static str), EdgeSeries>,
     pending: FastMap<(TraceId, u64), Pending>,
+    /// Distinct values seen per label (for `max_label_values`).
+    values: FastMap<&'static str, std::collections::HashSet<String>>,
     last_sweep: Option<Instant>,
 }
 
@@ -331,22 +343,56 @@ impl Generator {
         if let Some(s) = found {
             return Some((s.calls.clone(), s.latency.clone()));
         }
+        // A new series: labels with too many values already fold into the overflow value (and its series).
+        let service = self.admit(st, "service", service);
+        let name = self.admit(st, "span_name", &span.name);
+        if service == OVERFLOW || name == OVERFLOW {
+            let h = self.hasher.hash_one((service.as_str(), name.as_str(), span.kind, status));
+            let found = st.spans.get(&h).and_then(|l| {
+                l.iter().find(|s| {
+                    s.labels.service == service
+                        && s.labels.span_name == name
+                        && s.labels.span_kind == kind_label
+                        && s.labels.status_code == status_label
+                })
+            });
+            if let Some(s) = found {
+                return Some((s.calls.clone(), s.latency.clone()));
+            }
+        }
         if st.span_series >= self.cfg.max_series {
             self.dropped("span_metrics_series_limit");
             return None;
         }
+        let h = self.hasher.hash_one((service.as_str(), name.as_str(), span.kind, status));
         let labels = SpanLabels {
             tenant: tenant.as_str().to_string(),
-            service: cut(service),
-            span_name: cut(&span.name),
+            service,
+            span_name: name,
             span_kind: kind_label,
             status_code: status_label,
         };
         let calls = self.calls.get_or_create(&labels).clone();
         let latency = self.latency.get_or_create(&labels).clone();
         st.span_series += 1;
-        list.push(SpanSeries { labels, calls: calls.clone(), latency: latency.clone() });
+        st.spans.entry(h).or_default().push(SpanSeries { labels, calls: calls.clone(), latency: latency.clone() });
         Some((calls, latency))
+    }
+
+    /// The value a label may take: itself (cut to the longest kept length) while the label has room for
+    /// another distinct value, else [`OVERFLOW`].
+    fn admit(&self, st: &mut TenantState, label: &'static str, value: &str) -> String {
+        let value = cut(value);
+        let seen = st.values.entry(label).or_default();
+        if seen.contains(&value) {
+            return value;
+        }
+        if seen.len() >= self.cfg.max_label_values {
+            self.dropped("label_values_limit");
+            return OVERFLOW.to_string();
+        }
+        seen.insert(value.clone());
+        value
     }
 
     fn service_graph(&self, st: &mut TenantState, tenant: &Tenant, service: &str, o: Observed) {
@@ -423,7 +469,10 @@ impl Generator {
         server_seconds: Option<f64>,
         client_seconds: Option<f64>,
     ) {
-        let key = (client.to_string(), server.to_string(), ty);
+        let mut key = (client.to_string(), server.to_string(), ty);
+        if !st.edges.contains_key(&key) {
+            key = (self.admit(st, "client", client), self.admit(st, "server", server), ty);
+        }
         if !st.edges.contains_key(&key) {
             if st.edges.len() >= self.cfg.max_series {
                 self.dropped("service_graph_series_limit");
@@ -431,8 +480,8 @@ impl Generator {
             }
             let labels = EdgeLabels {
                 tenant: tenant.as_str().to_string(),
-                client: cut(client),
-                server: cut(server),
+                client: key.0.clone(),
+                server: key.1.clone(),
                 connection_type: ty,
             };
             let series = EdgeSeries {
@@ -494,14 +543,14 @@ impl Generator {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::model::kv;
     use opentelemetry_proto::tonic::common::v1::AnyValue;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 
-    fn rec(svc: &str, id: u8, parent: u8, kind: i32, error: bool, attrs: &[(&str, &str)]) -> (TraceId, SpanRecord) {
+    pub fn rec(svc: &str, id: u8, parent: u8, kind: i32, error: bool, attrs: &[(&str, &str)]) -> (TraceId, SpanRecord) {
         let text = |v: &str| Some(AnyValue { value: Some(Value::StringValue(v.into())) });
         let origin = Origin {
             resource: Resource { attributes: vec![kv("service.name", text(svc))], ..Default::default() },
@@ -520,6 +569,12 @@ mod tests {
         };
         (TraceId([7; 16]), SpanRecord { origin: Arc::new(origin), span })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     fn exposition(g: &Generator) -> String {
         let mut out = String::new();
@@ -529,7 +584,8 @@ mod tests {
 
     #[test]
     fn pairs_edges_and_expires_unpaired_ones_into_virtual_nodes() {
-        let cfg = GeneratorConfig { wait: Duration::from_millis(100), max_series: 3, max_pending: 10 };
+        let cfg =
+            GeneratorConfig { wait: Duration::from_millis(100), max_series: 3, max_pending: 10, max_label_values: 10 };
         let g = Generator::new(cfg, Arc::new(Metrics::new()));
         let tenant = Tenant::default();
         // A pair (client in one request, server in the next), a client naming an uninstrumented peer, and a
@@ -561,5 +617,36 @@ mod tests {
         assert_eq!(text.matches("traces_spanmetrics_calls_total{").count(), 3, "{text}");
         assert!(text.contains("span_kind=\"SPAN_KIND_CLIENT\",status_code=\"STATUS_CODE_ERROR\"} 1"), "{text}");
         assert!(text.contains("traces_spanmetrics_latency_bucket{") && text.contains("le=\"0.064\""), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    fn labels_with_too_many_values_fold_into_overflow() {
+        let cfg = GeneratorConfig { max_label_values: 2, ..Default::default() };
+        let g = Generator::new(cfg, Arc::new(Metrics::new()));
+        let tenant = Tenant::default();
+        // Four span names (internal spans, so no edges): two keep their name, the others share the overflow.
+        let spans: Vec<_> = (1..=4).map(|i| rec("web", i, 0, 1, false, &[])).collect();
+        g.record(&tenant, g.prepare(&tenant, &spans));
+        g.record(&tenant, g.prepare(&tenant, &spans));
+        let mut text = String::new();
+        g.encode(&mut text);
+        let calls = |name: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("traces_spanmetrics_calls_total{") && l.contains(&format!("span_name=\"{name}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(calls("op1"), vec!["2"]);
+        assert_eq!(calls("op2"), vec!["2"]);
+        assert_eq!(calls("op3"), Vec::<String>::new());
+        assert_eq!(calls(OVERFLOW), vec!["4"], "{text}");
     }
 }
