@@ -49,6 +49,8 @@ pub struct Metrics {
     pub compaction_errors: Counter,
     pub compacted_blocks: Counter,
     pub compacted_spans: Counter,
+    /// Traces compaction copied as stored rows (found in one input) instead of rebuilding them.
+    pub compaction_copied_traces: Counter,
     pub blocks_deleted: Counter,
     /// Spans or edges the metrics generator left out (series or pending limits, unpaired edges).
     pub generator_dropped: Family<ReasonLabel, Counter>,
@@ -81,6 +83,7 @@ impl Metrics {
             compaction_errors: Counter::default(),
             compacted_blocks: Counter::default(),
             compacted_spans: Counter::default(),
+            compaction_copied_traces: Counter::default(),
             blocks_deleted: Counter::default(),
             generator_dropped: Family::default(),
             trace_lookup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -115,6 +118,11 @@ impl Metrics {
         );
         registry.register("compacted_blocks", "Input blocks merged by compaction", m.compacted_blocks.clone());
         registry.register("compacted_spans", "Spans written by compaction", m.compacted_spans.clone());
+        registry.register(
+            "compaction_copied_traces",
+            "Traces compaction copied row for row (in one input only) instead of rebuilding",
+            m.compaction_copied_traces.clone(),
+        );
         registry.register("blocks_deleted", "Blocks deleted (replaced, expired or orphaned)", m.blocks_deleted.clone());
         registry.register("search_seconds", "TraceQL search latency", m.search_seconds.clone());
         registry.register(

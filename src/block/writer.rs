@@ -269,6 +269,34 @@ impl TraceRowWriter {
         if self.rows.len >= self.batch_rows { Ok(Some(self.rows.finish()?)) } else { Ok(None) }
     }
 
+    /// Accounts for a trace whose rows were copied as they are from a block with the same layout (compaction of a
+    /// trace that sits in one input: its rows, tree numbers and trace-level columns are already right): counts and
+    /// bounds as [`TraceRowWriter::push`] keeps them, and the keys the input also kept in its generic lists.
+    pub fn add_copied(&mut self, id: &TraceId, spans: u64, start: u64, end: u64, input: &[DedicatedColumn], svc: bool) {
+        self.start = self.start.min(start);
+        self.end = self.end.max(end);
+        self.spans += spans;
+        self.traces += 1;
+        self.min_id = Some(self.min_id.map_or(*id, |m| m.min(*id)));
+        self.max_id = Some(self.max_id.map_or(*id, |m| m.max(*id)));
+        for d in input.iter().filter(|d| d.also_in_list) {
+            self.rows.spilled.insert((d.scope == "resource", d.name.clone()));
+        }
+        if svc {
+            self.rows.spilled.insert((true, "service.name".to_string()));
+        }
+    }
+
+    /// Whether rows written under `input`'s slot mapping can be copied into this writer's output unchanged.
+    pub fn same_layout(&self, input: &[DedicatedColumn]) -> bool {
+        let key = |d: &DedicatedColumn| (d.column.clone(), d.scope.clone(), d.name.clone(), d.value_type.clone());
+        let mut ours: Vec<_> = self.dedicated.columns(&Spilled::new()).iter().map(key).collect();
+        let mut theirs: Vec<_> = input.iter().map(key).collect();
+        ours.sort();
+        theirs.sort();
+        ours == theirs
+    }
+
     /// The rows not handed out yet.
     pub fn finish(&mut self) -> Result<Option<RecordBatch>, BlockError> {
         if self.rows.len == 0 { Ok(None) } else { Ok(Some(self.rows.finish()?)) }

@@ -7,10 +7,12 @@
 //! inputs it replaces, so it takes their place atomically for every reader; the inputs are deleted after a grace
 //! period (queries already reading them finish). A per-tenant lease on the bucket keeps two compactors apart.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::concat_batches;
 use futures::StreamExt;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use tokio::sync::watch;
@@ -32,6 +34,8 @@ pub enum CompactError {
     Block(#[from] BlockError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
     #[error("lost the tenant's compaction lease to another compactor")]
     LeaseLost,
 }
@@ -204,43 +208,84 @@ impl Compactor {
             schema::schema(),
             Some(writer_properties(&self.cfg.block)?),
         )?;
+        let out_schema = schema::schema();
         let mut sources = Vec::with_capacity(inputs.len());
         for b in inputs {
             let stream = self.blocks.stream_block(tenant, b, READ_BATCH_ROWS).await?;
+            // Rows of a trace found in this input alone are copied when the input's columns and slot mapping are
+            // the output's; otherwise (older schema, other slots) they are decoded and rebuilt.
+            let copyable =
+                stream.schema().fields() == out_schema.fields() && rows.same_layout(&b.meta.dedicated_columns);
             sources.push(Input {
                 stream,
                 dedicated: b.meta.dedicated_columns.clone(),
-                rows: VecDeque::new(),
+                service_name_in_list: b.meta.service_name_in_list,
+                copyable,
+                batch: None,
+                pos: 0,
                 done: false,
             });
         }
+        // Copied rows wait here until a batch is full or rebuilt rows come next (output stays in trace-ID order).
+        let mut copied: Vec<RecordBatch> = Vec::new();
+        let mut copied_rows = 0usize;
         let mut trace: Vec<SpanRecord> = Vec::new();
+        let (mut copied_traces, mut rebuilt_traces) = (0u64, 0u64);
         loop {
             for s in sources.iter_mut() {
                 s.fill().await?;
             }
-            let Some(id) = sources.iter().filter_map(|s| s.rows.front().map(|r| r.0)).min() else { break };
-            trace.clear();
-            for s in sources.iter_mut() {
-                loop {
-                    while s.rows.front().is_some_and(|r| r.0 == id) {
-                        if let Some((_, rec)) = s.rows.pop_front() {
-                            trace.push(rec);
-                        }
-                    }
-                    // The trace may continue in the input's next batch.
-                    if s.rows.is_empty() && !s.done {
-                        s.fill().await?;
-                        continue;
-                    }
-                    break;
+            let Some(id) = sources.iter().filter_map(Input::current).min() else { break };
+            let mut pieces: Vec<(usize, Vec<RecordBatch>)> = Vec::new();
+            for (k, s) in sources.iter_mut().enumerate() {
+                if s.current() == Some(id) {
+                    pieces.push((k, s.take_run(&id).await?));
                 }
             }
             bloom.insert(&id);
+            if let [(k, slices)] = pieces.as_slice()
+                && sources[*k].copyable
+            {
+                if let Some(batch) = rows.finish()? {
+                    writer.write(&batch).await?;
+                }
+                let (n, start, end) = run_bounds(slices)?;
+                let input = &sources[*k];
+                rows.add_copied(&id, n, start, end, &input.dedicated, input.service_name_in_list);
+                copied_traces += 1;
+                for slice in slices {
+                    copied_rows += slice.num_rows();
+                    copied.push(RecordBatch::try_new(out_schema.clone(), slice.columns().to_vec())?);
+                }
+                if copied_rows >= READ_BATCH_ROWS {
+                    writer.write(&concat_batches(&out_schema, &copied)?).await?;
+                    copied.clear();
+                    copied_rows = 0;
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            if !copied.is_empty() {
+                writer.write(&concat_batches(&out_schema, &copied)?).await?;
+                copied.clear();
+                copied_rows = 0;
+            }
+            trace.clear();
+            for (k, slices) in &pieces {
+                for slice in slices {
+                    trace.extend(block::batch_to_spans(slice, &sources[*k].dedicated)?.into_iter().map(|(_, r)| r));
+                }
+            }
+            rebuilt_traces += 1;
             if let Some(batch) = rows.push(&id, &trace)? {
                 writer.write(&batch).await?;
                 tokio::task::yield_now().await;
             }
+        }
+        tracing::debug!(copied_traces, rebuilt_traces, "merged traces");
+        self.metrics.compaction_copied_traces.inc_by(copied_traces);
+        if !copied.is_empty() {
+            writer.write(&concat_batches(&out_schema, &copied)?).await?;
         }
         if let Some(batch) = rows.finish()? {
             writer.write(&batch).await?;
@@ -284,25 +329,91 @@ impl Compactor {
     }
 }
 
-/// One input of a merge: its stream and the decoded rows not merged yet.
+/// One input of a merge: its stream and the batch being merged.
 struct Input {
     stream: parquet::arrow::async_reader::ParquetRecordBatchStream<crate::storage::ObjectFile>,
     dedicated: Vec<block::DedicatedColumn>,
-    rows: VecDeque<(TraceId, SpanRecord)>,
+    service_name_in_list: bool,
+    /// Whether its rows can be copied into the output unchanged.
+    copyable: bool,
+    batch: Option<RecordBatch>,
+    /// Next row of `batch` to merge.
+    pos: usize,
     done: bool,
 }
 
 impl Input {
-    /// Decodes the next batch when nothing is left.
+    /// Reads the next batch when the current one is used up.
     async fn fill(&mut self) -> Result<(), CompactError> {
-        while self.rows.is_empty() && !self.done {
+        while self.batch.as_ref().is_none_or(|b| self.pos >= b.num_rows()) && !self.done {
             match self.stream.next().await {
-                Some(batch) => self.rows.extend(block::batch_to_spans(&batch?, &self.dedicated)?),
-                None => self.done = true,
+                Some(batch) => {
+                    self.batch = Some(batch?);
+                    self.pos = 0;
+                }
+                None => {
+                    self.batch = None;
+                    self.done = true;
+                }
             }
         }
         Ok(())
     }
+
+    /// The trace ID of the next row.
+    fn current(&self) -> Option<TraceId> {
+        let b = self.batch.as_ref().filter(|b| self.pos < b.num_rows())?;
+        let ids = b.column_by_name(schema::col::TRACE_ID)?.as_fixed_size_binary_opt()?;
+        TraceId::from_bytes(ids.value(self.pos))
+    }
+
+    /// The rows of trace `id` from the current position on, as slices of the batches they sit in (a trace may
+    /// continue in the next batch).
+    async fn take_run(&mut self, id: &TraceId) -> Result<Vec<RecordBatch>, CompactError> {
+        let mut out = Vec::new();
+        while let Some(b) = self.batch.as_ref() {
+            let Some(ids) = b.column_by_name(schema::col::TRACE_ID).and_then(|c| c.as_fixed_size_binary_opt()) else {
+                return Err(BlockError::Layout("trace_id column missing or mistyped".into()).into());
+            };
+            let start = self.pos;
+            let mut end = start;
+            while end < b.num_rows() && ids.value(end) == id.0 {
+                end += 1;
+            }
+            if end > start {
+                out.push(b.slice(start, end - start));
+            }
+            self.pos = end;
+            if end < b.num_rows() {
+                break;
+            }
+            self.fill().await?;
+            if self.current() != Some(*id) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Rows, earliest span start and latest span end of a trace's copied rows.
+fn run_bounds(slices: &[RecordBatch]) -> Result<(u64, u64, u64), CompactError> {
+    let (mut n, mut start, mut end) = (0u64, u64::MAX, 0u64);
+    for b in slices {
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+                .ok_or_else(|| BlockError::Layout(format!("{name} column missing or mistyped")))
+        };
+        let (starts, durations) = (col(schema::col::START)?, col(schema::col::DURATION)?);
+        for i in 0..b.num_rows() {
+            let s = starts.value(i) as u64;
+            start = start.min(s);
+            end = end.max(s.wrapping_add(durations.value(i) as u64));
+        }
+        n += b.num_rows() as u64;
+    }
+    Ok((n, if n == 0 { 0 } else { start }, end))
 }
 
 /// WAL ranges of several blocks, overlapping ones of the same WAL joined.
