@@ -465,6 +465,45 @@ fn choose_dedicated(traces: &[(TraceId, Vec<SpanRecord>)], min_share: f64) -> De
 /// all spans. A streaming merge cannot count keys over the merged data before writing it; the inputs' own choices
 /// (each made over all of its spans) are the measure at hand.
 pub fn dedicated_for_merge(inputs: &[&BlockMeta], min_share: f64) -> Dedicated {
+    // Inputs that all map the same keys to the same slots keep that mapping: their rows can then be copied
+    // as they are (re-ranking keys of equal weight would reorder the slots for nothing).
+    fn layout(m: &BlockMeta) -> Vec<(&str, &str, &str, &str)> {
+        let mut v: Vec<(&str, &str, &str, &str)> = m
+            .dedicated_columns
+            .iter()
+            .map(|d| (d.column.as_str(), d.scope.as_str(), d.value_type.as_str(), d.name.as_str()))
+            .collect();
+        v.sort();
+        v
+    }
+    if let Some(first) = inputs.first()
+        && inputs.iter().all(|m| layout(m) == layout(first))
+    {
+        let slot = |scope: &str, ty: &str| {
+            let mut v: Vec<(&str, String)> = first
+                .dedicated_columns
+                .iter()
+                .filter(|d| d.scope == scope && d.value_type == ty)
+                .map(|d| (d.column.as_str(), d.name.clone()))
+                .collect();
+            v.sort();
+            v.into_iter().map(|(_, n)| n).collect::<Vec<_>>()
+        };
+        let d = Dedicated {
+            res_str: slot("resource", "string"),
+            span_str: slot("span", "string"),
+            span_int: slot("span", "int"),
+        };
+        // Only when the columns are the ones the schema numbers (an unusual meta falls back to re-ranking).
+        let expected: Vec<String> = d.columns(&Spilled::new()).into_iter().map(|c| c.column).collect();
+        let mut found: Vec<String> = first.dedicated_columns.iter().map(|c| c.column.clone()).collect();
+        let mut want = expected.clone();
+        found.sort();
+        want.sort();
+        if found == want {
+            return d;
+        }
+    }
     let total: u64 = inputs.iter().map(|m| m.span_count).sum();
     let min = ((total as f64) * min_share).ceil().max(1.0) as u64;
     let mut score: HashMap<(&str, &str, &str), u64> = HashMap::new();
