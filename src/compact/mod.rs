@@ -209,18 +209,19 @@ impl Compactor {
             Some(writer_properties(&self.cfg.block)?),
         )?;
         let out_schema = schema::schema();
+        let out_dedicated = rows.dedicated_columns();
         let mut sources = Vec::with_capacity(inputs.len());
         for b in inputs {
             let stream = self.blocks.stream_block(tenant, b, READ_BATCH_ROWS).await?;
             // Rows of a trace found in this input alone are copied when the input's columns and slot mapping are
             // the output's; otherwise (older schema, other slots) they are decoded and rebuilt.
-            let copyable =
-                stream.schema().fields() == out_schema.fields() && rows.same_layout(&b.meta.dedicated_columns);
+            let copy = copy_plan(stream.schema(), &out_schema, &b.meta.dedicated_columns, &out_dedicated);
+            tracing::debug!(block = %b.meta.block_id, copyable = copy.is_some(), "merge input");
             sources.push(Input {
                 stream,
                 dedicated: b.meta.dedicated_columns.clone(),
                 service_name_in_list: b.meta.service_name_in_list,
-                copyable,
+                copy,
                 batch: None,
                 pos: 0,
                 done: false,
@@ -244,18 +245,18 @@ impl Compactor {
             }
             bloom.insert(&id);
             if let [(k, slices)] = pieces.as_slice()
-                && sources[*k].copyable
+                && let Some(plan) = &sources[*k].copy
             {
                 if let Some(batch) = rows.finish()? {
                     writer.write(&batch).await?;
                 }
                 let (n, start, end) = run_bounds(slices)?;
                 let input = &sources[*k];
-                rows.add_copied(&id, n, start, end, &input.dedicated, input.service_name_in_list);
+                rows.add_copied(&id, n, start, end, &plan.spilled, input.service_name_in_list);
                 copied_traces += 1;
                 for slice in slices {
                     copied_rows += slice.num_rows();
-                    copied.push(RecordBatch::try_new(out_schema.clone(), slice.columns().to_vec())?);
+                    copied.push(plan.apply(slice, &out_schema)?);
                 }
                 if copied_rows >= READ_BATCH_ROWS {
                     writer.write(&concat_batches(&out_schema, &copied)?).await?;
@@ -334,8 +335,8 @@ struct Input {
     stream: parquet::arrow::async_reader::ParquetRecordBatchStream<crate::storage::ObjectFile>,
     dedicated: Vec<block::DedicatedColumn>,
     service_name_in_list: bool,
-    /// Whether its rows can be copied into the output unchanged.
-    copyable: bool,
+    /// How its rows become output rows as they are (slot columns reordered), when they can.
+    copy: Option<CopyPlan>,
     batch: Option<RecordBatch>,
     /// Next row of `batch` to merge.
     pos: usize,
@@ -394,6 +395,74 @@ impl Input {
         }
         Ok(out)
     }
+}
+
+/// Where each output column of a copied row comes from.
+enum ColumnSource {
+    Input(usize),
+    /// A dedicated slot the input did not have: all null.
+    Null(arrow::datatypes::DataType),
+}
+
+/// How an input's rows are copied into the merged block: same columns, the slot columns mapped by key.
+struct CopyPlan {
+    columns: Vec<ColumnSource>,
+    /// The output's dedicated keys whose values this input keeps in its generic lists (marked `also_in_list`
+    /// in the output), with the input's own such keys.
+    spilled: Vec<block::DedicatedColumn>,
+}
+
+impl CopyPlan {
+    fn apply(&self, slice: &RecordBatch, out: &arrow::datatypes::SchemaRef) -> Result<RecordBatch, CompactError> {
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                ColumnSource::Input(i) => slice.column(*i).clone(),
+                ColumnSource::Null(t) => arrow::array::new_null_array(t, slice.num_rows()),
+            })
+            .collect();
+        Ok(RecordBatch::try_new(out.clone(), columns)?)
+    }
+}
+
+/// Whether an input's rows can be copied: the same columns as the output, and every key it dedicated is a
+/// dedicated key of the output of the same scope and type (possibly in another slot). `None` otherwise.
+fn copy_plan(
+    input: &arrow::datatypes::Schema,
+    out: &arrow::datatypes::Schema,
+    in_dedicated: &[block::DedicatedColumn],
+    out_dedicated: &[block::DedicatedColumn],
+) -> Option<CopyPlan> {
+    if input.fields() != out.fields() {
+        return None;
+    }
+    let same = |a: &block::DedicatedColumn, b: &block::DedicatedColumn| {
+        a.scope == b.scope && a.name == b.name && a.value_type == b.value_type
+    };
+    if !in_dedicated.iter().all(|d| out_dedicated.iter().any(|o| same(d, o))) {
+        return None;
+    }
+    let mut columns = Vec::with_capacity(out.fields().len());
+    for (i, f) in out.fields().iter().enumerate() {
+        let slot = out_dedicated.iter().find(|o| o.column == *f.name());
+        let source = match slot {
+            None if block::slot_bit(f.name()).is_some() => ColumnSource::Null(f.data_type().clone()),
+            None => ColumnSource::Input(i),
+            Some(o) => match in_dedicated.iter().find(|d| same(d, o)) {
+                Some(d) => ColumnSource::Input(input.index_of(&d.column).ok()?),
+                None => ColumnSource::Null(f.data_type().clone()),
+            },
+        };
+        columns.push(source);
+    }
+    let mut spilled: Vec<block::DedicatedColumn> = in_dedicated.iter().filter(|d| d.also_in_list).cloned().collect();
+    spilled.extend(out_dedicated.iter().filter(|o| !in_dedicated.iter().any(|d| same(d, o))).map(|o| {
+        let mut o = o.clone();
+        o.also_in_list = true;
+        o
+    }));
+    Some(CopyPlan { columns, spilled })
 }
 
 /// Rows, earliest span start and latest span end of a trace's copied rows.
