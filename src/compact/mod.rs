@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::compute::concat_batches;
+use arrow::compute::interleave_record_batch;
 use futures::StreamExt;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use tokio::sync::watch;
@@ -223,13 +223,14 @@ impl Compactor {
                 service_name_in_list: b.meta.service_name_in_list,
                 copy,
                 batch: None,
+                mapped: None,
+                seq: 0,
                 pos: 0,
                 done: false,
             });
         }
         // Copied rows wait here until a batch is full or rebuilt rows come next (output stays in trace-ID order).
-        let mut copied: Vec<RecordBatch> = Vec::new();
-        let mut copied_rows = 0usize;
+        let mut copied = Gather::default();
         let mut trace: Vec<SpanRecord> = Vec::new();
         let (mut copied_traces, mut rebuilt_traces) = (0u64, 0u64);
         loop {
@@ -237,44 +238,39 @@ impl Compactor {
                 s.fill().await?;
             }
             let Some(id) = sources.iter().filter_map(Input::current).min() else { break };
-            let mut pieces: Vec<(usize, Vec<RecordBatch>)> = Vec::new();
+            let mut pieces: Vec<(usize, Vec<Piece>)> = Vec::new();
             for (k, s) in sources.iter_mut().enumerate() {
                 if s.current() == Some(id) {
                     pieces.push((k, s.take_run(&id).await?));
                 }
             }
             bloom.insert(&id);
-            if let [(k, slices)] = pieces.as_slice()
+            if let [(k, run)] = pieces.as_slice()
                 && let Some(plan) = &sources[*k].copy
             {
                 if let Some(batch) = rows.finish()? {
                     writer.write(&batch).await?;
                 }
-                let (n, start, end) = run_bounds(slices)?;
-                let input = &sources[*k];
-                rows.add_copied(&id, n, start, end, &plan.spilled, input.service_name_in_list);
+                let (n, start, end) = run_bounds(run)?;
+                rows.add_copied(&id, n, start, end, &plan.spilled, sources[*k].service_name_in_list);
                 copied_traces += 1;
-                for slice in slices {
-                    copied_rows += slice.num_rows();
-                    copied.push(plan.apply(slice, &out_schema)?);
+                for piece in run {
+                    copied.add(*k, piece);
                 }
-                if copied_rows >= READ_BATCH_ROWS {
-                    writer.write(&concat_batches(&out_schema, &copied)?).await?;
-                    copied.clear();
-                    copied_rows = 0;
+                if copied.rows() >= READ_BATCH_ROWS {
+                    writer.write(&copied.take()?).await?;
                     tokio::task::yield_now().await;
                 }
                 continue;
             }
-            if !copied.is_empty() {
-                writer.write(&concat_batches(&out_schema, &copied)?).await?;
-                copied.clear();
-                copied_rows = 0;
+            if copied.rows() > 0 {
+                writer.write(&copied.take()?).await?;
             }
             trace.clear();
-            for (k, slices) in &pieces {
-                for slice in slices {
-                    trace.extend(block::batch_to_spans(slice, &sources[*k].dedicated)?.into_iter().map(|(_, r)| r));
+            for (k, run) in &pieces {
+                for piece in run {
+                    let slice = piece.batch.slice(piece.rows.start, piece.rows.len());
+                    trace.extend(block::batch_to_spans(&slice, &sources[*k].dedicated)?.into_iter().map(|(_, r)| r));
                 }
             }
             rebuilt_traces += 1;
@@ -285,8 +281,8 @@ impl Compactor {
         }
         tracing::debug!(copied_traces, rebuilt_traces, "merged traces");
         self.metrics.compaction_copied_traces.inc_by(copied_traces);
-        if !copied.is_empty() {
-            writer.write(&concat_batches(&out_schema, &copied)?).await?;
+        if copied.rows() > 0 {
+            writer.write(&copied.take()?).await?;
         }
         if let Some(batch) = rows.finish()? {
             writer.write(&batch).await?;
@@ -338,9 +334,21 @@ struct Input {
     /// How its rows become output rows as they are (slot columns reordered), when they can.
     copy: Option<CopyPlan>,
     batch: Option<RecordBatch>,
+    /// `batch` with the output's columns (when `copy` is set).
+    mapped: Option<RecordBatch>,
+    /// Counts the batches read, so a gather can tell them apart.
+    seq: u64,
     /// Next row of `batch` to merge.
     pos: usize,
     done: bool,
+}
+
+/// Rows of one trace in one batch of an input.
+struct Piece {
+    seq: u64,
+    batch: RecordBatch,
+    mapped: Option<RecordBatch>,
+    rows: std::ops::Range<usize>,
 }
 
 impl Input {
@@ -349,11 +357,15 @@ impl Input {
         while self.batch.as_ref().is_none_or(|b| self.pos >= b.num_rows()) && !self.done {
             match self.stream.next().await {
                 Some(batch) => {
-                    self.batch = Some(batch?);
+                    let batch = batch?;
+                    self.mapped = self.copy.as_ref().map(|p| p.apply(&batch, &schema::schema())).transpose()?;
+                    self.batch = Some(batch);
+                    self.seq += 1;
                     self.pos = 0;
                 }
                 None => {
                     self.batch = None;
+                    self.mapped = None;
                     self.done = true;
                 }
             }
@@ -368,9 +380,9 @@ impl Input {
         TraceId::from_bytes(ids.value(self.pos))
     }
 
-    /// The rows of trace `id` from the current position on, as slices of the batches they sit in (a trace may
-    /// continue in the next batch).
-    async fn take_run(&mut self, id: &TraceId) -> Result<Vec<RecordBatch>, CompactError> {
+    /// The rows of trace `id` from the current position on, per batch they sit in (a trace may continue in the
+    /// next batch).
+    async fn take_run(&mut self, id: &TraceId) -> Result<Vec<Piece>, CompactError> {
         let mut out = Vec::new();
         while let Some(b) = self.batch.as_ref() {
             let Some(ids) = b.column_by_name(schema::col::TRACE_ID).and_then(|c| c.as_fixed_size_binary_opt()) else {
@@ -382,7 +394,7 @@ impl Input {
                 end += 1;
             }
             if end > start {
-                out.push(b.slice(start, end - start));
+                out.push(Piece { seq: self.seq, batch: b.clone(), mapped: self.mapped.clone(), rows: start..end });
             }
             self.pos = end;
             if end < b.num_rows() {
@@ -393,6 +405,44 @@ impl Input {
                 break;
             }
         }
+        Ok(out)
+    }
+}
+
+/// Copied rows waiting to be written, gathered from the input batches they sit in by one `interleave` (slicing
+/// each trace's rows out separately cost more than the rest of the copy).
+#[derive(Default)]
+struct Gather {
+    batches: Vec<RecordBatch>,
+    /// (input, batch sequence) of each entry of `batches`.
+    keys: Vec<(usize, u64)>,
+    rows: Vec<(usize, usize)>,
+}
+
+impl Gather {
+    fn add(&mut self, input: usize, piece: &Piece) {
+        let Some(mapped) = &piece.mapped else { return };
+        let at = match self.keys.iter().position(|k| *k == (input, piece.seq)) {
+            Some(at) => at,
+            None => {
+                self.keys.push((input, piece.seq));
+                self.batches.push(mapped.clone());
+                self.batches.len() - 1
+            }
+        };
+        self.rows.extend(piece.rows.clone().map(|r| (at, r)));
+    }
+
+    fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn take(&mut self) -> Result<RecordBatch, CompactError> {
+        let refs: Vec<&RecordBatch> = self.batches.iter().collect();
+        let out = interleave_record_batch(&refs, &self.rows)?;
+        self.batches.clear();
+        self.keys.clear();
+        self.rows.clear();
         Ok(out)
     }
 }
@@ -466,21 +516,22 @@ fn copy_plan(
 }
 
 /// Rows, earliest span start and latest span end of a trace's copied rows.
-fn run_bounds(slices: &[RecordBatch]) -> Result<(u64, u64, u64), CompactError> {
+fn run_bounds(run: &[Piece]) -> Result<(u64, u64, u64), CompactError> {
     let (mut n, mut start, mut end) = (0u64, u64::MAX, 0u64);
-    for b in slices {
+    for p in run {
         let col = |name: &str| {
-            b.column_by_name(name)
+            p.batch
+                .column_by_name(name)
                 .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
                 .ok_or_else(|| BlockError::Layout(format!("{name} column missing or mistyped")))
         };
         let (starts, durations) = (col(schema::col::START)?, col(schema::col::DURATION)?);
-        for i in 0..b.num_rows() {
+        for i in p.rows.clone() {
             let s = starts.value(i) as u64;
             start = start.min(s);
             end = end.max(s.wrapping_add(durations.value(i) as u64));
         }
-        n += b.num_rows() as u64;
+        n += p.rows.len() as u64;
     }
     Ok((n, if n == 0 { 0 } else { start }, end))
 }
@@ -540,6 +591,38 @@ pub fn plan(blocks: &[Arc<BlockEntry>], cfg: &CompactConfig) -> Vec<Vec<Arc<Bloc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slot(column: &str, name: &str) -> block::DedicatedColumn {
+        block::DedicatedColumn {
+            scope: "span".into(),
+            name: name.into(),
+            value_type: "string".into(),
+            column: column.into(),
+            also_in_list: false,
+        }
+    }
+
+    #[test]
+    fn copy_plans_map_slots_by_key() {
+        let schema = schema::schema();
+        let input = [slot("span_str_00", "a"), slot("span_str_01", "b")];
+        let out = [slot("span_str_00", "b"), slot("span_str_01", "a"), slot("span_str_02", "c")];
+        let plan = copy_plan(&schema, &schema, &input, &out).expect("copyable");
+        let at = |c: &str| schema.index_of(c).expect("column");
+        let src = |c: &str| match &plan.columns[at(c)] {
+            ColumnSource::Input(i) => Some(*i),
+            ColumnSource::Null(_) => None,
+        };
+        assert_eq!(src("span_str_00"), Some(at("span_str_01")));
+        assert_eq!(src("span_str_01"), Some(at("span_str_00")));
+        assert_eq!(src("span_str_02"), None, "a key the input did not dedicate: nulls");
+        assert_eq!(src("span_str_03"), None, "an unused slot: nulls");
+        assert_eq!(src(schema::col::NAME), Some(at(schema::col::NAME)));
+        // The input kept `c` in its generic lists: the output must say so.
+        assert_eq!(plan.spilled.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        // A key the output has no slot for would have to move into the lists: rebuilt instead.
+        assert!(copy_plan(&schema, &schema, &[slot("span_str_00", "z")], &out).is_none());
+    }
 
     #[test]
     fn wal_ranges_join_per_instance() {
