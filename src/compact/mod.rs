@@ -3,7 +3,9 @@
 //!
 //! A merge streams: every input is read in trace-ID order a batch at a time, fragments of one trace are joined
 //! (duplicate spans dropped, tree numbers and trace-level columns recomputed over the whole trace) and written
-//! through the block writer's row builder to a Parquet writer that uploads in parts. The output's meta names the
+//! through the block writer's row builder to a Parquet writer that uploads in parts. A trace found in one input
+//! only is already whole and numbered: its stored rows are copied (slot columns remapped by key when the output
+//! ranks the same keys differently), which halves the merge's CPU (see BENCHMARKS.md). The output's meta names the
 //! inputs it replaces, so it takes their place atomically for every reader; the inputs are deleted after a grace
 //! period (queries already reading them finish). A per-tenant lease on the bucket keeps two compactors apart.
 
