@@ -8,15 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde_json::{Map, Value};
 
-const KINDS: [&str; 6] = [
-    "SPAN_KIND_UNSPECIFIED",
-    "SPAN_KIND_INTERNAL",
-    "SPAN_KIND_SERVER",
-    "SPAN_KIND_CLIENT",
-    "SPAN_KIND_PRODUCER",
-    "SPAN_KIND_CONSUMER",
-];
-const STATUS: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+use crate::model::{SPAN_KIND_NAMES as KINDS, STATUS_CODE_NAMES as STATUS};
 
 /// Resource spans as a JSON array in Tempo's style.
 pub fn resource_spans_json(rs: &[ResourceSpans]) -> Value {

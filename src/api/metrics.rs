@@ -210,16 +210,7 @@ pub(super) async fn query_range(
         let req = range_request(&api.limits.query, q, start, end, step, exemplars_param(&params)?)?;
         api.bounded("metrics query", api.querier.metrics(&tenant, &req)).await
     };
-    match run.await {
-        Ok(r) => {
-            if wants_protobuf(&headers) {
-                api.sized(range_proto(&r).encode_to_vec(), "application/protobuf")
-            } else {
-                api.json_chunked(&RangeJson(&r))
-            }
-        }
-        Err(e) => e.into_response(),
-    }
+    answer(&api, &headers, run.await, |r| range_proto(r).encode_to_vec(), |r| api.json_chunked(&RangeJson(r)))
 }
 
 pub(super) async fn query_instant(
@@ -234,14 +225,20 @@ pub(super) async fn query_instant(
         let req = instant_request(&api.limits.query, q, start, end)?;
         api.bounded("metrics query", api.querier.metrics(&tenant, &req)).await
     };
-    match run.await {
-        Ok(r) => {
-            if wants_protobuf(&headers) {
-                api.sized(instant_proto(&r).encode_to_vec(), "application/protobuf")
-            } else {
-                api.json_chunked(&InstantJson(&r))
-            }
-        }
+    answer(&api, &headers, run.await, |r| instant_proto(r).encode_to_vec(), |r| api.json_chunked(&InstantJson(r)))
+}
+
+/// The answer in the form the client asked for (protobuf or JSON), or the error.
+fn answer(
+    api: &Api,
+    headers: &HeaderMap,
+    result: Result<MetricsResult, ApiError>,
+    proto: impl FnOnce(&MetricsResult) -> Vec<u8>,
+    json: impl FnOnce(&MetricsResult) -> Response,
+) -> Response {
+    match result {
+        Ok(r) if wants_protobuf(headers) => api.sized(proto(&r), "application/protobuf"),
+        Ok(r) => json(&r),
         Err(e) => e.into_response(),
     }
 }

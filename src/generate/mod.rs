@@ -163,15 +163,7 @@ pub struct Generator {
     hasher: ahash::RandomState,
 }
 
-const KINDS: [&str; 6] = [
-    "SPAN_KIND_UNSPECIFIED",
-    "SPAN_KIND_INTERNAL",
-    "SPAN_KIND_SERVER",
-    "SPAN_KIND_CLIENT",
-    "SPAN_KIND_PRODUCER",
-    "SPAN_KIND_CONSUMER",
-];
-const STATUSES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+use crate::model::{SPAN_KIND_NAMES as KINDS, STATUS_CODE_NAMES as STATUSES};
 
 fn cut(s: &str) -> String {
     if s.len() <= MAX_LABEL_LEN {

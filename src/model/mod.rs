@@ -15,6 +15,19 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 /// The tenant used when a request carries no `X-Scope-OrgID`, as in Tempo.
 pub const DEFAULT_TENANT: &str = "single-tenant";
 
+/// OTLP span kinds by number, as the protobuf enum names them (Tempo's JSON and metrics labels use these).
+pub const SPAN_KIND_NAMES: [&str; 6] = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+];
+
+/// OTLP status codes by number, as the protobuf enum names them.
+pub const STATUS_CODE_NAMES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+
 /// Errors parsing identifiers that arrive from clients.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
