@@ -77,7 +77,8 @@ impl Frame {
         if ts <= self.start || ts > self.end {
             return None;
         }
-        Some(((ts - self.start - 1) / self.step.max(1)) as usize)
+        // An unaligned end (a range not a whole number of steps) has no interval for its last partial step.
+        Some(((ts - self.start - 1) / self.step.max(1)) as usize).filter(|&i| i < self.intervals())
     }
 
     /// Unix milliseconds of interval `i`'s end.

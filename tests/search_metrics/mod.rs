@@ -761,4 +761,15 @@ fn exemplars_link_matching_traces_and_bad_requests_are_400s() {
     bad(&[("q", "{ } | rate()"), ("start", "0"), ("end", &e), ("step", "60")], "maximum allowed duration");
     bad(&[("q", "{ } | rate()"), ("start", &s), ("end", &e), ("step", "soon")], "step");
     bad(&[("start", &s), ("end", &e)], "missing q");
+    bad(&[("q", "{ } | rate()"), ("start", "99999999999999999999999"), ("end", &e)], "invalid start");
+    bad(&[("q", "{ } | rate()"), ("start", &s), ("end", &e), ("exemplars", "-1")], "exemplars");
+    bad(&[("q", "{ } | rate()"), ("start", &s), ("end", &e), ("step", "1e30")], "step");
+    bad(&[("q", "{ } | compare({ status = error }) | topk(2)"), ("start", &s), ("end", &e)], "compare");
+    let r = get(
+        &srv,
+        "/api/metrics/query",
+        &[("q", "{ } | rate()".into()), ("start", s.clone()), ("end", s.clone())],
+        false,
+    );
+    assert_eq!(r.status().as_u16(), 400, "an instant query over nothing");
 }
