@@ -335,9 +335,10 @@ struct Input {
     service_name_in_list: bool,
     /// How its rows become output rows as they are (slot columns reordered), when they can.
     copy: Option<CopyPlan>,
-    batch: Option<RecordBatch>,
+    /// Shared with the pieces taken from it (an `Arc` clone per trace, not one per column).
+    batch: Option<Arc<RecordBatch>>,
     /// `batch` with the output's columns (when `copy` is set).
-    mapped: Option<RecordBatch>,
+    mapped: Option<Arc<RecordBatch>>,
     /// Counts the batches read, so a gather can tell them apart.
     seq: u64,
     /// Next row of `batch` to merge.
@@ -348,8 +349,8 @@ struct Input {
 /// Rows of one trace in one batch of an input.
 struct Piece {
     seq: u64,
-    batch: RecordBatch,
-    mapped: Option<RecordBatch>,
+    batch: Arc<RecordBatch>,
+    mapped: Option<Arc<RecordBatch>>,
     rows: std::ops::Range<usize>,
 }
 
@@ -360,8 +361,8 @@ impl Input {
             match self.stream.next().await {
                 Some(batch) => {
                     let batch = batch?;
-                    self.mapped = self.copy.as_ref().map(|p| p.apply(&batch, &schema::schema())).transpose()?;
-                    self.batch = Some(batch);
+                    self.mapped = self.copy.as_ref().map(|p| p.apply(&batch)).transpose()?.map(Arc::new);
+                    self.batch = Some(Arc::new(batch));
                     self.seq += 1;
                     self.pos = 0;
                 }
@@ -415,7 +416,7 @@ impl Input {
 /// each trace's rows out separately cost more than the rest of the copy).
 #[derive(Default)]
 struct Gather {
-    batches: Vec<RecordBatch>,
+    batches: Vec<Arc<RecordBatch>>,
     /// (input, batch sequence) of each entry of `batches`.
     keys: Vec<(usize, u64)>,
     rows: Vec<(usize, usize)>,
@@ -440,7 +441,7 @@ impl Gather {
     }
 
     fn take(&mut self) -> Result<RecordBatch, CompactError> {
-        let refs: Vec<&RecordBatch> = self.batches.iter().collect();
+        let refs: Vec<&RecordBatch> = self.batches.iter().map(|b| b.as_ref()).collect();
         let out = interleave_record_batch(&refs, &self.rows)?;
         self.batches.clear();
         self.keys.clear();
@@ -458,6 +459,7 @@ enum ColumnSource {
 
 /// How an input's rows are copied into the merged block: same columns, the slot columns mapped by key.
 struct CopyPlan {
+    schema: arrow::datatypes::SchemaRef,
     columns: Vec<ColumnSource>,
     /// The output's dedicated keys whose values this input keeps in its generic lists (marked `also_in_list`
     /// in the output), with the input's own such keys.
@@ -465,7 +467,7 @@ struct CopyPlan {
 }
 
 impl CopyPlan {
-    fn apply(&self, slice: &RecordBatch, out: &arrow::datatypes::SchemaRef) -> Result<RecordBatch, CompactError> {
+    fn apply(&self, slice: &RecordBatch) -> Result<RecordBatch, CompactError> {
         let columns = self
             .columns
             .iter()
@@ -474,7 +476,7 @@ impl CopyPlan {
                 ColumnSource::Null(t) => arrow::array::new_null_array(t, slice.num_rows()),
             })
             .collect();
-        Ok(RecordBatch::try_new(out.clone(), columns)?)
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
 
@@ -482,7 +484,7 @@ impl CopyPlan {
 /// dedicated key of the output of the same scope and type (possibly in another slot). `None` otherwise.
 fn copy_plan(
     input: &arrow::datatypes::Schema,
-    out: &arrow::datatypes::Schema,
+    out: &arrow::datatypes::SchemaRef,
     in_dedicated: &[block::DedicatedColumn],
     out_dedicated: &[block::DedicatedColumn],
 ) -> Option<CopyPlan> {
@@ -514,7 +516,7 @@ fn copy_plan(
         o.also_in_list = true;
         o
     }));
-    Some(CopyPlan { columns, spilled })
+    Some(CopyPlan { schema: out.clone(), columns, spilled })
 }
 
 /// Rows, earliest span start and latest span end of a trace's copied rows.
