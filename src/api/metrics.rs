@@ -305,12 +305,8 @@ struct SampleJson(i64, f64);
 impl Serialize for SampleJson {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
-        if self.0 != 0 {
-            m.serialize_entry("timestampMs", &StrI64(self.0))?;
-        }
-        if self.1 != 0.0 {
-            m.serialize_entry("value", &F64(self.1))?;
-        }
+        put!(m, "timestampMs", StrI64(self.0), self.0 == 0);
+        put!(m, "value", F64(self.1), self.1 == 0.0);
         m.end()
     }
 }
@@ -321,15 +317,9 @@ impl Serialize for ExemplarJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.0;
         let mut m = s.serialize_map(None)?;
-        if !e.labels.is_empty() {
-            m.serialize_entry("labels", &AttributesJson(&e.labels))?;
-        }
-        if e.value != 0.0 {
-            m.serialize_entry("value", &F64(e.value))?;
-        }
-        if e.timestamp_ms != 0 {
-            m.serialize_entry("timestampMs", &StrI64(e.timestamp_ms))?;
-        }
+        put!(m, "labels", AttributesJson(&e.labels), e.labels.is_empty());
+        put!(m, "value", F64(e.value), e.value == 0.0);
+        put!(m, "timestampMs", StrI64(e.timestamp_ms), e.timestamp_ms == 0);
         m.end()
     }
 }
@@ -340,15 +330,9 @@ impl Serialize for SeriesJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let x = self.0;
         let mut m = s.serialize_map(None)?;
-        if !x.labels.is_empty() {
-            m.serialize_entry("labels", &AttributesJson(&x.labels))?;
-        }
-        if !x.samples.is_empty() {
-            m.serialize_entry("samples", &Seq(x.samples.iter().map(|(t, v)| SampleJson(*t, *v))))?;
-        }
-        if !x.exemplars.is_empty() {
-            m.serialize_entry("exemplars", &Seq(x.exemplars.iter().map(ExemplarJson)))?;
-        }
+        put!(m, "labels", AttributesJson(&x.labels), x.labels.is_empty());
+        put!(m, "samples", Seq(x.samples.iter().map(|(t, v)| SampleJson(*t, *v))), x.samples.is_empty());
+        put!(m, "exemplars", Seq(x.exemplars.iter().map(ExemplarJson)), x.exemplars.is_empty());
         m.end()
     }
 }
@@ -360,9 +344,7 @@ impl Serialize for RangeJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let metrics = metrics_proto(&self.0.stats);
         let mut m = s.serialize_map(None)?;
-        if !self.0.series.is_empty() {
-            m.serialize_entry("series", &Seq(self.0.series.iter().map(SeriesJson)))?;
-        }
+        put!(m, "series", Seq(self.0.series.iter().map(SeriesJson)), self.0.series.is_empty());
         m.serialize_entry("metrics", &MetricsJson(&metrics))?;
         m.end()
     }
@@ -373,12 +355,8 @@ struct InstantSeriesJson<'a>(&'a Series, f64);
 impl Serialize for InstantSeriesJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
-        if !self.0.labels.is_empty() {
-            m.serialize_entry("labels", &AttributesJson(&self.0.labels))?;
-        }
-        if self.1 != 0.0 {
-            m.serialize_entry("value", &F64(self.1))?;
-        }
+        put!(m, "labels", AttributesJson(&self.0.labels), self.0.labels.is_empty());
+        put!(m, "value", F64(self.1), self.1 == 0.0);
         m.end()
     }
 }
@@ -391,9 +369,7 @@ impl Serialize for InstantJson<'_> {
         let metrics = metrics_proto(&self.0.stats);
         let series: Vec<(&Series, f64)> = self.0.series.iter().filter_map(|s| Some((s, instant_value(s)?))).collect();
         let mut m = s.serialize_map(None)?;
-        if !series.is_empty() {
-            m.serialize_entry("series", &Seq(series.iter().map(|(s, v)| InstantSeriesJson(s, *v))))?;
-        }
+        put!(m, "series", Seq(series.iter().map(|(s, v)| InstantSeriesJson(s, *v))), series.is_empty());
         m.serialize_entry("metrics", &MetricsJson(&metrics))?;
         m.end()
     }

@@ -1,6 +1,16 @@
 //! The query API on :3200, shaped like Grafana Tempo's so Grafana's Tempo data source works unchanged, plus
 //! operations endpoints (`/ready`, `/metrics`, `/flush`).
 
+/// Writes `key: value` unless the value is proto3's default, which proto3 JSON omits (declared before the modules
+/// so every JSON writer below can use it).
+macro_rules! put {
+    ($m:expr, $key:expr, $v:expr, $default:expr) => {
+        if !$default {
+            $m.serialize_entry($key, &$v)?;
+        }
+    };
+}
+
 mod grpc;
 mod json;
 mod metrics;

@@ -242,15 +242,6 @@ pub(super) fn metrics_proto(s: &SearchStats) -> tempopb::SearchMetrics {
     }
 }
 
-/// Writes `key: value` unless the value is proto3's default, which proto3 JSON omits.
-macro_rules! put {
-    ($m:expr, $key:expr, $v:expr, $default:expr) => {
-        if !$default {
-            $m.serialize_entry($key, &$v)?;
-        }
-    };
-}
-
 /// 64-bit integers are strings in proto3 JSON; written without an intermediate `String`.
 pub(super) struct Str64(pub u64);
 
