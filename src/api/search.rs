@@ -150,7 +150,14 @@ pub(super) async fn search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     match run(&api, &headers, &params).await {
-        Ok(r) => render(&api, &headers, &r),
+        Ok(r) => {
+            let response = render(&api, &headers, &r);
+            // Freeing tens of thousands of hits takes a while: not on the answer's path.
+            if r.traces.len() > 1000 {
+                tokio::task::spawn_blocking(move || drop(r));
+            }
+            response
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -169,11 +176,24 @@ async fn run(api: &Api, headers: &HeaderMap, params: &HashMap<String, String>) -
     api.bounded("search", api.querier.search(&tenant, &req)).await
 }
 
+/// The SearchResponse in protobuf, or in the proto3 JSON Tempo emits: lowerCamel names, 64-bit integers as
+/// strings, zero values omitted, and nothing outside Tempo's messages (Grafana rejects unknown fields). JSON is
+/// serialised straight from the search result: a tree of `serde_json::Value`s (or a copy as proto messages) for
+/// 50k traces cost more than the search itself.
 fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
     if wants_protobuf(headers) {
         return api.sized(to_proto(r).encode_to_vec(), "application/protobuf");
     }
-    api.json_chunked(&ResponseJson(r))
+    let metrics = metrics_proto(&r.stats);
+    let rest = match serde_json::to_string(&MetricsJson(&metrics)) {
+        Ok(m) => format!(",\"metrics\":{m}"),
+        Err(e) => {
+            return ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the response: {e}"))
+                .into_response();
+        }
+    };
+    let traces: Vec<TraceJson> = r.traces.iter().map(TraceJson).collect();
+    api.json_array_chunked("traces", &traces, &rest)
 }
 
 /// Hex trace ID with leading zeros stripped, as Tempo prints it in search results.
@@ -247,7 +267,8 @@ pub(super) struct Str64(pub u64);
 
 impl Serialize for Str64 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        // Formatted on the stack: `collect_str` runs the escaper over each piece `fmt` writes.
+        s.serialize_str(itoa::Buffer::new().format(self.0))
     }
 }
 
@@ -274,7 +295,7 @@ pub(super) struct StrI64(pub i64);
 
 impl Serialize for StrI64 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        s.serialize_str(itoa::Buffer::new().format(self.0))
     }
 }
 
@@ -336,13 +357,15 @@ struct Hex<'a>(&'a [u8]);
 
 impl Serialize for Hex<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct D<'a>(&'a [u8]);
-        impl std::fmt::Display for D<'_> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        // Span and trace IDs fit a stack buffer; `collect_str` would escape every formatted piece on its own.
+        let mut buf = [0u8; 64];
+        match buf.get_mut(..self.0.len() * 2) {
+            Some(out) => {
+                hex::encode_to_slice(self.0, out).map_err(serde::ser::Error::custom)?;
+                s.serialize_str(std::str::from_utf8(out).map_err(serde::ser::Error::custom)?)
             }
+            None => s.serialize_str(&hex::encode(self.0)),
         }
-        s.collect_str(&D(self.0))
     }
 }
 
@@ -421,23 +444,6 @@ impl Serialize for MetricsJson<'_> {
         put!(m, "totalJobs", x.total_jobs, x.total_jobs == 0);
         put!(m, "totalBlockBytes", Str64(x.total_block_bytes), x.total_block_bytes == 0);
         put!(m, "inspectedSpans", Str64(x.inspected_spans), x.inspected_spans == 0);
-        m.end()
-    }
-}
-
-/// The SearchResponse in the proto3 JSON Tempo emits: lowerCamel names, 64-bit integers as strings, zero values
-/// omitted, and nothing outside Tempo's messages (Grafana rejects unknown fields). Serialised straight from the
-/// search result: a tree of `serde_json::Value`s (or a copy as proto messages) for 50k traces cost more than the
-/// search itself.
-pub struct ResponseJson<'a>(pub &'a SearchResult);
-
-impl Serialize for ResponseJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.0;
-        let metrics = metrics_proto(&r.stats);
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("traces", &Seq(r.traces.iter().map(TraceJson)))?;
-        m.serialize_entry("metrics", &MetricsJson(&metrics))?;
         m.end()
     }
 }

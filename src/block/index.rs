@@ -23,14 +23,51 @@ pub struct TraceIndex {
     start: Vec<u64>,
     /// Trace positions by start, latest first (ties by ID), for walking a block newest first.
     newest: Vec<u32>,
+    /// Per trace, `stats[stats_at[i]..stats_at[i + 1]]` counts its rows by service (index into `services`) and
+    /// those with error status: a search over a trace stored whole in this block reports them without reading it.
+    /// Empty when the index was built without the service and status columns.
+    stats_at: Vec<u32>,
+    stats: Vec<ServiceCount>,
+    services: Vec<String>,
 }
 
+/// Rows of one trace from one service, and how many of them have error status.
+#[derive(Debug, Clone, Copy)]
+struct ServiceCount {
+    service: u32,
+    spans: u32,
+    errors: u32,
+}
+
+/// Status code of an error span (`STATUS_CODE_ERROR`).
+const STATUS_ERROR: i8 = 2;
+
 impl TraceIndex {
-    /// Builds the index from the block's `trace_id` and `trace_start_unix_nano` columns, read in file order.
+    /// Builds the index from the block's `trace_id` and `trace_start_unix_nano` columns, read in file order, and
+    /// its per-service counts from `service_name` and `status_code` when the batches hold them.
     pub fn from_batches(batches: &[RecordBatch]) -> Result<Self, BlockError> {
         let mut ix = TraceIndex::default();
         let mut row: u32 = 0;
+        let with_stats = batches.first().is_some_and(|b| {
+            b.column_by_name(col::SERVICE_NAME).is_some() && b.column_by_name(col::STATUS_CODE).is_some()
+        });
+        let mut service_ids: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        // The previous row's service, to skip the lookup along runs of one service.
+        let mut last_service: Option<(String, u32)> = None;
         for batch in batches {
+            let stats_cols = if with_stats {
+                let services = batch
+                    .column_by_name(col::SERVICE_NAME)
+                    .and_then(|c| c.as_string_opt::<i32>())
+                    .ok_or_else(|| BlockError::Layout("trace index: service column missing or mistyped".into()))?;
+                let status = batch
+                    .column_by_name(col::STATUS_CODE)
+                    .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int8Type>())
+                    .ok_or_else(|| BlockError::Layout("trace index: status column missing or mistyped".into()))?;
+                Some((services, status))
+            } else {
+                None
+            };
             let ids = batch
                 .column_by_name(col::TRACE_ID)
                 .and_then(|c| c.as_fixed_size_binary_opt())
@@ -58,12 +95,44 @@ impl TraceIndex {
                         ix.ids.push(id);
                         ix.first_row.push(row);
                         ix.start.push(start);
+                        if with_stats {
+                            ix.stats_at.push(ix.stats.len() as u32);
+                        }
+                    }
+                }
+                if let Some((services, status)) = stats_cols
+                    && !services.is_null(i)
+                {
+                    let name = services.value(i);
+                    let service = match &last_service {
+                        Some((n, id)) if n == name => *id,
+                        _ => {
+                            let next = ix.services.len() as u32;
+                            let id = *service_ids.entry(name.to_string()).or_insert(next);
+                            if id == next {
+                                ix.services.push(name.to_string());
+                            }
+                            last_service = Some((name.to_string(), id));
+                            id
+                        }
+                    };
+                    let error = u32::from(status.is_valid(i) && status.value(i) == STATUS_ERROR);
+                    let first = ix.stats_at.last().map_or(0, |&f| f as usize);
+                    match ix.stats[first..].iter_mut().find(|c| c.service == service) {
+                        Some(c) => {
+                            c.spans += 1;
+                            c.errors += error;
+                        }
+                        None => ix.stats.push(ServiceCount { service, spans: 1, errors: error }),
                     }
                 }
                 row += 1;
             }
         }
         ix.first_row.push(row);
+        if with_stats {
+            ix.stats_at.push(ix.stats.len() as u32);
+        }
         let mut newest: Vec<u32> = (0..ix.ids.len() as u32).collect();
         newest.sort_by(|&a, &b| ix.start[b as usize].cmp(&ix.start[a as usize]).then(a.cmp(&b)));
         ix.newest = newest;
@@ -120,12 +189,30 @@ impl TraceIndex {
         self.newest.get(k).map(|&i| i as usize)
     }
 
+    /// Whether the index counts each trace's spans and errors by service.
+    pub fn has_service_stats(&self) -> bool {
+        !self.stats_at.is_empty()
+    }
+
+    /// The trace's rows in this block by service: (service, spans, spans with error status), services in order
+    /// of first appearance; rows without a service name are not counted.
+    pub fn service_stats(&self, i: usize) -> impl Iterator<Item = (&str, u32, u32)> + '_ {
+        let range = match (self.stats_at.get(i), self.stats_at.get(i + 1)) {
+            (Some(&a), Some(&b)) => a as usize..b as usize,
+            _ => 0..0,
+        };
+        self.stats[range].iter().map(|c| (self.services[c.service as usize].as_str(), c.spans, c.errors))
+    }
+
     /// Heap bytes held, for cache budgets.
     pub fn heap_bytes(&self) -> usize {
         self.ids.capacity() * 16
             + self.first_row.capacity() * 4
             + self.start.capacity() * 8
             + self.newest.capacity() * 4
+            + self.stats_at.capacity() * 4
+            + self.stats.capacity() * std::mem::size_of::<ServiceCount>()
+            + self.services.iter().map(|s| s.capacity() + 24).sum::<usize>()
     }
 }
 
@@ -162,6 +249,42 @@ mod tests {
         assert_eq!(ix.find(&TraceId([3; 16])), None);
         let newest: Vec<_> = (0..4).map(|k| ix.newest(k)).collect();
         assert_eq!(newest, vec![Some(0), Some(1), Some(2), None]);
+    }
+
+    #[test]
+    fn counts_spans_and_errors_by_service_per_trace() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(col::TRACE_ID, DataType::FixedSizeBinary(16), false),
+            Field::new(col::TRACE_START, DataType::Int64, false),
+            Field::new(col::SERVICE_NAME, DataType::Utf8, true),
+            Field::new(col::STATUS_CODE, DataType::Int8, false),
+        ]));
+        let rows: [(u8, Option<&str>, i8); 6] = [
+            (1, Some("a"), 2),
+            (1, Some("b"), 0),
+            (1, Some("a"), 1),
+            (1, None, 2),
+            (2, Some("b"), 2),
+            (2, Some("b"), 2),
+        ];
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(FixedSizeBinaryArray::try_from_iter(rows.iter().map(|r| [r.0; 16])).unwrap()),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|_| 5))),
+                Arc::new(arrow::array::StringArray::from_iter(rows.iter().map(|r| r.1))),
+                Arc::new(arrow::array::Int8Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap();
+        // Split across two batches: a trace's counts continue over the boundary.
+        let ix = TraceIndex::from_batches(&[batch.slice(0, 2), batch.slice(2, 4)]).unwrap();
+        assert!(ix.has_service_stats());
+        assert_eq!(ix.service_stats(0).collect::<Vec<_>>(), vec![("a", 2, 1), ("b", 1, 0)]);
+        assert_eq!(ix.service_stats(1).collect::<Vec<_>>(), vec![("b", 2, 2)]);
+        assert_eq!(ix.service_stats(2).count(), 0);
+        let plain = TraceIndex::from_batches(&[super::tests::batch(&[(1, 1)])]).unwrap();
+        assert!(!plain.has_service_stats());
     }
 
     #[test]

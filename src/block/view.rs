@@ -148,7 +148,7 @@ impl SpanRows {
         Self::build(batch, dedicated, false)
     }
 
-    /// Like [`SpanRows::new`] for a read of only some of the view's columns (trace ID and start are required):
+    /// Like [`SpanRows::new`] for a read of only some of the view's columns (start is required):
     /// the others read as empty (null IDs, empty strings, zero kind and status). For evaluations that only look
     /// at what was read, such as a span-by-span metrics scan.
     pub fn partial(batch: &RecordBatch, dedicated: &[DedicatedColumn]) -> Result<Self, BlockError> {
@@ -203,7 +203,11 @@ impl SpanRows {
             column(batch, col::DURATION)?
         };
         Ok(SpanRows {
-            trace_id: column(batch, col::TRACE_ID)?,
+            trace_id: if partial {
+                column_or_null(batch, col::TRACE_ID, DataType::FixedSizeBinary(16))?
+            } else {
+                column(batch, col::TRACE_ID)?
+            },
             span_id: fixed(col::SPAN_ID)?,
             parent: fixed(col::PARENT_SPAN_ID)?,
             name: text(col::NAME)?,

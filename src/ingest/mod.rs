@@ -349,6 +349,12 @@ impl Ingester {
         out
     }
 
+    /// Whether memory holds spans of the trace (no copy made, unlike [`Ingester::find_trace`]).
+    pub fn holds_trace(&self, tenant: &Tenant, id: &TraceId) -> bool {
+        self.shared.live.read().get(tenant).is_some_and(|h| h.traces.contains_key(id))
+            || self.shared.flushing.read().iter().any(|f| &f.tenant == tenant && f.find(id).is_some())
+    }
+
     /// The tenant's spans still in memory as record batches of the block schema (built by the block writer's
     /// row builder), so searches run the same plan over them as over blocks. Each span is converted once: the
     /// live head converts what arrived since the previous search, a frozen head once.

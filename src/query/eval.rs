@@ -7,7 +7,7 @@
 //! split across blocks has no single numbering.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use prost::Message;
@@ -42,7 +42,7 @@ impl<'a> TraceData<'a> {
     /// Builds the trace from the rows of its fragments. Duplicates (same span ID and kind) keep their first copy.
     pub fn new(id: TraceId, rows: &'a [SpanRows], refs: &[(u32, u32)]) -> Self {
         let at = |&(b, r): &(u32, u32)| (&rows[b as usize], r as usize);
-        let mut seen: HashSet<(&[u8], i32)> = HashSet::with_capacity(refs.len());
+        let mut seen: ahash::AHashSet<(&[u8], i32)> = ahash::AHashSet::with_capacity(refs.len());
         let spans: Vec<(u32, u32)> = refs
             .iter()
             .copied()
@@ -52,7 +52,7 @@ impl<'a> TraceData<'a> {
             })
             .collect();
         // Span ID -> index; with several kinds under one ID, the lowest kind is the parent.
-        let mut by_id: HashMap<&[u8], usize> = HashMap::with_capacity(spans.len());
+        let mut by_id: ahash::AHashMap<&[u8], usize> = ahash::AHashMap::with_capacity(spans.len());
         for (i, x) in spans.iter().enumerate() {
             let (v, r) = at(x);
             by_id
@@ -986,39 +986,76 @@ fn structural(op: SpansetOp, a: &[bool], b: &[bool], t: &TraceData) -> Vec<bool>
     out
 }
 
+/// Whether a field is read from the span itself (not from its trace, parent or tree position).
+fn span_level(f: &Field) -> bool {
+    match f {
+        Field::Attribute(a) => !a.parent,
+        Field::Intrinsic(x) => !matches!(
+            x,
+            Intrinsic::TraceRootName
+                | Intrinsic::TraceRootService
+                | Intrinsic::TraceDuration
+                | Intrinsic::ChildCount
+                | Intrinsic::Parent
+                | Intrinsic::NestedSetLeft
+                | Intrinsic::NestedSetRight
+                | Intrinsic::NestedSetParent
+        ),
+    }
+}
+
+fn span_level_expr(e: &FieldExpr) -> bool {
+    match e {
+        FieldExpr::Field(f) => span_level(f),
+        FieldExpr::Literal(_) => true,
+        FieldExpr::Unary { expr, .. } => span_level_expr(expr),
+        FieldExpr::Binary { lhs, rhs, .. } => span_level_expr(lhs) && span_level_expr(rhs),
+    }
+}
+
 /// Whether a pipeline, and `fields` read from the spans it yields, look at one span at a time: filter stages
 /// (and `select()`) over span-level fields only. Such a query gives the same spans whether a trace is evaluated
 /// whole or a fragment at a time, so metrics over it can scan rows without assembling traces.
 pub fn span_local(p: &Pipeline, fields: &[Field]) -> bool {
-    fn field_ok(f: &Field) -> bool {
-        match f {
-            Field::Attribute(a) => !a.parent,
-            Field::Intrinsic(x) => !matches!(
-                x,
-                Intrinsic::TraceRootName
-                    | Intrinsic::TraceRootService
-                    | Intrinsic::TraceDuration
-                    | Intrinsic::ChildCount
-                    | Intrinsic::Parent
-                    | Intrinsic::NestedSetLeft
-                    | Intrinsic::NestedSetRight
-                    | Intrinsic::NestedSetParent
-            ),
-        }
-    }
-    fn expr_ok(e: &FieldExpr) -> bool {
-        match e {
-            FieldExpr::Field(f) => field_ok(f),
-            FieldExpr::Literal(_) => true,
-            FieldExpr::Unary { expr, .. } => expr_ok(expr),
-            FieldExpr::Binary { lhs, rhs, .. } => expr_ok(lhs) && expr_ok(rhs),
-        }
-    }
-    fields.iter().all(field_ok)
+    fields.iter().all(span_level)
         && p.stages.iter().all(|s| match s {
-            Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.as_ref().is_none_or(expr_ok),
+            Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.as_ref().is_none_or(span_level_expr),
             Stage::Select(_) => true,
             _ => false,
+        })
+}
+
+/// Whether a pipeline gives the same answer on a whole trace and on only those of its spans that pass the
+/// candidate predicate (`prune::candidate_filter`, a superset of every `{ }` filter): span-level fields only, and
+/// no operator that looks at spans outside the spansets built from filters (structural operators do; `&&`, `||`,
+/// aggregates over a spanset, `by()`, `select()` and `coalesce()` do not). A search answers such a query for a
+/// trace stored in one block from that block's filtered rows, with no whole-trace read.
+pub fn run_local(p: &Pipeline) -> bool {
+    fn set_ok(e: &SpansetExpr) -> bool {
+        match e {
+            SpansetExpr::Filter(f) => f.expr.as_ref().is_none_or(span_level_expr),
+            SpansetExpr::Op { op, lhs, rhs } => {
+                matches!(op, SpansetOp::And | SpansetOp::Union) && set_ok(lhs) && set_ok(rhs)
+            }
+            SpansetExpr::Pipeline(p) => run_local(p),
+        }
+    }
+    fn scalar_ok(e: &ScalarExpr) -> bool {
+        match e {
+            ScalarExpr::Aggregate(a) => a.expr.as_ref().is_none_or(span_level_expr),
+            ScalarExpr::Literal(_) => true,
+            ScalarExpr::Binary { lhs, rhs, .. } => scalar_ok(lhs) && scalar_ok(rhs),
+            ScalarExpr::Pipeline(_) => false,
+        }
+    }
+    // The first stage must be built from filters: it is the one that sees every span of the trace.
+    matches!(p.stages.first(), Some(Stage::Spanset(_)))
+        && p.stages.iter().all(|s| match s {
+            Stage::Spanset(e) => set_ok(e),
+            Stage::ScalarFilter(f) => scalar_ok(&f.lhs) && scalar_ok(&f.rhs),
+            Stage::By(e) => span_level_expr(e),
+            Stage::Select(fs) => fs.iter().all(span_level),
+            Stage::Coalesce => true,
         })
 }
 

@@ -4,6 +4,7 @@
 //! blocks, `eval`: the exact per-trace operator). Semantics: `SEMANTICS.md`; design: `DESIGN.md`.
 
 pub mod eval;
+mod local;
 pub mod metrics;
 pub mod prune;
 pub mod search;
@@ -43,6 +44,9 @@ pub enum QueryError {
     /// The query asked for more than the configured limits allow; the message says which and how to narrow it.
     #[error("{0}")]
     Limit(String),
+    /// Data that does not have the shape the query layer expects (a bug or a damaged block).
+    #[error("unexpected data: {0}")]
+    Internal(String),
     /// A SQL statement that does not parse, plan or is not allowed (only reads are).
     #[error("invalid SQL: {0}")]
     Sql(String),

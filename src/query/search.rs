@@ -24,7 +24,8 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use query_lang::Pipeline;
 
 use super::QueryError;
-use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData};
+use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData, run_local, span_local};
+use super::local::{self, Found, LocalSearch};
 use super::prune::{Slots, candidate_filter};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
@@ -123,7 +124,7 @@ pub struct SearchResult {
 
 /// The state a search's walk shares with its candidate scans.
 struct Walk<'a> {
-    seen: &'a mut HashSet<TraceId>,
+    seen: &'a mut ahash::AHashSet<TraceId>,
     pending: &'a mut BinaryHeap<(u64, Reverse<TraceId>)>,
     hits: &'a mut Vec<TraceHit>,
     stats: &'a mut SearchStats,
@@ -276,10 +277,28 @@ impl SearchEngine {
         let needs = needs.as_ref();
         let mut keep = keep.map(|k| k.0);
         let mut reported: HashSet<TraceId> = HashSet::new();
-        let eval = Evaluator::new(req.pipeline.clone());
+        let eval = Arc::new(Evaluator::new(req.pipeline.clone()));
         let limit = if keep.is_some() { usize::MAX } else { req.limit.max(1) };
         let mut stats = SearchStats::default();
         let sources = self.sources(tenant, req.start, req.end)?;
+        // Traces stored in one block are answered from that block's scan when the query allows it.
+        // Only for large limits: a local scan decodes the output columns of every matching row, which costs more
+        // than reading a few dozen traces whole when only the newest few matches are wanted (measured: a limit-20
+        // search for a status code 50 -> 85 ms, for a 1.4k-trace answer 105 -> 91 ms, 50k traces 0.94 -> 0.59 s).
+        let local = (keep.is_none() && limit > BULK_LIMIT && run_local(&req.pipeline)).then(|| {
+            Arc::new(LocalSearch {
+                eval: eval.clone(),
+                needs: ReadNeeds::new(&req.pipeline),
+                pipeline: req.pipeline.clone(),
+                spss: req.spans_per_spanset,
+                start: req.start,
+                end: req.end,
+                check_all: !span_local(&req.pipeline, &[]),
+                memory_ids: memory_trace_ids(&sources[0]),
+                ingester: self.ingester.clone(),
+                blocks: self.blocks.clone(),
+            })
+        });
         stats.total_blocks = (sources.len() - 1) as u32;
         stats.total_block_bytes =
             sources.iter().map(|s| if let Source::Block(b) = s { b.meta.data_size } else { 0 }).sum();
@@ -287,7 +306,7 @@ impl SearchEngine {
 
         let ctx = self.context();
         let mut pending: BinaryHeap<(u64, Reverse<TraceId>)> = BinaryHeap::new();
-        let mut seen: HashSet<TraceId> = HashSet::new();
+        let mut seen: ahash::AHashSet<TraceId> = ahash::AHashSet::new();
         let mut hits: Vec<TraceHit> = Vec::new();
         // Blocks counted against the scan budget (the walk and the scans may both read one).
         let mut counted: HashSet<String> = HashSet::new();
@@ -393,16 +412,32 @@ impl SearchEngine {
                 self.count_scan(&mut counted, &mut stats, b)?;
             }
             let scanned = std::time::Instant::now();
-            let scans = round.into_iter().map(|s| self.candidates(&ctx, tenant, &req.pipeline, s));
+            let scans = round.into_iter().map(|s| self.scan(&ctx, tenant, &req.pipeline, s, local.as_ref()));
             let results = futures::future::join_all(scans).await;
             tracing::debug!(sources = results.len(), ms = scanned.elapsed().as_secs_f64() * 1e3, "candidate scan");
+            let settled = hits.len();
             for found in results {
-                for (id, ub) in found? {
-                    if seen.insert(id) {
-                        pending.push((ub, Reverse(id)));
+                for f in found? {
+                    match f {
+                        Found::Candidate(id, ub) => {
+                            if seen.insert(id) {
+                                pending.push((ub, Reverse(id)));
+                            }
+                        }
+                        Found::Settled(id, hit, spans) => {
+                            if seen.insert(id) {
+                                stats.inspected_traces += 1;
+                                stats.inspected_spans += spans;
+                                hits.extend(hit);
+                            }
+                        }
                     }
                 }
                 stats.completed_jobs += 1;
+            }
+            if hits.len() > settled {
+                sort_hits(&mut hits);
+                hits.truncate(limit);
             }
         }
         // Sources left unread could not change the answer: they count as done, as Tempo counts skipped shards.
@@ -542,6 +577,26 @@ impl SearchEngine {
             )));
         }
         Ok(())
+    }
+
+    /// Phase 1 over one source: candidates, or for a local search over a block, traces settled from its rows
+    /// (`local.rs`; blocks whose index lacks per-service counts take the candidate path).
+    async fn scan(
+        &self,
+        ctx: &SessionContext,
+        tenant: &Tenant,
+        pipeline: &Pipeline,
+        source: &Source,
+        local: Option<&Arc<LocalSearch>>,
+    ) -> Result<Vec<Found>, QueryError> {
+        if let (Source::Block(b), Some(local)) = (source, local) {
+            let index = self.blocks.trace_index(tenant, b).await?;
+            if index.has_service_stats() {
+                return local::scan_block(ctx, tenant, b, index, local.clone()).await;
+            }
+        }
+        let found = self.candidates(ctx, tenant, pipeline, source).await?;
+        Ok(found.into_iter().map(|(id, ub)| Found::Candidate(id, ub)).collect())
     }
 
     /// A DataFusion table over one source, with the source's dedicated slots; `None` when it holds nothing.
@@ -706,7 +761,7 @@ impl SearchEngine {
             }
             drop(reads);
             // Rows of each trace, as (batch, row); block rows come in runs of one trace.
-            let mut refs: HashMap<TraceId, Vec<(u32, u32)>> = HashMap::with_capacity(ids.len());
+            let mut refs: ahash::AHashMap<TraceId, Vec<(u32, u32)>> = ahash::AHashMap::with_capacity(ids.len());
             for (b, v) in views.iter().enumerate() {
                 let mut last: Option<(&[u8], TraceId)> = None;
                 for r in 0..v.len() {
@@ -732,7 +787,7 @@ impl SearchEngine {
 struct Fetched {
     ids: Vec<TraceId>,
     views: Vec<SpanRows>,
-    refs: HashMap<TraceId, Vec<(u32, u32)>>,
+    refs: ahash::AHashMap<TraceId, Vec<(u32, u32)>>,
 }
 
 /// Evaluates the query on each fetched trace, whole, and keeps the matches.
@@ -763,20 +818,26 @@ fn judge(
     }
 }
 
+/// The trace IDs of the memory snapshot a search reads (a source other than memory holds none).
+fn memory_trace_ids(source: &Source) -> ahash::AHashSet<TraceId> {
+    let Source::Memory(batches) = source else { return ahash::AHashSet::new() };
+    let mut out = ahash::AHashSet::new();
+    for batch in batches {
+        let Some(ids) = batch.column_by_name(c::TRACE_ID).and_then(|x| x.as_fixed_size_binary_opt()) else { continue };
+        out.extend((0..ids.len()).filter_map(|i| TraceId::from_bytes(ids.value(i))));
+    }
+    out
+}
+
 /// Cores to spread one block's work over (asked once: the lookup reads cgroup files on Linux).
 pub(crate) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Newest first, ties by trace ID.
-fn sort_hits(hits: &mut [TraceHit]) {
-    hits.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id)));
-}
-
-fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, spss: usize) -> TraceHit {
-    let spansets = sets
-        .into_iter()
+/// The spansets of a matching trace as returned: the first `spss` spans of each, with the matched count.
+pub(crate) fn spanset_hits(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, spss: usize) -> Vec<SpansetHit> {
+    sets.into_iter()
         .map(|s| SpansetHit {
             matched: s.spans.len() as u32,
             spans: s
@@ -793,7 +854,16 @@ fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, spss: usize) -
                 .collect(),
             attributes: s.by.into_iter().map(|(k, v)| crate::model::kv(k, Some(v))).collect(),
         })
-        .collect();
+        .collect()
+}
+
+/// Newest first, ties by trace ID.
+fn sort_hits(hits: &mut [TraceHit]) {
+    hits.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id)));
+}
+
+fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, spss: usize) -> TraceHit {
+    let spansets = spanset_hits(t, eval, sets, spss);
     // Few services per trace: count in a small vector, then sort once.
     let mut stats: Vec<(&str, (u32, u32))> = Vec::new();
     for i in 0..t.len() {

@@ -809,7 +809,8 @@ impl BlockStore {
         let footer = self.footer(tenant, b).await?;
         self.indexes
             .get_or_insert_async(&b.meta.block_id, async {
-                let names = [block::schema::col::TRACE_ID, block::schema::col::TRACE_START];
+                use block::schema::col;
+                let names = [col::TRACE_ID, col::TRACE_START, col::SERVICE_NAME, col::STATUS_CODE];
                 let roots: Vec<usize> = footer
                     .schema()
                     .fields()

@@ -1,0 +1,244 @@
+//! Searches answered from one block's filtered rows, with no whole-trace read.
+//!
+//! When a query gives the same answer on a trace's filtered rows as on the whole trace (`eval::run_local`), and a
+//! trace is stored in one block only (no other block's bloom filter, nor memory, may hold it), the block's rows
+//! that pass the candidate predicate are all the search needs: the evaluator runs on them, and the trace-level
+//! values come from the columns every row repeats (start, end, root service and name) and from the block's trace
+//! index (spans and errors per service). Traces with fragments elsewhere go back to the whole-trace path. On the
+//! benchmark set this turns an all-results search from "scan, then read every matching trace whole" into one
+//! scan (see `DESIGN.md`).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use datafusion::logical_expr::col;
+use datafusion::prelude::SessionContext;
+use query_lang::Pipeline;
+
+use super::QueryError;
+use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
+use super::prune::{Slots, candidate_filter};
+use super::search::{TraceHit, spanset_hits};
+use super::table::{BlockTable, ROW_NUMBER};
+use crate::block::schema::{self, col as c};
+use crate::block::{SpanParts, SpanRows, TraceIndex};
+use crate::ingest::Ingester;
+use crate::model::{Tenant, TraceId};
+use crate::storage::{BlockEntry, BlockStore};
+
+/// What a scan of one source found.
+pub(crate) enum Found {
+    /// A trace that may match, with an upper bound of its start: evaluated whole later.
+    Candidate(TraceId, u64),
+    /// A trace stored whole in the scanned block, evaluated on its rows there (the spans it read): the hit when it
+    /// matched the query and the time range.
+    Settled(TraceId, Option<TraceHit>, u64),
+}
+
+/// What every block scan of one local search shares.
+pub(crate) struct LocalSearch {
+    pub eval: Arc<Evaluator>,
+    pub needs: ReadNeeds,
+    pub pipeline: Pipeline,
+    pub spss: usize,
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+    /// Whether a trace whose rows here do not match must still be checked for fragments elsewhere: true when
+    /// fragments could match together where none does alone (`&&`, aggregates), false for filters only.
+    pub check_all: bool,
+    /// Trace IDs in the memory snapshot the search started from.
+    pub memory_ids: ahash::AHashSet<TraceId>,
+    pub ingester: Arc<Ingester>,
+    pub blocks: Arc<BlockStore>,
+}
+
+impl LocalSearch {
+    /// Whether some other place than block `b` may hold rows of trace `id`: the memory the search started from,
+    /// memory now, or another block now listed (read fresh, so a block flushed or compacted meanwhile counts).
+    fn elsewhere(&self, tenant: &Tenant, b: &BlockEntry, others: &[Arc<BlockEntry>], id: &TraceId) -> bool {
+        self.memory_ids.contains(id)
+            || self.ingester.holds_trace(tenant, id)
+            || others.iter().any(|o| o.meta.block_id != b.meta.block_id && o.may_contain(id))
+    }
+}
+
+/// The columns a local scan of `b` reads: row numbers, the spans' output fields, the trace-level columns, and
+/// what the query's fields need.
+fn columns(needs: &ReadNeeds, b: &BlockEntry) -> Vec<String> {
+    let mut out: Vec<String> = [
+        ROW_NUMBER,
+        c::SPAN_ID,
+        c::NAME,
+        c::START,
+        c::DURATION,
+        c::TRACE_START,
+        c::TRACE_END,
+        c::ROOT_SERVICE,
+        c::ROOT_NAME,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for name in needs.view_columns() {
+        if name != c::TRACE_ID && !out.iter().any(|o| o == name) {
+            out.push(name.to_string());
+        }
+    }
+    let parts = needs.parts_for(&b.meta);
+    for f in schema::schema().fields() {
+        if SpanParts::optional(f.name()) && parts.keeps(f.name()) && !out.contains(f.name()) {
+            out.push(f.name().clone());
+        }
+    }
+    out
+}
+
+/// Scans block `b` for the query and settles the traces stored only there (see the module doc). `None` when the
+/// block's index has no per-service counts (then the caller takes the candidate path).
+pub(crate) async fn scan_block(
+    ctx: &SessionContext,
+    tenant: &Tenant,
+    b: &Arc<BlockEntry>,
+    index: Arc<TraceIndex>,
+    local: Arc<LocalSearch>,
+) -> Result<Vec<Found>, QueryError> {
+    let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
+    let table = BlockTable::new(tenant, b, local.blocks.object_store()).with_row_numbers();
+    let mut df = ctx.read_table(Arc::new(table))?;
+    if let Some(filter) = candidate_filter(&local.pipeline, &slots) {
+        df = df.filter(filter)?;
+    }
+    let names = columns(&local.needs, b);
+    let df = df.select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>())?;
+    let partitions = tokio::spawn(df.collect_partitioned()).await??;
+    let (tenant, b) = (tenant.clone(), b.clone());
+    tokio::spawn(async move { settle(&tenant, &b, &index, &local, partitions) }).await?
+}
+
+/// Groups the scanned rows by trace (through the row numbers and the index) and evaluates each trace.
+fn settle(
+    tenant: &Tenant,
+    b: &Arc<BlockEntry>,
+    index: &TraceIndex,
+    local: &LocalSearch,
+    mut partitions: Vec<Vec<RecordBatch>>,
+) -> Result<Vec<Found>, QueryError> {
+    // Partitions cover disjoint stretches of the file; in order of their first row, rows come in file order.
+    let first_row = |p: &Vec<RecordBatch>| {
+        p.iter()
+            .find(|x| x.num_rows() > 0)
+            .and_then(|x| x.column_by_name(ROW_NUMBER))
+            .and_then(|r| r.as_primitive_opt::<Int64Type>().map(|r| r.value(0)))
+            .unwrap_or(i64::MAX)
+    };
+    partitions.sort_by_key(first_row);
+    let batches: Vec<RecordBatch> = partitions.into_iter().flatten().filter(|x| x.num_rows() > 0).collect();
+    let views =
+        batches.iter().map(|x| SpanRows::partial(x, &b.meta.dedicated_columns)).collect::<Result<Vec<_>, _>>()?;
+    // (trace position, batch, row) of every scanned row.
+    let mut rows: Vec<(u32, u32, u32)> = Vec::new();
+    for (bi, batch) in batches.iter().enumerate() {
+        let numbers = batch
+            .column_by_name(ROW_NUMBER)
+            .and_then(|r| r.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| QueryError::Internal("local scan: no row numbers".into()))?;
+        let mut last: Option<usize> = None;
+        for (r, n) in numbers.iter().enumerate() {
+            let Some(n) = n.map(|n| n as usize) else { continue };
+            let known = last.filter(|&t| index.rows(t).contains(&n));
+            let Some(t) = known.or_else(|| index.trace_of_row(n)) else { continue };
+            last = Some(t);
+            rows.push((t as u32, bi as u32, r as u32));
+        }
+    }
+    if !rows.is_sorted_by_key(|r| r.0) {
+        rows.sort_by_key(|r| r.0);
+    }
+    let levels = batches.iter().map(TraceLevel::new).collect::<Result<Vec<_>, _>>()?;
+    let others = local.blocks.blocks(tenant);
+    let mut out = Vec::new();
+    for run in rows.chunk_by(|a, b| a.0 == b.0) {
+        let pos = run[0].0 as usize;
+        let id = index.id(pos);
+        let refs: Vec<(u32, u32)> = run.iter().map(|&(_, bi, r)| (bi, r)).collect();
+        let (bi, r) = (refs[0].0 as usize, refs[0].1 as usize);
+        let t = TraceData::local(id, &views, refs);
+        let sets = local.eval.evaluate(&t);
+        if sets.is_empty() && !local.check_all {
+            continue;
+        }
+        if local.elsewhere(tenant, b, &others, &id) {
+            out.push(Found::Candidate(id, index.start(pos)));
+            continue;
+        }
+        let level = &levels[bi];
+        let (start, end) = (level.start(r), level.end(r));
+        let in_range = !(local.start.is_some_and(|s| end < s) || local.end.is_some_and(|e| start > e));
+        let hit = (!sets.is_empty() && in_range).then(|| {
+            let (root_service, root_name) = level.root(r);
+            TraceHit {
+                trace_id: id,
+                root_service_name: root_service.to_string(),
+                root_trace_name: root_name.map(str::to_string),
+                start_unix_nano: start,
+                duration_nanos: end.saturating_sub(start),
+                spansets: spanset_hits(&t, &local.eval, sets, local.spss),
+                service_stats: index.service_stats(pos).map(|(s, n, e)| (s.to_string(), (n, e))).collect(),
+            }
+        });
+        out.push(Found::Settled(id, hit, t.len() as u64));
+    }
+    Ok(out)
+}
+
+/// The trace-level columns of a scanned batch (every row repeats its trace's values in the block).
+struct TraceLevel {
+    start: arrow::array::Int64Array,
+    end: arrow::array::Int64Array,
+    root_service: arrow::array::StringArray,
+    root_name: arrow::array::StringArray,
+}
+
+impl TraceLevel {
+    fn new(batch: &RecordBatch) -> Result<Self, QueryError> {
+        let int = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|x| x.as_primitive_opt::<Int64Type>())
+                .cloned()
+                .ok_or_else(|| QueryError::Internal(format!("local scan: column {name} missing or mistyped")))
+        };
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|x| x.as_string_opt::<i32>())
+                .cloned()
+                .ok_or_else(|| QueryError::Internal(format!("local scan: column {name} missing or mistyped")))
+        };
+        Ok(TraceLevel {
+            start: int(c::TRACE_START)?,
+            end: int(c::TRACE_END)?,
+            root_service: text(c::ROOT_SERVICE)?,
+            root_name: text(c::ROOT_NAME)?,
+        })
+    }
+
+    fn start(&self, r: usize) -> u64 {
+        if self.start.is_null(r) { 0 } else { self.start.value(r).max(0) as u64 }
+    }
+
+    fn end(&self, r: usize) -> u64 {
+        if self.end.is_null(r) { 0 } else { self.end.value(r).max(0) as u64 }
+    }
+
+    /// The root span's service and name, as the whole-trace evaluator reports them: no root span at all reads
+    /// as [`NO_ROOT_SERVICE`] with no name; a root without a service name as an empty service.
+    fn root(&self, r: usize) -> (&str, Option<&str>) {
+        if self.root_name.is_null(r) {
+            return (NO_ROOT_SERVICE, None);
+        }
+        let service = if self.root_service.is_null(r) { "" } else { self.root_service.value(r) };
+        (service, Some(self.root_name.value(r)))
+    }
+}
