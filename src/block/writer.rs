@@ -250,7 +250,8 @@ impl TraceRowWriter {
         let root = ordered
             .iter()
             .filter(|o| records[o.idx].span.parent_span_id.is_empty())
-            .min_by_key(|o| records[o.idx].span.start_time_unix_nano)
+            // Earliest root, ties by span ID: the same root the search's whole-trace evaluation picks.
+            .min_by_key(|o| (records[o.idx].span.start_time_unix_nano, records[o.idx].span.span_id.as_slice()))
             .map(|o| &records[o.idx]);
         let trace = TraceInfo {
             id,
