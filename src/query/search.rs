@@ -331,7 +331,8 @@ impl SearchEngine {
             // Memory was scanned by the walk; the candidate scans go on with the blocks.
             next = 1;
         }
-        let mut round_size = FIRST_ROUND;
+        // A bulk search reads every source anyway: one round, so no source waits for a slower one of its round.
+        let mut round_size = if limit > BULK_LIMIT { sources.len() } else { FIRST_ROUND };
         let mut evaluated = 0usize;
         loop {
             let watermark = sources[next..].iter().map(Source::max_start).max();
