@@ -407,8 +407,8 @@ impl Serialize for TraceJson<'_> {
     }
 }
 
-/// Service name -> stats, in name order (the map is sorted).
-struct StatsJson<'a>(&'a std::collections::BTreeMap<String, (u32, u32)>);
+/// Service name -> stats, in name order (the search sorts them).
+struct StatsJson<'a>(&'a [(String, (u32, u32))]);
 
 impl Serialize for StatsJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -19,7 +19,7 @@ use query_lang::Pipeline;
 use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
 use super::prune::{Slots, candidate_filter};
-use super::search::{TraceHit, spanset_hits};
+use super::search::{TraceHit, by_name, spanset_hits};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, TraceIndex};
@@ -184,7 +184,7 @@ fn settle(
                 start_unix_nano: start,
                 duration_nanos: end.saturating_sub(start),
                 spansets: spanset_hits(&t, &local.eval, sets, local.spss),
-                service_stats: index.service_stats(pos).map(|(s, n, e)| (s.to_string(), (n, e))).collect(),
+                service_stats: by_name(index.service_stats(pos).map(|(s, n, e)| (s.to_string(), (n, e))).collect()),
             }
         });
         out.push(Found::Settled(id, hit, t.len() as u64));

@@ -8,7 +8,7 @@
 //! `limit` matches are known whose start is later than anything an unread source could hold.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -102,8 +102,8 @@ pub struct TraceHit {
     pub start_unix_nano: u64,
     pub duration_nanos: u64,
     pub spansets: Vec<SpansetHit>,
-    /// Service name -> (span count, error count).
-    pub service_stats: BTreeMap<String, (u32, u32)>,
+    /// Service name -> (span count, error count), by name (a vector: a map's node costs ~10x more per trace).
+    pub service_stats: Vec<(String, (u32, u32))>,
 }
 
 #[derive(Default, Clone, Debug)]
@@ -865,6 +865,12 @@ pub(crate) fn spanset_hits(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, 
         .collect()
 }
 
+/// Service stats in name order.
+pub(crate) fn by_name(mut stats: Vec<(String, (u32, u32))>) -> Vec<(String, (u32, u32))> {
+    stats.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    stats
+}
+
 /// Newest first, ties by trace ID.
 fn sort_hits(hits: &mut [TraceHit]) {
     hits.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id)));
@@ -895,6 +901,6 @@ fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, spss: usize) -
         start_unix_nano: t.start,
         duration_nanos: t.duration(),
         spansets,
-        service_stats: stats.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+        service_stats: by_name(stats.into_iter().map(|(s, n)| (s.to_string(), n)).collect()),
     }
 }
