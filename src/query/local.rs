@@ -54,12 +54,12 @@ pub(crate) struct LocalSearch {
 }
 
 impl LocalSearch {
-    /// Whether some other place than block `b` may hold rows of trace `id`: the memory the search started from,
-    /// memory now, or another block now listed (read fresh, so a block flushed or compacted meanwhile counts).
-    fn elsewhere(&self, tenant: &Tenant, b: &BlockEntry, others: &[Arc<BlockEntry>], id: &TraceId) -> bool {
+    /// Whether some other place than the scanned block may hold rows of trace `id`: the memory the search
+    /// started from, memory now, or one of the `others` blocks.
+    fn elsewhere(&self, tenant: &Tenant, others: &[Arc<BlockEntry>], id: &TraceId) -> bool {
         self.memory_ids.contains(id)
             || self.ingester.holds_trace(tenant, id)
-            || others.iter().any(|o| o.meta.block_id != b.meta.block_id && o.may_contain(id))
+            || others.iter().any(|o| o.may_contain(id))
     }
 }
 
@@ -156,7 +156,9 @@ fn settle(
         rows.sort_by_key(|r| r.0);
     }
     let levels = batches.iter().map(TraceLevel::new).collect::<Result<Vec<_>, _>>()?;
-    let others = local.blocks.blocks(tenant);
+    // Read now, not at the search's start: a block flushed or compacted meanwhile must count as "elsewhere".
+    let others: Vec<Arc<BlockEntry>> =
+        local.blocks.blocks(tenant).iter().filter(|o| o.meta.block_id != b.meta.block_id).cloned().collect();
     let mut out = Vec::new();
     for run in rows.chunk_by(|a, b| a.0 == b.0) {
         let pos = run[0].0 as usize;
@@ -168,12 +170,12 @@ fn settle(
         if sets.is_empty() && !local.check_all {
             continue;
         }
-        if local.elsewhere(tenant, b, &others, &id) {
+        if local.elsewhere(tenant, &others, &id) {
             out.push(Found::Candidate(id, index.start(pos)));
             continue;
         }
         let level = &levels[bi];
-        let (start, end) = (level.start(r), level.end(r));
+        let (start, end) = level.span(r);
         let in_range = !(local.start.is_some_and(|s| end < s) || local.end.is_some_and(|e| start > e));
         let hit = (!sets.is_empty() && in_range).then(|| {
             let (root_service, root_name) = level.root(r);
@@ -202,34 +204,25 @@ struct TraceLevel {
 
 impl TraceLevel {
     fn new(batch: &RecordBatch) -> Result<Self, QueryError> {
-        let int = |name: &str| {
+        fn column<T: Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T, QueryError> {
             batch
                 .column_by_name(name)
-                .and_then(|x| x.as_primitive_opt::<Int64Type>())
+                .and_then(|x| x.as_any().downcast_ref::<T>())
                 .cloned()
                 .ok_or_else(|| QueryError::Internal(format!("local scan: column {name} missing or mistyped")))
-        };
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|x| x.as_string_opt::<i32>())
-                .cloned()
-                .ok_or_else(|| QueryError::Internal(format!("local scan: column {name} missing or mistyped")))
-        };
+        }
         Ok(TraceLevel {
-            start: int(c::TRACE_START)?,
-            end: int(c::TRACE_END)?,
-            root_service: text(c::ROOT_SERVICE)?,
-            root_name: text(c::ROOT_NAME)?,
+            start: column(batch, c::TRACE_START)?,
+            end: column(batch, c::TRACE_END)?,
+            root_service: column(batch, c::ROOT_SERVICE)?,
+            root_name: column(batch, c::ROOT_NAME)?,
         })
     }
 
-    fn start(&self, r: usize) -> u64 {
-        if self.start.is_null(r) { 0 } else { self.start.value(r).max(0) as u64 }
-    }
-
-    fn end(&self, r: usize) -> u64 {
-        if self.end.is_null(r) { 0 } else { self.end.value(r).max(0) as u64 }
+    /// The trace's start and end in Unix nanoseconds (a null or negative stored value reads as 0).
+    fn span(&self, r: usize) -> (u64, u64) {
+        let nanos = |a: &arrow::array::Int64Array| if a.is_null(r) { 0 } else { a.value(r).max(0) as u64 };
+        (nanos(&self.start), nanos(&self.end))
     }
 
     /// The root span's service and name, as the whole-trace evaluator reports them: no root span at all reads
