@@ -100,7 +100,7 @@ TOP_KEYS = {
     "metrics_max_range", "metrics_max_intervals", "metrics_max_series",
     "target", "compaction", "compaction_interval", "compaction_window", "compaction_target_bytes",
     "compaction_min_inputs", "compaction_max_inputs", "compaction_grace", "retention", "tenant_retention",
-    "blocklist_refresh", "footer_cache_bytes", "trace_index_cache_bytes",
+    "blocklist_refresh", "footer_cache_bytes", "trace_index_cache_bytes", "column_cache_bytes",
     "max_inflight_bytes", "max_trace_idle", "generator", "generator_max_series", "generator_max_label_values",
 }
 S3_KEYS = {"endpoint", "bucket", "prefix", "region", "path_style"}
@@ -114,7 +114,7 @@ ENV_VARS = {
     "STRATA_TARGET", "STRATA_COMPACTION", "STRATA_COMPACTION_INTERVAL", "STRATA_COMPACTION_WINDOW",
     "STRATA_COMPACTION_TARGET_BYTES", "STRATA_COMPACTION_MIN_INPUTS", "STRATA_COMPACTION_MAX_INPUTS",
     "STRATA_COMPACTION_GRACE", "STRATA_RETENTION", "STRATA_BLOCKLIST_REFRESH", "STRATA_FOOTER_CACHE_BYTES",
-    "STRATA_TRACE_INDEX_CACHE_BYTES", "STRATA_MAX_INFLIGHT_BYTES", "STRATA_MAX_TRACE_IDLE",
+    "STRATA_TRACE_INDEX_CACHE_BYTES", "STRATA_COLUMN_CACHE_BYTES", "STRATA_MAX_INFLIGHT_BYTES", "STRATA_MAX_TRACE_IDLE",
     "STRATA_GENERATOR", "STRATA_GENERATOR_MAX_SERIES", "STRATA_GENERATOR_MAX_LABEL_VALUES",
 }
 HUMANTIME = re.compile(
@@ -188,7 +188,7 @@ def config_problems(cfg, require_all=False):
         p.append(f"storage={cfg['storage']!r} is not local|s3")
     for k in ("max_block_spans", "max_block_bytes", "max_request_bytes", "max_query_scan_bytes",
               "max_response_bytes", "query_memory_bytes", "compaction_target_bytes", "compaction_min_inputs",
-              "compaction_max_inputs", "footer_cache_bytes", "trace_index_cache_bytes", "max_inflight_bytes",
+              "compaction_max_inputs", "footer_cache_bytes", "trace_index_cache_bytes", "column_cache_bytes", "max_inflight_bytes",
               "metrics_max_intervals", "metrics_max_series", "generator_max_series", "generator_max_label_values"):
         if k in cfg and not positive_int(cfg[k]):
             p.append(f"{k}={cfg[k]!r} is not a positive integer (bytes/spans, no units)")

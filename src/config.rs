@@ -164,6 +164,10 @@ pub struct Args {
     /// Memory for cached per-block trace indexes, in bytes [default: 128MiB]
     #[arg(long, env = "STRATA_TRACE_INDEX_CACHE_BYTES")]
     pub trace_index_cache_bytes: Option<u64>,
+    /// Memory for whole decoded block columns that searches filter on (service, name, status, duration,
+    /// dedicated attribute slots), in bytes [default: 128MiB]
+    #[arg(long, env = "STRATA_COLUMN_CACHE_BYTES")]
+    pub column_cache_bytes: Option<u64>,
     /// How often the block list is re-read from the bucket (blocks written or compacted by other processes)
     /// [default: 1m]
     #[arg(long, env = "STRATA_BLOCKLIST_REFRESH", value_parser = humantime::parse_duration)]
@@ -232,6 +236,7 @@ pub struct FileConfig {
     pub tenant_retention: Option<HashMap<String, String>>,
     pub footer_cache_bytes: Option<u64>,
     pub trace_index_cache_bytes: Option<u64>,
+    pub column_cache_bytes: Option<u64>,
     #[serde(default, with = "opt_duration")]
     pub blocklist_refresh: Option<Duration>,
 }
@@ -429,6 +434,7 @@ impl Config {
                         .trace_index_cache_bytes
                         .or(f.trace_index_cache_bytes)
                         .unwrap_or(d.trace_index_bytes),
+                    column_bytes: a.column_cache_bytes.or(f.column_cache_bytes).unwrap_or(d.column_bytes),
                 }
             },
         };

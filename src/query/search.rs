@@ -11,13 +11,18 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, make_array};
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::Int64Type;
+use arrow::datatypes::Schema;
 use datafusion::catalog::TableProvider;
+use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::functions_aggregate::expr_fn::min;
-use datafusion::logical_expr::col;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, col};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -55,6 +60,9 @@ const WALK_MAX: usize = 1024;
 /// benchmark's 8 blocks: 0.3 ms per trace against ~35 ms of scans).
 const WALK_WORTH: usize = 128;
 /// Concurrent block reads when fetching candidate traces.
+/// Traces the index walk may pass over for having no row that passes the predicate before it hands over to the
+/// scans (the matches are rare: scanning the cached columns finds them at once).
+const WALK_SKIP_MAX: usize = 8192;
 const FETCH_CONCURRENCY: usize = 8;
 
 /// A search, as the API hands it over.
@@ -132,6 +140,8 @@ struct Walk<'a> {
     reported: &'a mut HashSet<TraceId>,
     /// Blocks already counted against the scan budget.
     counted: &'a mut HashSet<String>,
+    /// Rows passing the candidate predicate per opened block, when it is answered from cached columns.
+    masks: Option<&'a mut Masks>,
 }
 
 /// Where a search reads from.
@@ -314,6 +324,12 @@ impl SearchEngine {
         // Blocks counted against the scan budget (the walk and the scans may both read one).
         let mut counted: HashSet<String> = HashSet::new();
         let mut next = 0usize;
+        // When the candidate predicate names only plain columns, each block answers it from its cached decoded
+        // columns (a fraction of a millisecond once warm): the walk then skips traces with no passing row, and
+        // scans are cheap enough to take many blocks per round.
+        let cached = limit <= BULK_LIMIT
+            && sources[1..].iter().filter_map(Source::block).all(|b| block_filter(&req.pipeline, b).is_some());
+        let mut masks: Option<Masks> = cached.then(Masks::default);
         if limit <= WALK_LIMIT && sources.len() > 1 {
             let mut walk = Walk {
                 seen: &mut seen,
@@ -322,6 +338,7 @@ impl SearchEngine {
                 stats: &mut stats,
                 reported: &mut reported,
                 counted: &mut counted,
+                masks: masks.as_mut(),
             };
             let (k, p) = (keep.as_deref_mut(), progress.as_deref_mut());
             if self.index_walk(&ctx, tenant, &eval, req, needs, &sources, limit, &mut walk, k, p).await? {
@@ -332,7 +349,13 @@ impl SearchEngine {
             next = 1;
         }
         // A bulk search reads every source anyway: one round, so no source waits for a slower one of its round.
-        let mut round_size = if limit > BULK_LIMIT { sources.len() } else { FIRST_ROUND };
+        let mut round_size = if limit > BULK_LIMIT {
+            sources.len()
+        } else if cached {
+            MAX_ROUND
+        } else {
+            FIRST_ROUND
+        };
         let mut evaluated = 0usize;
         loop {
             let watermark = sources[next..].iter().map(Source::max_start).max();
@@ -416,8 +439,10 @@ impl SearchEngine {
                 self.count_scan(&mut counted, &mut stats, b)?;
             }
             let scanned = std::time::Instant::now();
-            let scans: Vec<_> =
-                round.into_iter().map(|s| self.scan(&ctx, tenant, &req.pipeline, s, local.as_ref())).collect();
+            let scans: Vec<_> = round
+                .into_iter()
+                .map(|s| self.scan(&ctx, tenant, &req.pipeline, s, local.as_ref(), masks.as_ref()))
+                .collect();
             // Local scans hold a block's decoded output rows until settled: one per core bounds memory (they are
             // CPU-bound, so more at once would not finish sooner).
             let at_once = if local.is_some() { cores() } else { MAX_ROUND };
@@ -477,7 +502,7 @@ impl SearchEngine {
         mut progress: Option<ProgressFn<'_, 'p>>,
     ) -> Result<bool, QueryError> {
         // Memory has no index: its candidates come from a scan, as in the main walk.
-        for (id, ub) in self.candidates(ctx, tenant, &req.pipeline, &sources[0]).await? {
+        for (id, ub) in self.candidates(ctx, tenant, &req.pipeline, &sources[0], None).await? {
             if w.seen.insert(id) {
                 w.pending.push((ub, Reverse(id)));
             }
@@ -485,6 +510,8 @@ impl SearchEngine {
         w.stats.completed_jobs += 1;
         let blocks: Vec<&Arc<BlockEntry>> = sources[1..].iter().filter_map(Source::block).collect();
         let mut indexes: Vec<Option<Arc<crate::block::TraceIndex>>> = vec![None; blocks.len()];
+        let mut block_masks: Vec<Option<BooleanBuffer>> = vec![None; blocks.len()];
+        let mut skipped = 0usize;
         // (bound, block, position in the block's newest-first order); a block not opened yet stands for all of its
         // traces with its end time.
         const UNOPENED: usize = usize::MAX;
@@ -507,6 +534,13 @@ impl SearchEngine {
                     }
                     self.count_scan(w.counted, w.stats, blocks[b])?;
                     let ix = self.blocks.trace_index(tenant, blocks[b]).await?;
+                    if let Some(masks) = w.masks.as_deref_mut()
+                        && let Some(filter) = block_filter(&req.pipeline, blocks[b])
+                        && let Some(mask) = self.cached_rows(ctx, tenant, blocks[b], &filter).await?
+                    {
+                        masks.insert(blocks[b].meta.block_id.clone(), mask.clone());
+                        block_masks[b] = Some(mask);
+                    }
                     if let Some(t) = ix.newest(0) {
                         heap.push((ix.start(t), Reverse(b), 0));
                     }
@@ -517,6 +551,18 @@ impl SearchEngine {
                 let Some(t) = ix.newest(pos) else { continue };
                 if let Some(n) = ix.newest(pos + 1) {
                     heap.push((ix.start(n), Reverse(b), pos + 1));
+                }
+                // No row of the trace here passes the predicate: if it matches, another fragment does, and the
+                // walk or the scans meet it there.
+                if let Some(mask) = &block_masks[b] {
+                    let rows = ix.rows(t);
+                    if mask.slice(rows.start, rows.len()).count_set_bits() == 0 {
+                        skipped += 1;
+                        if skipped > WALK_SKIP_MAX {
+                            break;
+                        }
+                        continue;
+                    }
                 }
                 if w.seen.insert(ix.id(t)) {
                     batch.push(ix.id(t));
@@ -559,7 +605,11 @@ impl SearchEngine {
             }
             // Too few matches to finish within the budget at this rate: scanning finds the rest cheaper.
             let found = w.hits.len();
-            if walked >= WALK_MAX || found == 0 || (found < limit && walked * limit > WALK_WORTH * found) {
+            if walked >= WALK_MAX
+                || skipped > WALK_SKIP_MAX
+                || found == 0
+                || (found < limit && walked * limit > WALK_WORTH * found)
+            {
                 tracing::debug!(walked, found, "index walk hands over to candidate scans");
                 return Ok(false);
             }
@@ -596,6 +646,7 @@ impl SearchEngine {
         pipeline: &Pipeline,
         source: &Source,
         local: Option<&Arc<LocalSearch>>,
+        masks: Option<&Masks>,
     ) -> Result<Vec<Found>, QueryError> {
         if let (Source::Block(b), Some(local)) = (source, local) {
             let index = self.blocks.trace_index(tenant, b).await?;
@@ -603,7 +654,7 @@ impl SearchEngine {
                 return local::scan_block(ctx, tenant, b, index, local.clone()).await;
             }
         }
-        let found = self.candidates(ctx, tenant, pipeline, source).await?;
+        let found = self.candidates(ctx, tenant, pipeline, source, masks).await?;
         Ok(found.into_iter().map(|(id, ub)| Found::Candidate(id, ub)).collect())
     }
 
@@ -629,9 +680,10 @@ impl SearchEngine {
         tenant: &Tenant,
         pipeline: &Pipeline,
         source: &Source,
+        masks: Option<&Masks>,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
         if let Source::Block(b) = source {
-            return self.block_candidates(ctx, tenant, pipeline, b).await;
+            return self.block_candidates(ctx, tenant, pipeline, b, masks.and_then(|m| m.get(&b.meta.block_id))).await;
         }
         let Some((table, slots)) = self.table(tenant, source)? else { return Ok(Vec::new()) };
         let mut df = ctx.read_table(table)?;
@@ -662,25 +714,90 @@ impl SearchEngine {
         tenant: &Tenant,
         pipeline: &Pipeline,
         b: &Arc<BlockEntry>,
+        mask: Option<&BooleanBuffer>,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
         let index = self.blocks.trace_index(tenant, b).await?;
         let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
         let Some(filter) = candidate_filter(pipeline, &slots) else { return Ok(index.traces().collect()) };
-        let table = BlockTable::new(tenant, b, self.blocks.object_store()).with_row_numbers();
-        let df = ctx.read_table(Arc::new(table))?.filter(filter)?.select(vec![col(ROW_NUMBER)])?;
-        let batches = tokio::spawn(df.collect()).await??;
         let mut matched = vec![false; index.len()];
-        for batch in &batches {
-            let rows = batch.column(0).as_primitive::<Int64Type>();
+        let mut mark = |rows: &mut dyn Iterator<Item = usize>| {
             let mut last: Option<usize> = None;
-            for row in rows.iter().flatten() {
-                let known = last.filter(|&t| index.rows(t).contains(&(row as usize)));
-                let Some(t) = known.or_else(|| index.trace_of_row(row as usize)) else { continue };
+            for row in rows {
+                let known = last.filter(|&t| index.rows(t).contains(&row));
+                let Some(t) = known.or_else(|| index.trace_of_row(row)) else { continue };
                 matched[t] = true;
                 last = Some(t);
             }
+        };
+        let passed = match mask {
+            Some(m) => Some(m.clone()),
+            None => self.cached_rows(ctx, tenant, b, &filter).await?,
+        };
+        if let Some(passed) = passed {
+            mark(&mut passed.set_indices());
+        } else {
+            let table = BlockTable::new(tenant, b, self.blocks.object_store()).with_row_numbers();
+            let df = ctx.read_table(Arc::new(table))?.filter(filter)?.select(vec![col(ROW_NUMBER)])?;
+            let batches = tokio::spawn(df.collect()).await??;
+            for batch in &batches {
+                mark(&mut batch.column(0).as_primitive::<Int64Type>().iter().flatten().map(|r| r as usize));
+            }
         }
         Ok(matched.iter().enumerate().filter(|(_, m)| **m).map(|(t, _)| (index.id(t), index.start(t))).collect())
+    }
+
+    /// Which rows of a block pass `filter`, evaluated by DataFusion on the block's cached decoded columns
+    /// (`BlockStore::columns`) when the filter names only plain columns; `None` when it names an attribute list
+    /// or a column the block lacks (the Parquet scan then answers).
+    async fn cached_rows(
+        &self,
+        ctx: &SessionContext,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        filter: &Expr,
+    ) -> Result<Option<BooleanBuffer>, QueryError> {
+        if !plain_columns(filter) {
+            return Ok(None);
+        }
+        let mut names: Vec<&str> = filter.column_refs().into_iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let Some(mut batch) = self.blocks.columns(tenant, b, &names).await? else { return Ok(None) };
+        // A condition on one dictionary column (service, span name, a string slot) depends on the value alone:
+        // it is evaluated once per distinct value, and rows take their value's answer (a regex over every row's
+        // name cost ~4 ms per block).
+        let mut keys: Option<ArrayRef> = None;
+        if let [column] = batch.columns()
+            && let Some(dict) = column.as_any_dictionary_opt()
+        {
+            let field = batch.schema().field(0).as_ref().clone().with_data_type(dict.values().data_type().clone());
+            let values = RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![dict.values().clone()])?;
+            keys = Some(make_array(dict.keys().to_data()));
+            batch = values;
+        }
+        let schema = Arc::new(DFSchema::try_from(batch.schema().as_ref().clone())?);
+        // `create_physical_expr` coerces but does not simplify, and some functions (`coalesce`) exist only
+        // until simplified.
+        let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(schema.clone()).build());
+        let filter = simplifier.simplify(simplifier.coerce(filter.clone(), &schema)?)?;
+        let predicate = ctx.create_physical_expr(filter, &schema)?;
+        // Off the async workers, so that blocks are evaluated on every core.
+        let passed = tokio::task::spawn_blocking(move || -> Result<ArrayRef, QueryError> {
+            let passed = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+            Ok(match keys {
+                Some(keys) => arrow::compute::take(&passed, &keys, None)?,
+                None => passed,
+            })
+        })
+        .await??;
+        match passed.as_boolean_opt() {
+            // Null (unknown) is not a pass.
+            Some(p) => Ok(Some(match p.nulls() {
+                Some(valid) => p.values() & valid.inner(),
+                None => p.values().clone(),
+            })),
+            None => Err(QueryError::Internal(format!("candidate predicate gave {} values", passed.data_type()))),
+        }
     }
 
     /// Phase 2: fetches every fragment of the traces, evaluates the query on each whole trace, keeps matches.
@@ -827,6 +944,23 @@ fn judge(
 }
 
 /// The trace IDs of the memory snapshot a search reads (a source other than memory holds none).
+/// Whether `filter` names only plain (not nested) columns of the block schema, so that it can be evaluated on
+/// cached decoded columns.
+fn plain_columns(filter: &Expr) -> bool {
+    let refs = filter.column_refs();
+    let block = schema::schema();
+    !refs.is_empty() && refs.iter().all(|c| block.field_with_name(&c.name).is_ok_and(|f| !f.data_type().is_nested()))
+}
+
+/// The block's candidate predicate when it can be answered from cached columns.
+fn block_filter(pipeline: &Pipeline, b: &BlockEntry) -> Option<Expr> {
+    let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
+    candidate_filter(pipeline, &slots).filter(plain_columns)
+}
+
+/// Per block ID, the rows that pass the candidate predicate (see `SearchEngine::cached_rows`).
+type Masks = ahash::AHashMap<String, BooleanBuffer>;
+
 fn memory_trace_ids(source: &Source) -> ahash::AHashSet<TraceId> {
     let Source::Memory(batches) = source else { return ahash::AHashSet::new() };
     let mut out = ahash::AHashSet::new();

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -93,6 +95,9 @@ pub struct BlockStore {
     footers: quick_cache::sync::Cache<String, ArrowReaderMetadata, FooterWeight>,
     /// Trace indexes by block ID, likewise.
     indexes: quick_cache::sync::Cache<String, Arc<TraceIndex>, IndexWeight>,
+    /// Whole decoded columns by (block ID, column), likewise: a search filtering on plain columns evaluates its
+    /// predicate on them instead of decompressing the block's pages again (see `query/DESIGN.md`).
+    columns: quick_cache::sync::Cache<(String, String), ArrayRef, ColumnWeight>,
     metrics: Arc<Metrics>,
 }
 
@@ -101,11 +106,12 @@ pub struct BlockStore {
 pub struct CacheBudgets {
     pub footer_bytes: u64,
     pub trace_index_bytes: u64,
+    pub column_bytes: u64,
 }
 
 impl Default for CacheBudgets {
     fn default() -> Self {
-        CacheBudgets { footer_bytes: 128 << 20, trace_index_bytes: 128 << 20 }
+        CacheBudgets { footer_bytes: 128 << 20, trace_index_bytes: 128 << 20, column_bytes: 128 << 20 }
     }
 }
 
@@ -124,6 +130,15 @@ struct IndexWeight;
 impl quick_cache::Weighter<String, Arc<TraceIndex>> for IndexWeight {
     fn weight(&self, key: &String, val: &Arc<TraceIndex>) -> u64 {
         (key.len() + val.heap_bytes()) as u64
+    }
+}
+
+#[derive(Clone)]
+struct ColumnWeight;
+
+impl quick_cache::Weighter<(String, String), ArrayRef> for ColumnWeight {
+    fn weight(&self, key: &(String, String), val: &ArrayRef) -> u64 {
+        (key.0.len() + key.1.len() + val.get_array_memory_size()) as u64
     }
 }
 
@@ -168,6 +183,7 @@ impl BlockStore {
         let bs = BlockStore {
             footers: quick_cache::sync::Cache::with_weighter(1024, budgets.footer_bytes, FooterWeight),
             indexes: quick_cache::sync::Cache::with_weighter(1024, budgets.trace_index_bytes, IndexWeight),
+            columns: quick_cache::sync::Cache::with_weighter(4096, budgets.column_bytes, ColumnWeight),
             store,
             tenants: RwLock::new(HashMap::new()),
             retired: RwLock::new(HashMap::new()),
@@ -831,6 +847,65 @@ impl BlockStore {
                 Ok::<_, StorageError>(Arc::new(TraceIndex::from_batches(&batches)?))
             })
             .await
+    }
+
+    /// The block's columns `names`, whole and decoded, as one batch in row order (rows numbered as in the file),
+    /// from the cache or read once. `None` when a column is missing from the block (an older schema) or is not
+    /// a plain column (lists and structs are too large to keep).
+    pub async fn columns(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        names: &[&str],
+    ) -> Result<Option<RecordBatch>, StorageError> {
+        let footer = self.footer(tenant, b).await?;
+        let file_schema = footer.schema().clone();
+        let mut fields = Vec::with_capacity(names.len());
+        for name in names {
+            match file_schema.field_with_name(name) {
+                Ok(f) if !f.data_type().is_nested() => fields.push(f.clone()),
+                _ => return Ok(None),
+            }
+        }
+        let mut arrays: Vec<Option<ArrayRef>> =
+            names.iter().map(|n| self.columns.get(&(b.meta.block_id.clone(), n.to_string()))).collect();
+        let missing: Vec<usize> = (0..names.len()).filter(|&i| arrays[i].is_none()).collect();
+        if !missing.is_empty() {
+            let roots: Vec<usize> = missing.iter().filter_map(|&i| file_schema.index_of(names[i]).ok()).collect();
+            let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
+            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
+                .with_projection(mask)
+                .with_batch_size(65536)
+                .build()?;
+            let batches: Vec<RecordBatch> = stream.try_collect().await.inspect_err(|_| {
+                self.metrics.object_store_errors.inc();
+            })?;
+            for &i in &missing {
+                let parts: Vec<&dyn Array> =
+                    batches.iter().filter_map(|batch| batch.column_by_name(names[i]).map(|a| a.as_ref())).collect();
+                let whole = if parts.is_empty() {
+                    arrow::array::new_empty_array(fields[i].data_type())
+                } else {
+                    arrow::compute::concat(&parts)?
+                };
+                // Strings repeat (services, span names, slot values): kept as dictionaries, a comparison then
+                // looks at each distinct value once.
+                let whole = match whole.data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => arrow::compute::cast(
+                        &whole,
+                        &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    )?,
+                    _ => whole,
+                };
+                self.columns.insert((b.meta.block_id.clone(), names[i].to_string()), whole.clone());
+                arrays[i] = Some(whole);
+            }
+        }
+        let arrays: Vec<ArrayRef> = arrays.into_iter().flatten().collect();
+        let fields: Vec<Field> =
+            fields.iter().zip(&arrays).map(|(f, a)| f.as_ref().clone().with_data_type(a.data_type().clone())).collect();
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        Ok(Some(RecordBatch::try_new(schema, arrays)?))
     }
 
     /// The object store blocks live in, for query engines that read them directly.

@@ -34,6 +34,8 @@ pub enum StorageError {
     Block(#[from] crate::block::BlockError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
     #[error("block index: {0}")]
     Index(#[from] serde_json::Error),
     #[error("cannot prepare local storage directory {path}: {source}")]
