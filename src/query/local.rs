@@ -10,16 +10,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
-use datafusion::logical_expr::col;
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use datafusion::logical_expr::{Expr, col};
 use datafusion::prelude::SessionContext;
 use query_lang::Pipeline;
 
 use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
 use super::prune::{Slots, candidate_filter};
-use super::search::{TraceHit, by_name, spanset_hits};
+use super::search::{TraceHit, by_name, cached_mask, spanset_hits};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, TraceIndex};
@@ -104,16 +104,51 @@ pub(crate) async fn scan_block(
     local: Arc<LocalSearch>,
 ) -> Result<Vec<Found>, QueryError> {
     let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
-    let table = BlockTable::new(tenant, b, local.blocks.object_store()).with_row_numbers();
-    let mut df = ctx.read_table(Arc::new(table))?;
-    if let Some(filter) = candidate_filter(&local.pipeline, &slots) {
-        df = df.filter(filter)?;
-    }
+    let filter = candidate_filter(&local.pipeline, &slots);
     let names = columns(&local.needs, b);
-    let df = df.select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>())?;
-    let partitions = tokio::spawn(df.collect_partitioned()).await??;
+    let partitions = match cached_scan(ctx, tenant, b, filter.as_ref(), &names, &local.blocks, index.num_rows()).await?
+    {
+        Some(batch) => vec![vec![batch]],
+        None => {
+            let table = BlockTable::new(tenant, b, local.blocks.object_store()).with_row_numbers();
+            let mut df = ctx.read_table(Arc::new(table))?;
+            if let Some(filter) = filter {
+                df = df.filter(filter)?;
+            }
+            let df = df.select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>())?;
+            tokio::spawn(df.collect_partitioned()).await??
+        }
+    };
     let (tenant, b) = (tenant.clone(), b.clone());
     tokio::spawn(async move { settle(&tenant, &b, &index, &local, partitions) }).await?
+}
+
+/// The scan's rows taken from the block's cached decoded columns (`BlockStore::columns`), with their row
+/// numbers, when the filter and every column are plain ones; `None` otherwise (the Parquet scan answers).
+async fn cached_scan(
+    ctx: &SessionContext,
+    tenant: &Tenant,
+    b: &BlockEntry,
+    filter: Option<&Expr>,
+    names: &[String],
+    blocks: &BlockStore,
+    num_rows: usize,
+) -> Result<Option<RecordBatch>, QueryError> {
+    let rows = match filter {
+        Some(f) => match cached_mask(ctx, blocks, tenant, b, f).await? {
+            Some(mask) => UInt32Array::from_iter_values(mask.set_indices().map(|r| r as u32)),
+            None => return Ok(None),
+        },
+        None => UInt32Array::from_iter_values(0..num_rows as u32),
+    };
+    let plain: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != ROW_NUMBER).collect();
+    let Some(taken) = blocks.take_cached(tenant, b, &plain, &rows).await? else { return Ok(None) };
+    let mut fields = vec![Arc::new(Field::new(ROW_NUMBER, DataType::Int64, false))];
+    fields.extend(taken.schema().fields().iter().cloned());
+    let mut columns: Vec<ArrayRef> =
+        vec![Arc::new(Int64Array::from_iter_values(rows.values().iter().map(|&r| r as i64)))];
+    columns.extend(taken.columns().iter().cloned());
+    Ok(Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
 }
 
 /// Groups the scanned rows by trace (through the row numbers and the index) and evaluates each trace.

@@ -746,9 +746,7 @@ impl SearchEngine {
         Ok(matched.iter().enumerate().filter(|(_, m)| **m).map(|(t, _)| (index.id(t), index.start(t))).collect())
     }
 
-    /// Which rows of a block pass `filter`, evaluated by DataFusion on the block's cached decoded columns
-    /// (`BlockStore::columns`) when the filter names only plain columns; `None` when it names an attribute list
-    /// or a column the block lacks (the Parquet scan then answers).
+    /// Which rows of a block pass `filter`, from cached columns (see [`cached_mask`]).
     async fn cached_rows(
         &self,
         ctx: &SessionContext,
@@ -756,48 +754,7 @@ impl SearchEngine {
         b: &BlockEntry,
         filter: &Expr,
     ) -> Result<Option<BooleanBuffer>, QueryError> {
-        if !plain_columns(filter) {
-            return Ok(None);
-        }
-        let mut names: Vec<&str> = filter.column_refs().into_iter().map(|c| c.name.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        let Some(mut batch) = self.blocks.columns(tenant, b, &names).await? else { return Ok(None) };
-        // A condition on one dictionary column (service, span name, a string slot) depends on the value alone:
-        // it is evaluated once per distinct value, and rows take their value's answer (a regex over every row's
-        // name cost ~4 ms per block).
-        let mut keys: Option<ArrayRef> = None;
-        if let [column] = batch.columns()
-            && let Some(dict) = column.as_any_dictionary_opt()
-        {
-            let field = batch.schema().field(0).as_ref().clone().with_data_type(dict.values().data_type().clone());
-            let values = RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![dict.values().clone()])?;
-            keys = Some(make_array(dict.keys().to_data()));
-            batch = values;
-        }
-        let schema = Arc::new(DFSchema::try_from(batch.schema().as_ref().clone())?);
-        // `create_physical_expr` coerces but does not simplify, and some functions (`coalesce`) exist only
-        // until simplified.
-        let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(schema.clone()).build());
-        let filter = simplifier.simplify(simplifier.coerce(filter.clone(), &schema)?)?;
-        let predicate = ctx.create_physical_expr(filter, &schema)?;
-        // Off the async workers, so that blocks are evaluated on every core.
-        let passed = tokio::task::spawn_blocking(move || -> Result<ArrayRef, QueryError> {
-            let passed = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
-            Ok(match keys {
-                Some(keys) => arrow::compute::take(&passed, &keys, None)?,
-                None => passed,
-            })
-        })
-        .await??;
-        match passed.as_boolean_opt() {
-            // Null (unknown) is not a pass.
-            Some(p) => Ok(Some(match p.nulls() {
-                Some(valid) => p.values() & valid.inner(),
-                None => p.values().clone(),
-            })),
-            None => Err(QueryError::Internal(format!("candidate predicate gave {} values", passed.data_type()))),
-        }
+        cached_mask(ctx, &self.blocks, tenant, b, filter).await
     }
 
     /// Phase 2: fetches every fragment of the traces, evaluates the query on each whole trace, keeps matches.
@@ -943,7 +900,60 @@ fn judge(
     }
 }
 
-/// The trace IDs of the memory snapshot a search reads (a source other than memory holds none).
+/// Which rows of a block pass `filter`, evaluated by DataFusion on the block's cached decoded columns
+/// (`BlockStore::columns`) when the filter names only plain columns; `None` when it names an attribute list
+/// or a column the block lacks (the Parquet scan then answers).
+pub(crate) async fn cached_mask(
+    ctx: &SessionContext,
+    blocks: &BlockStore,
+    tenant: &Tenant,
+    b: &BlockEntry,
+    filter: &Expr,
+) -> Result<Option<BooleanBuffer>, QueryError> {
+    if !plain_columns(filter) {
+        return Ok(None);
+    }
+    let mut names: Vec<&str> = filter.column_refs().into_iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let Some(mut batch) = blocks.columns(tenant, b, &names).await? else { return Ok(None) };
+    // A condition on one dictionary column (service, span name, a string slot) depends on the value alone:
+    // it is evaluated once per distinct value, and rows take their value's answer (a regex over every row's
+    // name cost ~4 ms per block).
+    let mut keys: Option<ArrayRef> = None;
+    if let [column] = batch.columns()
+        && let Some(dict) = column.as_any_dictionary_opt()
+    {
+        let field = batch.schema().field(0).as_ref().clone().with_data_type(dict.values().data_type().clone());
+        let values = RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![dict.values().clone()])?;
+        keys = Some(make_array(dict.keys().to_data()));
+        batch = values;
+    }
+    let schema = Arc::new(DFSchema::try_from(batch.schema().as_ref().clone())?);
+    // `create_physical_expr` coerces but does not simplify, and some functions (`coalesce`) exist only
+    // until simplified.
+    let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(schema.clone()).build());
+    let filter = simplifier.simplify(simplifier.coerce(filter.clone(), &schema)?)?;
+    let predicate = ctx.create_physical_expr(filter, &schema)?;
+    // Off the async workers, so that blocks are evaluated on every core.
+    let passed = tokio::task::spawn_blocking(move || -> Result<ArrayRef, QueryError> {
+        let passed = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+        Ok(match keys {
+            Some(keys) => arrow::compute::take(&passed, &keys, None)?,
+            None => passed,
+        })
+    })
+    .await??;
+    match passed.as_boolean_opt() {
+        // Null (unknown) is not a pass.
+        Some(p) => Ok(Some(match p.nulls() {
+            Some(valid) => p.values() & valid.inner(),
+            None => p.values().clone(),
+        })),
+        None => Err(QueryError::Internal(format!("candidate predicate gave {} values", passed.data_type()))),
+    }
+}
+
 /// Whether `filter` names only plain (not nested) columns of the block schema, so that it can be evaluated on
 /// cached decoded columns.
 fn plain_columns(filter: &Expr) -> bool {
@@ -961,6 +971,7 @@ fn block_filter(pipeline: &Pipeline, b: &BlockEntry) -> Option<Expr> {
 /// Per block ID, the rows that pass the candidate predicate (see `SearchEngine::cached_rows`).
 type Masks = ahash::AHashMap<String, BooleanBuffer>;
 
+/// The trace IDs of the memory snapshot a search reads (a source other than memory holds none).
 fn memory_trace_ids(source: &Source) -> ahash::AHashSet<TraceId> {
     let Source::Memory(batches) = source else { return ahash::AHashSet::new() };
     let mut out = ahash::AHashSet::new();

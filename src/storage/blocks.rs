@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -783,23 +783,35 @@ impl BlockStore {
         parts: SpanParts,
         runs: &[std::ops::Range<usize>],
     ) -> Result<Option<RecordBatch>, StorageError> {
-        let fields: Vec<Arc<Field>> =
-            footer.schema().fields().iter().filter(|f| wanted(parts, true, f.name())).cloned().collect();
-        if fields.iter().any(|f| f.data_type().is_nested()) {
-            return Ok(None);
-        }
-        let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
-        let Some(whole) = self.columns(tenant, b, &names).await? else { return Ok(None) };
-        let rows = arrow::array::UInt32Array::from_iter_values(runs.iter().flat_map(|r| r.clone()).map(|r| r as u32));
-        let mut columns = Vec::with_capacity(fields.len());
-        for (f, c) in fields.iter().zip(whole.columns()) {
-            let taken = arrow::compute::take(c, &rows, None)?;
+        let names: Vec<&str> =
+            footer.schema().fields().iter().map(|f| f.name().as_str()).filter(|n| wanted(parts, true, n)).collect();
+        let rows = UInt32Array::from_iter_values(runs.iter().flat_map(|r| r.clone()).map(|r| r as u32));
+        self.take_cached(tenant, b, &names, &rows).await
+    }
+
+    /// Rows `rows` (in that order) of the block's columns `names`, taken from the cached decoded columns and typed
+    /// as the file types them; `None` when a column is nested or missing (see [`BlockStore::columns`]).
+    pub async fn take_cached(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        names: &[&str],
+        rows: &UInt32Array,
+    ) -> Result<Option<RecordBatch>, StorageError> {
+        let footer = self.footer(tenant, b).await?;
+        let Some(whole) = self.columns(tenant, b, names).await? else { return Ok(None) };
+        let mut fields = Vec::with_capacity(names.len());
+        let mut columns = Vec::with_capacity(names.len());
+        for (name, c) in names.iter().zip(whole.columns()) {
+            let field = footer.schema().field_with_name(name)?.clone();
+            let taken = arrow::compute::take(c, rows, None)?;
             // Strings are cached as dictionaries; readers expect the file's types.
-            columns.push(if taken.data_type() == f.data_type() {
+            columns.push(if taken.data_type() == field.data_type() {
                 taken
             } else {
-                arrow::compute::cast(&taken, f.data_type())?
+                arrow::compute::cast(&taken, field.data_type())?
             });
+            fields.push(field);
         }
         Ok(Some(RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?))
     }
