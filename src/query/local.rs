@@ -54,12 +54,10 @@ pub(crate) struct LocalSearch {
 }
 
 impl LocalSearch {
-    /// Whether some other place than the scanned block may hold rows of trace `id`: the memory the search
-    /// started from, memory now, or one of the `others` blocks.
-    fn elsewhere(&self, tenant: &Tenant, others: &[Arc<BlockEntry>], id: &TraceId) -> bool {
-        self.memory_ids.contains(id)
-            || self.ingester.holds_trace(tenant, id)
-            || others.iter().any(|o| o.may_contain(id))
+    /// Whether some other place than the scanned block may hold rows of trace `id`: another block (`shared`,
+    /// from `BlockStore::shared_traces`), the memory the search started from, or memory now.
+    fn elsewhere(&self, tenant: &Tenant, shared: bool, id: &TraceId) -> bool {
+        shared || self.memory_ids.contains(id) || self.ingester.holds_trace(tenant, id)
     }
 }
 
@@ -191,9 +189,9 @@ fn settle(
         rows.sort_by_key(|r| r.0);
     }
     let levels = batches.iter().map(TraceLevel::new).collect::<Result<Vec<_>, _>>()?;
-    // Read now, not at the search's start: a block flushed or compacted meanwhile must count as "elsewhere".
-    let others: Vec<Arc<BlockEntry>> =
-        local.blocks.blocks(tenant).iter().filter(|o| o.meta.block_id != b.meta.block_id).cloned().collect();
+    // The block list is read now, not at the search's start: a block flushed or compacted meanwhile must count
+    // as "elsewhere".
+    let shared = local.blocks.shared_traces(tenant, b, index);
     let mut out = Vec::new();
     for run in rows.chunk_by(|a, b| a.0 == b.0) {
         let pos = run[0].0 as usize;
@@ -205,7 +203,7 @@ fn settle(
         if sets.is_empty() && !local.check_all {
             continue;
         }
-        if local.elsewhere(tenant, &others, &id) {
+        if local.elsewhere(tenant, shared.value(pos), &id) {
             out.push(Found::Candidate(id, index.start(pos)));
             continue;
         }
