@@ -668,19 +668,13 @@ impl BlockStore {
     /// blocks (a search settling 100k traces spent a fifth of its time probing ten blooms per trace), again
     /// whenever a block appears or goes.
     pub fn shared_traces(&self, tenant: &Tenant, b: &BlockEntry, index: &TraceIndex) -> arrow::buffer::BooleanBuffer {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::BuildHasher;
         let others: Vec<Arc<BlockEntry>> =
             self.blocks(tenant).into_iter().filter(|o| o.meta.block_id != b.meta.block_id).collect();
         // Order-independent: the sum of the other block IDs' hashes, plus their count.
         let state = ahash::RandomState::with_seeds(1, 2, 3, 4);
-        let fingerprint = others
-            .iter()
-            .map(|o| {
-                let mut h = state.build_hasher();
-                o.meta.block_id.hash(&mut h);
-                h.finish()
-            })
-            .fold(others.len() as u64, u64::wrapping_add);
+        let fingerprint =
+            others.iter().map(|o| state.hash_one(&o.meta.block_id)).fold(others.len() as u64, u64::wrapping_add);
         if let Some(hit) = self.shared.get(&b.meta.block_id).filter(|e| e.0 == fingerprint) {
             return hit.1.clone();
         }
