@@ -668,7 +668,6 @@ impl BlockStore {
     /// blocks (a search settling 100k traces spent a fifth of its time probing ten blooms per trace), again
     /// whenever a block appears or goes.
     pub fn shared_traces(&self, tenant: &Tenant, b: &BlockEntry, index: &TraceIndex) -> arrow::buffer::BooleanBuffer {
-        use std::hash::BuildHasher;
         let others: Vec<Arc<BlockEntry>> =
             self.blocks(tenant).into_iter().filter(|o| o.meta.block_id != b.meta.block_id).collect();
         // Order-independent: the sum of the other block IDs' hashes, plus their count.
