@@ -47,6 +47,8 @@ pub(crate) struct LocalSearch {
     /// Whether a trace whose rows here do not match must still be checked for fragments elsewhere: true when
     /// fragments could match together where none does alone (`&&`, aggregates), false for filters only.
     pub check_all: bool,
+    /// Whether block scans may take their rows from the column cache (`SearchEngine::fits_cache`).
+    pub cached: bool,
     /// Trace IDs in the memory snapshot the search started from.
     pub memory_ids: ahash::AHashSet<TraceId>,
     pub ingester: Arc<Ingester>,
@@ -104,8 +106,11 @@ pub(crate) async fn scan_block(
     let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
     let filter = candidate_filter(&local.pipeline, &slots);
     let names = columns(&local.needs, b);
-    let partitions = match cached_scan(ctx, tenant, b, filter.as_ref(), &names, &local.blocks, index.num_rows()).await?
-    {
+    let cached = match local.cached {
+        true => cached_scan(ctx, tenant, b, filter.as_ref(), &names, &local.blocks, index.num_rows()).await?,
+        false => None,
+    };
+    let partitions = match cached {
         Some(batch) => vec![vec![batch]],
         None => {
             let table = BlockTable::new(tenant, b, local.blocks.object_store()).with_row_numbers();

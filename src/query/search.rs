@@ -60,6 +60,9 @@ const WALK_MAX: usize = 1024;
 /// benchmark's 8 blocks: 0.3 ms per trace against ~35 ms of scans).
 const WALK_WORTH: usize = 128;
 /// Concurrent block reads when fetching candidate traces.
+/// Decoded bytes per span of the columns a search caches (measured: ~70 MB for the 800k spans of the benchmark
+/// set, with the view, trace-level and filter columns), rounded up for dedicated slots.
+const CACHED_BYTES_PER_SPAN: u64 = 128;
 /// Traces the index walk may pass over for having no row that passes the predicate before it hands over to the
 /// scans (the matches are rare: scanning the cached columns finds them at once).
 const WALK_SKIP_MAX: usize = 8192;
@@ -142,6 +145,8 @@ struct Walk<'a> {
     counted: &'a mut HashSet<String>,
     /// Rows passing the candidate predicate per opened block, when it is answered from cached columns.
     masks: Option<&'a mut Masks>,
+    /// Whether fetches may take rows from the column cache (see `SearchEngine::fits_cache`).
+    cache: bool,
 }
 
 /// Where a search reads from.
@@ -291,6 +296,7 @@ impl SearchEngine {
         let limit = if keep.is_some() { usize::MAX } else { req.limit.max(1) };
         let mut stats = SearchStats::default();
         let sources = self.sources(tenant, req.start, req.end)?;
+        let fits = self.fits_cache(&sources);
         // Traces stored in one block are answered from that block's scan when the query allows it.
         // For small limits only when candidates may be many more than matches (aggregates, `&&`): a local scan
         // decodes the output columns of every candidate row, which costs more than reading the few traces a
@@ -307,6 +313,7 @@ impl SearchEngine {
                 start: req.start,
                 end: req.end,
                 check_all: !filters_only,
+                cached: fits,
                 memory_ids: memory_trace_ids(&sources[0]),
                 ingester: self.ingester.clone(),
                 blocks: self.blocks.clone(),
@@ -327,8 +334,8 @@ impl SearchEngine {
         // When the candidate predicate names only plain columns, each block answers it from its cached decoded
         // columns (a fraction of a millisecond once warm): the walk then skips traces with no passing row, and
         // scans are cheap enough to take many blocks per round.
-        let cached = limit <= BULK_LIMIT
-            && sources[1..].iter().filter_map(Source::block).all(|b| block_filter(&req.pipeline, b).is_some());
+        let cached =
+            fits && sources[1..].iter().filter_map(Source::block).all(|b| block_filter(&req.pipeline, b).is_some());
         let mut masks: Option<Masks> = cached.then(Masks::default);
         if limit <= WALK_LIMIT && sources.len() > 1 {
             let mut walk = Walk {
@@ -339,6 +346,7 @@ impl SearchEngine {
                 reported: &mut reported,
                 counted: &mut counted,
                 masks: masks.as_mut(),
+                cache: fits,
             };
             let (k, p) = (keep.as_deref_mut(), progress.as_deref_mut());
             if self.index_walk(&ctx, tenant, &eval, req, needs, &sources, limit, &mut walk, k, p).await? {
@@ -391,7 +399,8 @@ impl SearchEngine {
                         break;
                     }
                     evaluated += batch.len();
-                    self.evaluate(tenant, &eval, req, needs, batch, &mut hits, &mut stats, keep.as_deref_mut()).await?;
+                    self.evaluate(tenant, &eval, req, needs, batch, &mut hits, &mut stats, keep.as_deref_mut(), fits)
+                        .await?;
                     sort_hits(&mut hits);
                     hits.truncate(limit);
                 }
@@ -407,10 +416,10 @@ impl SearchEngine {
                 // The next chunk is read while this one is evaluated.
                 let chunks: Vec<Vec<TraceId>> = ids.chunks(BULK_CHUNK).map(<[TraceId]>::to_vec).collect();
                 let mut chunks = chunks.into_iter();
-                let mut next_read = chunks.next().map(|c| self.fetch(tenant, needs, c)).transpose()?;
+                let mut next_read = chunks.next().map(|c| self.fetch(tenant, needs, c, fits)).transpose()?;
                 while let Some(read) = next_read.take() {
                     let fetched = read.await??;
-                    next_read = chunks.next().map(|c| self.fetch(tenant, needs, c)).transpose()?;
+                    next_read = chunks.next().map(|c| self.fetch(tenant, needs, c, fits)).transpose()?;
                     judge(&fetched, &eval, req, &mut hits, &mut stats, keep.as_deref_mut());
                     sort_hits(&mut hits);
                     hits.truncate(limit);
@@ -579,7 +588,7 @@ impl SearchEngine {
             }
             if !batch.is_empty() {
                 walked += batch.len();
-                self.evaluate(tenant, eval, req, needs, batch, w.hits, w.stats, keep.as_deref_mut()).await?;
+                self.evaluate(tenant, eval, req, needs, batch, w.hits, w.stats, keep.as_deref_mut(), w.cache).await?;
                 sort_hits(w.hits);
                 w.hits.truncate(limit);
             }
@@ -683,7 +692,7 @@ impl SearchEngine {
         masks: Option<&Masks>,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
         if let Source::Block(b) = source {
-            return self.block_candidates(ctx, tenant, pipeline, b, masks.and_then(|m| m.get(&b.meta.block_id))).await;
+            return self.block_candidates(ctx, tenant, pipeline, b, masks).await;
         }
         let Some((table, slots)) = self.table(tenant, source)? else { return Ok(Vec::new()) };
         let mut df = ctx.read_table(table)?;
@@ -714,7 +723,7 @@ impl SearchEngine {
         tenant: &Tenant,
         pipeline: &Pipeline,
         b: &Arc<BlockEntry>,
-        mask: Option<&BooleanBuffer>,
+        masks: Option<&Masks>,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
         let index = self.blocks.trace_index(tenant, b).await?;
         let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
@@ -729,9 +738,10 @@ impl SearchEngine {
                 last = Some(t);
             }
         };
-        let passed = match mask {
-            Some(m) => Some(m.clone()),
-            None => self.cached_rows(ctx, tenant, b, &filter).await?,
+        let passed = match masks.map(|m| m.get(&b.meta.block_id)) {
+            Some(Some(m)) => Some(m.clone()),
+            Some(None) => self.cached_rows(ctx, tenant, b, &filter).await?,
+            None => None,
         };
         if let Some(passed) = passed {
             mark(&mut passed.set_indices());
@@ -744,6 +754,15 @@ impl SearchEngine {
             }
         }
         Ok(matched.iter().enumerate().filter(|(_, m)| **m).map(|(t, _)| (index.id(t), index.start(t))).collect())
+    }
+
+    /// Whether the column cache can hold what a search over `sources` reads from its blocks (estimated from their
+    /// span counts). When it cannot, every block would push another out and be read whole again on every search
+    /// (on 80 blocks of 100k spans, a limit-20 search went from ~30 ms to 280 ms): the Parquet scans and reads,
+    /// which decode only the pages they need, answer instead.
+    fn fits_cache(&self, sources: &[Source]) -> bool {
+        let spans: u64 = sources.iter().filter_map(Source::block).map(|b| b.meta.span_count).sum();
+        spans.saturating_mul(CACHED_BYTES_PER_SPAN) <= self.blocks.column_cache_bytes()
     }
 
     /// Which rows of a block pass `filter`, from cached columns (see [`cached_mask`]).
@@ -769,8 +788,9 @@ impl SearchEngine {
         hits: &mut Vec<TraceHit>,
         stats: &mut SearchStats,
         keep: Option<&mut VisitFn<'v>>,
+        cache: bool,
     ) -> Result<(), QueryError> {
-        let fetched = self.fetch(tenant, needs, ids)?.await??;
+        let fetched = self.fetch(tenant, needs, ids, cache)?.await??;
         judge(&fetched, eval, req, hits, stats, keep);
         Ok(())
     }
@@ -782,6 +802,7 @@ impl SearchEngine {
         tenant: &Tenant,
         needs: Option<&ReadNeeds>,
         mut ids: Vec<TraceId>,
+        cache: bool,
     ) -> Result<tokio::task::JoinHandle<Result<Fetched, QueryError>>, QueryError> {
         ids.sort_unstable();
         let started = std::time::Instant::now();
@@ -827,7 +848,7 @@ impl SearchEngine {
                     let tenant = tenant.clone();
                     // Each block is decoded in its own task, on any core.
                     let read = tokio::spawn(async move {
-                        let batches = store.read_trace_rows(&tenant, &b, &wanted, parts, true).await?;
+                        let batches = store.read_trace_rows(&tenant, &b, &wanted, parts, true, cache).await?;
                         batches
                             .iter()
                             .filter(|x| x.num_rows() > 0)

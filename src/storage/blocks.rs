@@ -105,6 +105,7 @@ pub struct BlockStore {
     /// Per block ID: which of its traces (by trace-index position) some other block's bloom filter may hold,
     /// with a fingerprint of the other blocks it was computed against.
     shared: quick_cache::sync::Cache<String, Arc<(u64, arrow::buffer::BooleanBuffer)>, SharedWeight>,
+    column_budget: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -202,6 +203,7 @@ impl BlockStore {
             columns: quick_cache::sync::Cache::with_weighter(4096, budgets.column_bytes, ColumnWeight),
             // A bit per trace: an eighth of the trace indexes' budget holds far more blocks than they do.
             shared: quick_cache::sync::Cache::with_weighter(1024, budgets.trace_index_bytes / 8, SharedWeight),
+            column_budget: budgets.column_bytes,
             store,
             tenants: RwLock::new(HashMap::new()),
             retired: RwLock::new(HashMap::new()),
@@ -716,7 +718,7 @@ impl BlockStore {
         parts: SpanParts,
     ) -> Result<Vec<(TraceId, SpanRecord)>, StorageError> {
         let mut out = Vec::new();
-        for batch in &self.read_trace_rows(tenant, b, ids, parts, false).await? {
+        for batch in &self.read_trace_rows(tenant, b, ids, parts, false, false).await? {
             out.extend(block::batch_to_spans(batch, &b.meta.dedicated_columns)?);
         }
         Ok(out)
@@ -732,6 +734,7 @@ impl BlockStore {
         ids: &[TraceId],
         parts: SpanParts,
         view_only: bool,
+        cache: bool,
     ) -> Result<Vec<arrow::array::RecordBatch>, StorageError> {
         let reader = self.data_file(tenant, b);
         let footer = self.footer(tenant, b).await?;
@@ -747,6 +750,7 @@ impl BlockStore {
             }
             runs.sort_by_key(|r| r.start);
             if view_only
+                && cache
                 && ids.len() <= CACHED_FETCH_MAX
                 && let Some(rows) = self.cached_trace_rows(tenant, b, &footer, parts, &runs).await?
             {
@@ -995,6 +999,11 @@ impl BlockStore {
             fields.iter().zip(&arrays).map(|(f, a)| f.as_ref().clone().with_data_type(a.data_type().clone())).collect();
         let schema = Arc::new(arrow::datatypes::Schema::new(fields));
         Ok(Some(RecordBatch::try_new(schema, arrays)?))
+    }
+
+    /// The column cache's budget in bytes.
+    pub fn column_cache_bytes(&self) -> u64 {
+        self.column_budget
     }
 
     /// The object store blocks live in, for query engines that read them directly.
