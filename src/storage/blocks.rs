@@ -928,18 +928,28 @@ impl BlockStore {
                     .filter(|(_, f)| names.contains(&f.name().as_str()))
                     .map(|(i, _)| i)
                     .collect();
-                let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
-                let stream =
-                    ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
-                        .with_projection(mask)
-                        .with_batch_size(65536)
-                        .build()?;
-                let batches: Vec<_> = stream.try_collect().await.inspect_err(|_| {
-                    self.metrics.object_store_errors.inc();
-                })?;
+                let batches = self.read_whole(tenant, b, &footer, roots).await?;
                 Ok::<_, StorageError>(Arc::new(TraceIndex::from_batches(&batches)?))
             })
             .await
+    }
+
+    /// Every row of the block's top-level columns `roots`, in large batches.
+    async fn read_whole(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        footer: &ArrowReaderMetadata,
+        roots: Vec<usize>,
+    ) -> Result<Vec<RecordBatch>, StorageError> {
+        let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
+            .with_projection(mask)
+            .with_batch_size(65536)
+            .build()?;
+        Ok(stream.try_collect().await.inspect_err(|_| {
+            self.metrics.object_store_errors.inc();
+        })?)
     }
 
     /// The block's columns `names`, whole and decoded, as one batch in row order (rows numbered as in the file),
@@ -965,14 +975,7 @@ impl BlockStore {
         let missing: Vec<usize> = (0..names.len()).filter(|&i| arrays[i].is_none()).collect();
         if !missing.is_empty() {
             let roots: Vec<usize> = missing.iter().filter_map(|&i| file_schema.index_of(names[i]).ok()).collect();
-            let mask = ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots);
-            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
-                .with_projection(mask)
-                .with_batch_size(65536)
-                .build()?;
-            let batches: Vec<RecordBatch> = stream.try_collect().await.inspect_err(|_| {
-                self.metrics.object_store_errors.inc();
-            })?;
+            let batches = self.read_whole(tenant, b, &footer, roots).await?;
             for &i in &missing {
                 let parts: Vec<&dyn Array> =
                     batches.iter().filter_map(|batch| batch.column_by_name(names[i]).map(|a| a.as_ref())).collect();
