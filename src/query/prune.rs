@@ -88,6 +88,34 @@ pub fn candidate_filter(p: &Pipeline, slots: &Slots) -> Option<Expr> {
     out
 }
 
+/// Predicates that some span of every matching trace passes, one per `{ }` the query cannot match without (both
+/// sides of `&&` and of the structural and union-structural operators of its first stage; `||` and the negated
+/// forms require neither side). A trace stored whole in one place that has no row passing one of them there
+/// cannot match; a split trace can (the spans may sit in different places).
+pub fn required_filters(p: &Pipeline, slots: &Slots) -> Vec<Expr> {
+    fn required(e: &SpansetExpr, slots: &Slots, out: &mut Vec<Expr>) {
+        match e {
+            SpansetExpr::Filter(f) => out.extend(f.expr.as_ref().and_then(|x| superset(x, slots))),
+            SpansetExpr::Op { op, lhs, rhs } => {
+                use query_lang::SpansetOp as O;
+                if !matches!(
+                    op,
+                    O::Union | O::NotChild | O::NotParent | O::NotDescendant | O::NotAncestor | O::NotSibling
+                ) {
+                    required(lhs, slots, out);
+                    required(rhs, slots, out);
+                }
+            }
+            SpansetExpr::Pipeline(p) => out.extend(required_filters(p, slots)),
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(Stage::Spanset(e)) = p.stages.first() {
+        required(e, slots, &mut out);
+    }
+    out
+}
+
 /// Every `{ }` of the pipeline: `None` for `{}`.
 fn collect_filters<'a>(p: &'a Pipeline, out: &mut Vec<Option<&'a FieldExpr>>) {
     fn spanset<'a>(e: &'a SpansetExpr, out: &mut Vec<Option<&'a FieldExpr>>) {

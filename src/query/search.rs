@@ -31,7 +31,7 @@ use query_lang::Pipeline;
 use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData, run_local, span_local};
 use super::local::{self, Found, LocalSearch};
-use super::prune::{Slots, candidate_filter};
+use super::prune::{Slots, candidate_filter, required_filters};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, traces_to_batches};
@@ -520,6 +520,10 @@ impl SearchEngine {
         let blocks: Vec<&Arc<BlockEntry>> = sources[1..].iter().filter_map(Source::block).collect();
         let mut indexes: Vec<Option<Arc<crate::block::TraceIndex>>> = vec![None; blocks.len()];
         let mut block_masks: Vec<Option<BooleanBuffer>> = vec![None; blocks.len()];
+        // Per block, when the query needs several filters to match (`A >> B`, `A && B`): their rows, and which
+        // traces other blocks may also hold. A trace stored whole in the block needs a row passing each.
+        let mut required: Vec<(Vec<BooleanBuffer>, Option<BooleanBuffer>)> = vec![(Vec::new(), None); blocks.len()];
+        let memory_ids = memory_trace_ids(&sources[0]);
         let mut skipped = 0usize;
         // (bound, block, position in the block's newest-first order); a block not opened yet stands for all of its
         // traces with its end time.
@@ -549,6 +553,16 @@ impl SearchEngine {
                     {
                         masks.insert(blocks[b].meta.block_id.clone(), mask.clone());
                         block_masks[b] = Some(mask);
+                        let slots = Slots::new(&blocks[b].meta.dedicated_columns, blocks[b].meta.service_name_in_list);
+                        let filters: Vec<Expr> =
+                            required_filters(&req.pipeline, &slots).into_iter().filter(plain_columns).collect();
+                        if filters.len() > 1 {
+                            let mut all = Vec::with_capacity(filters.len());
+                            for f in &filters {
+                                all.extend(self.cached_rows(ctx, tenant, blocks[b], f).await?);
+                            }
+                            required[b] = (all, Some(self.blocks.shared_traces(tenant, blocks[b], &ix)));
+                        }
                     }
                     if let Some(t) = ix.newest(0) {
                         heap.push((ix.start(t), Reverse(b), 0));
@@ -565,7 +579,16 @@ impl SearchEngine {
                 // walk or the scans meet it there.
                 if let Some(mask) = &block_masks[b] {
                     let rows = ix.rows(t);
-                    if mask.slice(rows.start, rows.len()).count_set_bits() == 0 {
+                    let none = |m: &BooleanBuffer| m.slice(rows.start, rows.len()).count_set_bits() == 0;
+                    let (all, shared) = &required[b];
+                    let lacks_one = || all.iter().any(none);
+                    let whole_here = || {
+                        let id = ix.id(t);
+                        shared.as_ref().is_some_and(|s| !s.value(t))
+                            && !memory_ids.contains(&id)
+                            && !self.ingester.holds_trace(tenant, &id)
+                    };
+                    if none(mask) || (lacks_one() && whole_here()) {
                         skipped += 1;
                         if skipped > WALK_SKIP_MAX {
                             break;
