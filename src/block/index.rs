@@ -52,7 +52,7 @@ impl TraceIndex {
             b.column_by_name(col::SERVICE_NAME).is_some() && b.column_by_name(col::STATUS_CODE).is_some()
         });
         let mut service_ids: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-        // The previous row's service, to skip the lookup along runs of one service.
+        // The previous row's service, so runs of one service need no lookup.
         let mut last_service: Option<(String, u32)> = None;
         for batch in batches {
             let stats_cols = if with_stats {

@@ -122,7 +122,8 @@ pub const VIEW_COLUMNS: [&str; 12] = [
     col::SCOPE_VERSION,
 ];
 
-fn column<T: Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T, BlockError> {
+/// Column `name` of `batch` as the Arrow array type `T`.
+pub fn column<T: Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T, BlockError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())

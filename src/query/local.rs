@@ -243,11 +243,7 @@ struct TraceLevel {
 impl TraceLevel {
     fn new(batch: &RecordBatch) -> Result<Self, QueryError> {
         fn column<T: Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T, QueryError> {
-            batch
-                .column_by_name(name)
-                .and_then(|x| x.as_any().downcast_ref::<T>())
-                .cloned()
-                .ok_or_else(|| QueryError::Internal(format!("local scan: column {name} missing or mistyped")))
+            crate::block::column(batch, name).map_err(|e| QueryError::Internal(format!("local scan: {e}")))
         }
         Ok(TraceLevel {
             start: column(batch, c::TRACE_START)?,

@@ -65,7 +65,7 @@ const WALK_WORTH: usize = 128;
 const CACHED_BYTES_PER_SPAN: u64 = 128;
 /// Traces the index walk may pass over for having no row that passes the predicate before it hands over to the
 /// scans (the matches are rare: scanning the cached columns finds them at once).
-const WALK_SKIP_MAX: usize = 8192;
+const WALK_PASS_MAX: usize = 8192;
 const FETCH_CONCURRENCY: usize = 8;
 
 /// A search, as the API hands it over.
@@ -524,7 +524,7 @@ impl SearchEngine {
         // traces other blocks may also hold. A trace stored whole in the block needs a row passing each.
         let mut required: Vec<(Vec<BooleanBuffer>, Option<BooleanBuffer>)> = vec![(Vec::new(), None); blocks.len()];
         let memory_ids = memory_trace_ids(&sources[0]);
-        let mut skipped = 0usize;
+        let mut passed_over = 0usize;
         // (bound, block, position in the block's newest-first order); a block not opened yet stands for all of its
         // traces with its end time.
         const UNOPENED: usize = usize::MAX;
@@ -549,7 +549,7 @@ impl SearchEngine {
                     let ix = self.blocks.trace_index(tenant, blocks[b]).await?;
                     if let Some(masks) = w.masks.as_deref_mut()
                         && let Some(filter) = block_filter(&req.pipeline, blocks[b])
-                        && let Some(mask) = self.cached_rows(ctx, tenant, blocks[b], &filter).await?
+                        && let Some(mask) = cached_mask(ctx, &self.blocks, tenant, blocks[b], &filter).await?
                     {
                         masks.insert(blocks[b].meta.block_id.clone(), mask.clone());
                         block_masks[b] = Some(mask);
@@ -559,7 +559,7 @@ impl SearchEngine {
                         if filters.len() > 1 {
                             let mut all = Vec::with_capacity(filters.len());
                             for f in &filters {
-                                all.extend(self.cached_rows(ctx, tenant, blocks[b], f).await?);
+                                all.extend(cached_mask(ctx, &self.blocks, tenant, blocks[b], f).await?);
                             }
                             required[b] = (all, Some(self.blocks.shared_traces(tenant, blocks[b], &ix)));
                         }
@@ -589,8 +589,8 @@ impl SearchEngine {
                             && !self.ingester.holds_trace(tenant, &id)
                     };
                     if none(mask) || (lacks_one() && whole_here()) {
-                        skipped += 1;
-                        if skipped > WALK_SKIP_MAX {
+                        passed_over += 1;
+                        if passed_over > WALK_PASS_MAX {
                             break;
                         }
                         continue;
@@ -638,7 +638,7 @@ impl SearchEngine {
             // Too few matches to finish within the budget at this rate: scanning finds the rest cheaper.
             let found = w.hits.len();
             if walked >= WALK_MAX
-                || skipped > WALK_SKIP_MAX
+                || passed_over > WALK_PASS_MAX
                 || found == 0
                 || (found < limit && walked * limit > WALK_WORTH * found)
             {
@@ -763,7 +763,7 @@ impl SearchEngine {
         };
         let passed = match masks.map(|m| m.get(&b.meta.block_id)) {
             Some(Some(m)) => Some(m.clone()),
-            Some(None) => self.cached_rows(ctx, tenant, b, &filter).await?,
+            Some(None) => cached_mask(ctx, &self.blocks, tenant, b, &filter).await?,
             None => None,
         };
         if let Some(passed) = passed {
@@ -787,17 +787,6 @@ impl SearchEngine {
     fn fits_cache(&self, sources: &[Source]) -> bool {
         let spans: u64 = sources.iter().filter_map(Source::block).map(|b| b.meta.span_count).sum();
         spans.saturating_mul(CACHED_BYTES_PER_SPAN) <= self.blocks.column_cache_bytes()
-    }
-
-    /// Which rows of a block pass `filter`, from cached columns (see [`cached_mask`]).
-    async fn cached_rows(
-        &self,
-        ctx: &SessionContext,
-        tenant: &Tenant,
-        b: &BlockEntry,
-        filter: &Expr,
-    ) -> Result<Option<BooleanBuffer>, QueryError> {
-        cached_mask(ctx, &self.blocks, tenant, b, filter).await
     }
 
     /// Phase 2: fetches every fragment of the traces, evaluates the query on each whole trace, keeps matches.
@@ -1013,7 +1002,7 @@ fn block_filter(pipeline: &Pipeline, b: &BlockEntry) -> Option<Expr> {
     candidate_filter(pipeline, &slots).filter(plain_columns)
 }
 
-/// Per block ID, the rows that pass the candidate predicate (see `SearchEngine::cached_rows`).
+/// Per block ID, the rows that pass the candidate predicate (see `cached_mask`).
 type Masks = ahash::AHashMap<String, BooleanBuffer>;
 
 /// The trace IDs of the memory snapshot a search reads (a source other than memory holds none).
