@@ -486,16 +486,29 @@ function drawGraph(edges, nodeRows, range) {
   const cols = [];
   for (const n of [...names].sort()) { const l = layer.get(n); (cols[l] = cols[l] || []).push(n); }
   for (let i = cols.length - 1; i >= 0; i--) if (!cols[i]) cols.splice(i, 1);
-  const NW = 168, NH = 50, CG = 150, RG = 46, PAD = 30;
+  // order each column by the mean row of its callers in earlier columns (fewer crossings)
+  const rowOf = new Map(), colLen = new Map();
+  cols.forEach((c, ci) => {
+    if (ci > 0) {
+      const key = n => {
+        const rows = edges.filter(e => e.child === n && rowOf.has(e.parent)).map(e => rowOf.get(e.parent) / colLen.get(e.parent));
+        return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : 2;
+      };
+      const k = new Map(c.map(n => [n, key(n)]));
+      c.sort((a, b) => k.get(a) - k.get(b) || (a < b ? -1 : 1));
+    }
+    c.forEach((n, i) => { rowOf.set(n, i + 0.5); colLen.set(n, c.length); });
+  });
+  const NW = 168, NH = 50, CG = 190, RG = 40, PAD = 30;
   const maxRows = Math.max(...cols.map(c => (c || []).length));
-  const W = PAD * 2 + cols.length * NW + (cols.length - 1) * CG, H = PAD * 2 + maxRows * NH + (maxRows - 1) * RG + 30;
+  const W = PAD * 2 + cols.length * NW + (cols.length - 1) * CG + 160, H = PAD * 2 + maxRows * NH + (maxRows - 1) * RG + 30;
   const pos = new Map();
   cols.forEach((c, ci) => (c || []).forEach((n, ri) => {
     const off = (maxRows - c.length) * (NH + RG) / 2;
     pos.set(n, { x: PAD + ci * (NW + CG), y: PAD + off + ri * (NH + RG) });
   }));
-  const svg = s('svg', { class: 'graph', id: 'service-graph', viewBox: `0 0 ${W} ${H}`, style: `max-width:${W}px` },
-    s('defs', {}, s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' },
+  const svg = s('svg', { class: 'graph' + (edges.length > 14 ? ' dense' : ''), id: 'service-graph', viewBox: `0 0 ${W} ${H}`, style: `max-width:${W}px` },
+    s('defs', {}, s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: 'userSpaceOnUse', orient: 'auto-start-reverse' },
       s('path', { d: 'M0,0 L10,5 L0,10 z', fill: '#8796ad' }))));
   const maxCalls = Math.max(2, ...edges.map(e => +e.calls));
   const search = q => navigate('#/search?' + qs({ q, start: range.start, end: range.end }));
@@ -504,11 +517,12 @@ function drawGraph(edges, nodeRows, range) {
     const rate = +e.calls ? +e.errors / +e.calls : 0;
     let d, lx, ly;
     if (b.x > a.x) {
-      const x0 = a.x + NW, y0 = a.y + NH / 2, x1 = b.x, y1 = b.y + NH / 2, mx = (x0 + x1) / 2;
+      const x0 = a.x + NW, y0 = a.y + NH / 2, x1 = b.x - 2, y1 = b.y + NH / 2, mx = (x0 + x1) / 2;
       d = `M${x0},${y0} C${mx},${y0} ${mx},${y1} ${x1},${y1}`; lx = mx; ly = (y0 + y1) / 2;
-    } else { // same or earlier layer: loop below
-      const x0 = a.x + NW / 2, y0 = a.y + NH, x1 = b.x + NW / 2 + 10, y1 = b.y + NH, dy = 60;
-      d = `M${x0},${y0} C${x0},${y0 + dy} ${x1},${y1 + dy} ${x1},${y1}`; lx = (x0 + x1) / 2; ly = Math.max(y0, y1) + dy * 0.75;
+    } else { // same or earlier column: arc out to the right of the nodes
+      const x0 = a.x + NW, y0 = a.y + NH / 2 + (b.y > a.y ? 8 : -8), x1 = b.x + NW + 2, y1 = b.y + NH / 2 + (b.y > a.y ? -8 : 8);
+      const bulge = 40 + Math.abs(y1 - y0) * 0.35 + (a.x - b.x) * 0.5;
+      d = `M${x0},${y0} C${x0 + bulge},${y0} ${x1 + bulge},${y1} ${x1},${y1}`; lx = (x0 + x1) / 2 + bulge * 0.75; ly = (y0 + y1) / 2 + 4;
     }
     const col = rateColour(rate);
     const width = 1.2 + 4 * Math.log(+e.calls + 1) / Math.log(maxCalls + 1);
@@ -520,12 +534,13 @@ function drawGraph(edges, nodeRows, range) {
   for (const n of names) {
     const p = pos.get(n), st = stats.get(n);
     const errRate = st.spans ? st.errors / st.spans : 0;
-    svg.append(s('g', { class: 'node' + (st.errors ? ' err' : ''), 'data-service': n, transform: `translate(${p.x},${p.y})`, onclick: () => navigate('#/search?' + qs({ service: n, start: range.start, end: range.end })) },
+    svg.append(s('g', { class: 'node' + (st.spans && st.errors / st.spans >= 0.05 ? ' err' : ''), 'data-service': n, transform: `translate(${p.x},${p.y})`, onclick: () => navigate('#/search?' + qs({ service: n, start: range.start, end: range.end })) },
       s('title', {}, `${n}: ${st.spans} spans, ${st.errors} errors`),
       s('rect', { width: NW, height: NH, rx: 8 }),
       s('rect', { width: 6, height: NH, fill: colourOf(n), rx: 3, style: 'stroke:none' }),
       s('text', { x: 16, y: 20, 'font-weight': 600 }, n),
-      s('text', { x: 16, y: 37, class: 'sub' }, `${fmtCount(st.spans)} spans · ${(errRate * 100).toFixed(1)}% err`)));
+      s('text', { x: 16, y: 37, class: 'sub' }, `${fmtCount(st.spans)} spans · `,
+        s('tspan', { class: errRate ? 'errtxt' : '' }, `${(errRate * 100).toFixed(errRate && errRate < 0.001 ? 2 : 1)}% err`))));
   }
   return h('div.panel.graph-wrap', { style: { marginBottom: '12px', overflow: 'auto' } }, svg);
 }

@@ -215,8 +215,10 @@ function renderTrace(root, id, m, rawText, params) {
     const lane = h('div.lane');
     lane.append(h('div.bar' + (s.error ? '.err' : ''), { style: { left: pct(s.start), width: pct(s.dur), background: colourOf(s.service) } }));
     for (const [a, b] of crit.get(s) || []) lane.append(h('div.crit', { style: { left: pct(a), width: pct(b - a) } }));
-    const right = (s.end / D) < 0.8;
-    lane.append(h('span.lbl', { style: right ? { left: `calc(${pct(s.end)} + 4px)` } : { right: `calc(${(100 - 100 * s.start / D).toFixed(3)}% + 4px)` } }, fmtDur(s.dur)));
+    // duration label: right of the bar, else left of it, else inside it
+    const pos = s.end / D < 0.8 ? { left: `calc(${pct(s.end)} + 4px)` } : s.start / D > 0.2
+      ? { right: `calc(${(100 - 100 * s.start / D).toFixed(3)}% + 4px)` } : { left: `calc(${pct(s.start)} + 4px)`, color: '#1c2330' };
+    lane.append(h('span.lbl', { style: pos }, fmtDur(s.dur)));
     row.append(name, lane);
     return row;
   }
@@ -296,7 +298,7 @@ function showDetails(box, s, m, crit, onClose) {
   const st = sp.status || {};
   const critTime = (crit.get(s) || []).reduce((a, [x, y]) => a + y - x, 0);
   const kv = (k, v) => h('tr', h('td', k), h('td', v));
-  box.replaceChildren(
+  box.replaceChildren(...[
     h('button.close', { type: 'button', onclick: onClose, 'aria-label': 'Close details' }, '✕'),
     h('h2', s.name || '(no name)'),
     h('div', h('span.chip', h('span.dot', { style: { background: colourOf(s.service) } }), s.service),
@@ -328,7 +330,7 @@ function showDetails(box, s, m, crit, onClose) {
     h('h3', 'Resource'), attrTable(s.resAttrs),
     h('h3', 'Instrumentation scope'),
     h('table.attrs', h('tbody', kv('name', s.scope.name || ''), kv('version', s.scope.version || ''))),
-    (s.scope.attributes || []).length ? attrTable(s.scope.attributes) : null);
+    (s.scope.attributes || []).length ? attrTable(s.scope.attributes) : null].filter(Boolean));
   box.style.display = '';
   box.scrollTop = 0;
 }
@@ -449,8 +451,8 @@ function renderCompare(root, ida, idb, ma, mb) {
     const tog = h('span.tog', n.children.length ? (collapsed[n.idx] ? '▸' : '▾') : '');
     if (n.children.length) tog.dataset.toggle = '1';
     const lane = h('div.lane');
-    if (n.a) lane.append(h('div.bar.a', { style: { left: pct(n.a.start), width: pct(n.a.dur) }, title: `A: ${fmtDur(n.a.dur)}` }));
-    if (n.b) lane.append(h('div.bar.b', { style: { left: pct(n.b.start), width: pct(n.b.dur) }, title: `B: ${fmtDur(n.b.dur)}` }));
+    if (n.a) lane.append(h('div.bar.a' + (n.b ? '' : '.only'), { style: { left: pct(n.a.start), width: pct(n.a.dur) }, title: `A: ${fmtDur(n.a.dur)}` }));
+    if (n.b) lane.append(h('div.bar.b' + (n.a ? '' : '.only'), { style: { left: pct(n.b.start), width: pct(n.b.dur) }, title: `B: ${fmtDur(n.b.dur)}` }));
     return h('div.vrow', { 'data-diff': n.diff, 'data-name': n.name, 'data-service': n.service, 'data-idx': n.idx },
       h('div.namecol', { style: { paddingLeft: `${Math.min(n.depth, 60) * 12 + 4}px` }, title: `${n.service}: ${n.name}` },
         tog, h('span.sw', { style: { background: colourOf(n.service) } }), h('span.svc', n.service), h('span.nm', n.name),
