@@ -190,6 +190,17 @@ if (EXPECT.search) await step('search-traceql', async page => {
   await waitSearchDone(page);
   check(await page.$(`#results-table tr[data-trace-id="${e.traceId}"]`), `trace ${e.traceId} not in the TraceQL results of ${q}`);
   await shot(page, 'search-traceql');
+  // pick two results and compare them
+  const boxes = page.locator('#results-table input[type=checkbox]');
+  if (await boxes.count() >= 2) {
+    const ids = [await boxes.nth(0).getAttribute('data-trace-id'), await boxes.nth(1).getAttribute('data-trace-id')];
+    await boxes.nth(0).check();
+    await boxes.nth(1).check();
+    await page.click('#compare-selected');
+    await page.waitForSelector('#compare-timeline .vrow', { timeout: 30000 });
+    const hash = await page.evaluate(() => location.hash);
+    check(hash === `#/compare/${ids[0]}/${ids[1]}`, `compare selected opened ${hash}`);
+  }
 });
 
 if (EXPECT.search) await step('search-bad-query', async (page, state) => {
@@ -228,6 +239,12 @@ if (EXPECT.trace) await step('trace', async page => {
   const det = await page.innerText('#span-details');
   check(det.includes(name) && det.includes(spanId) && /Span attributes/i.test(det) && /Resource/i.test(det), `span details incomplete:\n${det.slice(0, 400)}`);
   await shot(page, 'trace');
+  // keyboard: ArrowDown selects the next row
+  if (rows > 2) {
+    const next = await page.locator('#timeline .vrow').nth(2).getAttribute('data-span-id');
+    await page.keyboard.press('ArrowDown');
+    check((await page.innerText('#span-details')).includes(next), 'ArrowDown did not select the next span');
+  }
   // collapse and expand the root
   await page.click('#timeline .vrow >> nth=0 >> .tog');
   check((await page.$$eval('#timeline .vrow', r => r.length)) === 1, 'collapsing the root leaves more than one row');

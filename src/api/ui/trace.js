@@ -160,14 +160,14 @@ export function tracePage(root, args, params, signal) {
     const m = buildModel(json);
     if (!m.spans.length) { status.replaceWith(h('div.panel.empty', `Trace ${id} has no spans.`)); return; }
     status.remove();
-    renderTrace(root, id, m, text, params);
+    renderTrace(root, id, m, text, params, signal);
   }).catch(e => {
     if (e.name === 'AbortError') return;
     status.replaceWith(e.status === 404 ? h('div.error-box', { role: 'alert' }, `Trace ${id} was not found.`) : errorBox(e));
   });
 }
 
-function renderTrace(root, id, m, rawText, params) {
+function renderTrace(root, id, m, rawText, params, signal) {
   const crit = criticalPath(m.main);
   const critTotal = [...crit.values()].flat().reduce((a, [x, y]) => a + y - x, 0);
   const rootSpan = m.main;
@@ -237,11 +237,28 @@ function renderTrace(root, id, m, rawText, params) {
     if (e.target.dataset.toggle) { toggle(s); return; }
     select(s);
   });
+  const closeDetails = () => { selected = null; details.style.display = 'none'; vl.refresh(); };
   function select(s) {
     selected = s;
-    showDetails(details, s, m, crit, () => { selected = null; details.style.display = 'none'; vl.refresh(); });
+    showDetails(details, s, m, crit, closeDetails);
     vl.refresh();
   }
+  // keyboard: up/down move the selection, left collapses (or goes to the parent), right expands, Escape closes details
+  document.addEventListener('keydown', e => {
+    if (e.target.closest && e.target.closest('input, textarea, select') || e.altKey || e.ctrlKey || e.metaKey) return;
+    if (e.key === 'Escape' && selected) { closeDetails(); return; }
+    if (!['ArrowDown', 'ArrowUp', 'ArrowLeft', 'ArrowRight'].includes(e.key)) return;
+    e.preventDefault();
+    let i = selected ? visible.indexOf(selected) : -1;
+    if (e.key === 'ArrowDown') i = Math.min(visible.length - 1, i + 1);
+    else if (e.key === 'ArrowUp') i = Math.max(0, i - 1);
+    else if (selected && e.key === 'ArrowLeft') {
+      if (selected.children.length && !collapsed[selected.idx]) { toggle(selected); return; }
+      if (selected.parent) { select(selected.parent); vl.scrollTo(visible.indexOf(selected)); }
+      return;
+    } else if (selected && e.key === 'ArrowRight') { if (collapsed[selected.idx]) toggle(selected); return; }
+    if (i >= 0 && visible[i]) { select(visible[i]); vl.scrollTo(i); }
+  }, { signal });
   function setAll(v, depth) {
     for (const s of m.order) collapsed[s.idx] = s.children.length && (depth === undefined ? v : s.depth >= depth) ? 1 : 0;
     computeVisible(); vl.setCount(visible.length);
