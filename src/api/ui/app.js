@@ -1,6 +1,6 @@
 // Strata UI: router, header (tenant), search page, service graph page.
-import { h, s, getJSON, request, qs, sql, fmtDur, fmtTime, fmtAgo, colourOf, debounce, errorBox, durForTraceQL,
-  resolveRange, rangePicker, getTenant, setTenant, ApiError } from './util.js';
+import { h, s, getJSON, qs, sql, fmtDur, fmtTime, fmtAgo, colourOf, debounce, errorBox, durForTraceQL,
+  resolveRange, rangePicker, getTenant, setTenant, latestDataEnd } from './util.js';
 import { tracePage, comparePage } from './trace.js';
 
 const view = document.getElementById('view');
@@ -262,7 +262,12 @@ function showResults(results, r, q, range, limit, secs, sort0) {
   const body = h('div');
   results.replaceChildren(h('div.panel', { id: 'search-results' }, head, body));
   if (!traces.length) {
-    body.append(h('div.empty', 'No traces matched in ', fmtTime(range.start * 1000, false), ' – ', fmtTime(range.end * 1000, false), '.',
+    const again = latestButton('search-latest', end => {
+      const p = Object.fromEntries(new URLSearchParams(location.hash.split('?')[1] || ''));
+      delete p.range;
+      navigate('#/search?' + qs({ ...p, start: end - 3600, end }));
+    });
+    body.append(h('div.empty', 'No traces matched in ', fmtTime(range.start * 1000, false), ' – ', fmtTime(range.end * 1000, false), '. ', again,
       h('div.muted.mono', { style: { marginTop: '6px' } }, q)));
     return;
   }
@@ -294,7 +299,7 @@ function showResults(results, r, q, range, limit, secs, sort0) {
             h('span.trace-title', t.rootService ? `${t.rootService}: ${t.rootName || ''}` : '(root span not received)')),
             t.errors ? h('span.badge-err', { style: { marginLeft: '6px' } }, `${t.errors} err`) : null,
             h('div.trace-id', t.id)),
-          h('td', fmtTime(t.startMs), h('div.muted', fmtAgo(t.startMs))),
+          h('td.nowrap', fmtTime(t.startMs), h('div.muted', fmtAgo(t.startMs))),
           h('td.num', t.durMs ? fmtDur(t.durMs * 1e6) : '<1 ms', h('div.durbar', h('span', { style: { width: `${(100 * t.durMs / maxDur).toFixed(1)}%` } }))),
           h('td.num', String(t.matched)),
           h('td', h('div.legend', Object.entries(t.stats).map(([svc, st]) =>
@@ -313,12 +318,25 @@ function scatter(traces) {
   const L = 56, R = 12, T = 10, B = 24;
   let x0 = Math.min(...traces.map(t => t.startMs)), x1 = Math.max(...traces.map(t => t.startMs));
   if (x1 - x0 < 1000) { x0 -= 500; x1 += 500; }
-  const y1 = Math.max(1, ...traces.map(t => t.durMs)) * 1.1;
-  const X = v => L + (v - x0) / (x1 - x0) * (W - L - R), Y = v => H - B - v / y1 * (H - T - B);
-  const svg = s('svg', { class: 'scatter', id: 'scatter', viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img', 'aria-label': 'Duration over time' });
+  const durs = traces.map(t => t.durMs).sort((a, b) => a - b);
+  const y1 = Math.max(1, durs[durs.length - 1]) * 1.1;
+  // a log scale when a few slow traces would squash the rest against the axis
+  const median = Math.max(0.5, durs[durs.length >> 1]);
+  const log = y1 / median > 20;
+  const lo = Math.max(0.1, Math.min(...durs.filter(d => d > 0), median) / 2), lhi = Math.log10(y1), llo = Math.log10(lo);
+  const X = v => L + (v - x0) / (x1 - x0) * (W - L - R);
+  const Y = log ? v => H - B - (Math.log10(Math.max(v, lo)) - llo) / (lhi - llo) * (H - T - B) : v => H - B - v / y1 * (H - T - B);
+  const svg = s('svg', { class: 'scatter', id: 'scatter', viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img', 'aria-label': 'Duration over time', 'data-scale': log ? 'log' : 'linear' });
   const axis = s('g', { class: 'axis' });
-  for (let i = 0; i <= 4; i++) {
-    const v = y1 * i / 4, y = Y(v);
+  const yt = log ? [] : [0, 1, 2, 3, 4].map(i => y1 * i / 4);
+
+  if (log) for (let e = Math.floor(llo); e <= Math.ceil(lhi); e++) for (const k of lhi - llo > 2.5 ? [1] : [1, 2, 5]) {
+    const v = k * 10 ** e;
+    if (v >= lo && v <= y1) yt.push(v);
+  }
+  if (log) axis.append(s('text', { x: 2, y: H - 6, 'font-style': 'italic' }, 'log scale'));
+  for (const v of yt) {
+    const y = Y(v);
     axis.append(s('line', { x1: L, x2: W - R, y1: y, y2: y }), s('text', { x: L - 6, y: y + 3, 'text-anchor': 'end' }, fmtDur(v * 1e6)));
   }
   const sameDay = new Date(x0).toDateString() === new Date(x1).toDateString();
@@ -440,15 +458,7 @@ function graphPage(root, args, params, signal) {
   Promise.all([sql(edgesQ, signal), sql(nodesQ, signal)]).then(([edges, nodes]) => {
     out.replaceChildren();
     if (!edges.length && !nodes.length) {
-      const jump = h('button', { type: 'button', id: 'graph-latest' }, 'Jump to the latest data');
-      jump.addEventListener('click', async () => {
-        try {
-          const [row] = await sql('SELECT max(start_unix_nano) AS t FROM spans', signal);
-          if (!row || row.t === null || row.t === undefined) { jump.replaceWith('No data stored.'); return; }
-          const end = Math.ceil(Number(BigInt(row.t) / 1000000000n)) + 1;
-          navigate('#/graph?' + qs({ start: end - 3600, end }));
-        } catch (e) { jump.replaceWith(errorBox(e)); }
-      });
+      const jump = latestButton('graph-latest', end => navigate('#/graph?' + qs({ start: end - 3600, end })), signal);
       out.append(h('div.panel.empty', 'No spans in this window. ', jump));
       return;
     }
@@ -543,6 +553,17 @@ function drawGraph(edges, nodeRows, range) {
         s('tspan', { class: errRate ? 'errtxt' : '' }, `${(errRate * 100).toFixed(errRate && errRate < 0.001 ? 2 : 1)}% err`))));
   }
   return h('div.panel.graph-wrap', { style: { marginBottom: '12px', overflow: 'auto' } }, svg);
+}
+// Button that moves a page's window to the hour before the newest stored span.
+function latestButton(id, go, signal) {
+  const b = h('button', { type: 'button', id }, 'Use the last hour of stored data');
+  b.addEventListener('click', async () => {
+    try {
+      const end = await latestDataEnd(signal);
+      if (end === null) b.replaceWith('No data stored.'); else go(end);
+    } catch (e) { if (e.name !== 'AbortError') b.replaceWith(errorBox(e)); }
+  });
+  return b;
 }
 function fmtCount(n) { return n >= 1e6 ? (n / 1e6).toFixed(1) + 'M' : n >= 1e4 ? (n / 1e3).toFixed(1) + 'k' : String(n); }
 

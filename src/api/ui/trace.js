@@ -217,8 +217,8 @@ function renderTrace(root, id, m, rawText, params, signal) {
     for (const [a, b] of crit.get(s) || []) lane.append(h('div.crit', { style: { left: pct(a), width: pct(b - a) } }));
     // duration label: right of the bar, else left of it, else inside it
     const pos = s.end / D < 0.8 ? { left: `calc(${pct(s.end)} + 4px)` } : s.start / D > 0.2
-      ? { right: `calc(${(100 - 100 * s.start / D).toFixed(3)}% + 4px)` } : { left: `calc(${pct(s.start)} + 4px)`, color: '#1c2330' };
-    lane.append(h('span.lbl', { style: pos }, fmtDur(s.dur)));
+      ? { right: `calc(${(100 - 100 * s.start / D).toFixed(3)}% + 4px)` } : null;
+    lane.append(pos ? h('span.lbl', { style: pos }, fmtDur(s.dur)) : h('span.lbl.in', { style: { left: `calc(${pct(s.start)} + 4px)` } }, fmtDur(s.dur)));
     row.append(name, lane);
     return row;
   }

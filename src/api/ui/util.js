@@ -214,3 +214,10 @@ export function rangePicker(initial) {
     },
   };
 }
+
+// Unix seconds just after the newest stored span (via SQL), or null when nothing is stored.
+export async function latestDataEnd(signal) {
+  const [row] = await sql('SELECT max(start_unix_nano) AS t FROM spans', signal);
+  if (!row || row.t === null || row.t === undefined) return null;
+  return Number(BigInt(row.t) / 1000000000n) + 1;
+}
