@@ -108,7 +108,7 @@ async function loadTrace(id, signal) {
 // ---------------------------------------------------------------- virtual list
 
 // Renders only the rows in view (plus a margin) into an absolutely positioned spacer.
-function virtualList(scroller, spacer, renderRow) {
+function virtualList(scroller, spacer, renderRow, signal) {
   let count = 0, cache = new Map(), pending = false;
   function draw() {
     pending = false;
@@ -127,7 +127,9 @@ function virtualList(scroller, spacer, renderRow) {
   }
   const schedule = () => { if (!pending) { pending = true; requestAnimationFrame(draw); } };
   scroller.addEventListener('scroll', schedule, { passive: true });
-  new ResizeObserver(schedule).observe(scroller);
+  const ro = new ResizeObserver(schedule);
+  ro.observe(scroller);
+  if (signal) signal.addEventListener('abort', () => ro.disconnect());
   return {
     setCount(n) { count = n; spacer.style.height = `${n * ROW}px`; this.refresh(); },
     refresh() { for (const el of cache.values()) el.remove(); cache.clear(); draw(); },
@@ -176,6 +178,7 @@ function renderTrace(root, id, m, rawText, params, signal) {
   const svcChips = [...m.services.entries()].sort((a, b) => b[1].spans - a[1].spans).map(([n, v]) =>
     h('span.chip' + (v.errors ? '.err' : ''), { title: `${v.spans} spans, ${v.errors} errors` }, h('span.dot', { style: { background: colourOf(n) } }), `${n} ${v.spans}`));
   const blobUrl = URL.createObjectURL(new Blob([rawText], { type: 'application/json' }));
+  signal.addEventListener('abort', () => URL.revokeObjectURL(blobUrl));
   root.append(h('div.trace-header', { id: 'trace-header' },
     h('span.title', h('span.dot', { style: { background: colourOf(rootSpan.service), marginRight: '8px', width: '12px', height: '12px' } }),
       `${rootSpan.service}: ${rootSpan.name}`),
@@ -226,7 +229,7 @@ function renderTrace(root, id, m, rawText, params, signal) {
   const scroller = h('div.vscroll', { id: 'timeline' });
   const spacer = h('div.vspacer');
   scroller.append(spacer);
-  const vl = virtualList(scroller, spacer, renderRow);
+  const vl = virtualList(scroller, spacer, renderRow, signal);
   const details = h('div.details', { id: 'span-details', style: { display: 'none' } });
   const toggle = s => { collapsed[s.idx] ^= 1; computeVisible(); vl.setCount(visible.length); };
   scroller.addEventListener('click', e => {
@@ -371,13 +374,17 @@ export function comparePage(root, args, params, signal) {
   root.className = 'fill';
   const status = h('div.panel.loading', h('span.spinner'), 'Loading both traces…');
   root.append(status);
-  Promise.all([loadTrace(a, signal), loadTrace(b, signal)]).then(([ta, tb]) => {
+  const named = (id, label) => loadTrace(id, signal).catch(e => {
+    if (e.name !== 'AbortError') e.message = `Trace ${label} (${id}): ${e.status === 404 ? 'not found' : e.message}`;
+    throw e;
+  });
+  Promise.all([named(a, 'A'), named(b, 'B')]).then(([ta, tb]) => {
     if (signal.aborted) return;
     status.remove();
-    renderCompare(root, a, b, buildModel(ta.json), buildModel(tb.json));
+    renderCompare(root, a, b, buildModel(ta.json), buildModel(tb.json), signal);
   }).catch(e => {
     if (e.name === 'AbortError') return;
-    status.replaceWith(e.status === 404 ? h('div.error-box', { role: 'alert' }, `Trace not found: ${e.message}`) : errorBox(e));
+    status.replaceWith(errorBox(e));
   });
 }
 
@@ -429,7 +436,7 @@ export function diffTraces(ma, mb) {
   return { order, counts };
 }
 
-function renderCompare(root, ida, idb, ma, mb) {
+function renderCompare(root, ida, idb, ma, mb, signal) {
   const { order, counts } = diffTraces(ma, mb);
   const D = Math.max(ma.duration, mb.duration) || 1;
   const pct = v => `${(100 * v / D).toFixed(3)}%`;
@@ -482,7 +489,7 @@ function renderCompare(root, ida, idb, ma, mb) {
   const scroller = h('div.vscroll', { id: 'compare-timeline' });
   const spacer = h('div.vspacer');
   scroller.append(spacer);
-  const vl = virtualList(scroller, spacer, renderRow);
+  const vl = virtualList(scroller, spacer, renderRow, signal);
   scroller.addEventListener('click', e => {
     const row = e.target.closest('.vrow');
     if (!row) return;
