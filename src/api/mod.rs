@@ -12,12 +12,14 @@ macro_rules! put {
 }
 
 mod grpc;
+mod jaeger;
 mod json;
 mod metrics;
 mod search;
 mod sql;
 mod tags;
 pub mod tempopb;
+mod ui;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -283,6 +285,8 @@ pub fn router(
         .route("/api/v2/search/tags", get(tags::tags_v2))
         .route("/api/search/tag/{tag}/values", get(tags::tag_values_v1))
         .route("/api/v2/search/tag/{tag}/values", get(tags::tag_values_v2))
+        .merge(jaeger::routes())
+        .merge(ui::routes())
         .with_state(api.clone())
         .merge(tonic::service::Routes::new(grpc::service(api)).into_axum_router())
 }

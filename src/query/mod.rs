@@ -4,6 +4,7 @@
 //! blocks, `eval`: the exact per-trace operator). Semantics: `SEMANTICS.md`; design: `DESIGN.md`.
 
 pub mod eval;
+pub mod jaeger;
 mod local;
 pub mod metrics;
 pub mod prune;
@@ -119,6 +120,27 @@ impl Querier {
     /// One read-only SQL statement over the tenant's spans.
     pub async fn sql(&self, tenant: &Tenant, sql: &str, max_bytes: usize) -> Result<sql::SqlOutput, QueryError> {
         self.engine.sql(tenant, sql, max_bytes).await
+    }
+
+    /// A service's span names and kinds (Jaeger's operations).
+    pub async fn operations(
+        &self,
+        tenant: &Tenant,
+        service: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<jaeger::Operation>, QueryError> {
+        self.engine.operations(tenant, service, max_bytes).await
+    }
+
+    /// Calls between services whose callee span started in `[start, end)` (Jaeger's dependencies).
+    pub async fn dependencies(
+        &self,
+        tenant: &Tenant,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<jaeger::Dependency>, QueryError> {
+        self.engine.dependencies(tenant, start, end, max_bytes).await
     }
 
     /// Tag names per scope.

@@ -48,8 +48,22 @@ fn planning(e: DataFusionError) -> QueryError {
 impl SearchEngine {
     /// Runs one read-only statement over the tenant's spans; the result may hold at most `max_bytes` of Arrow data.
     pub async fn sql(&self, tenant: &Tenant, sql: &str, max_bytes: usize) -> Result<SqlOutput, QueryError> {
+        let ctx = self.sql_context(tenant, None, None)?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = ctx.sql_with_options(sql, options).await.map_err(planning)?;
+        collect(df, max_bytes).await
+    }
+
+    /// A context holding the table `spans` over the tenant's sources that may hold spans in `[start, end]`
+    /// (Unix nanoseconds; `None`: unbounded). The range only chooses sources: rows outside it are not removed.
+    pub(crate) fn sql_context(
+        &self,
+        tenant: &Tenant,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> Result<datafusion::prelude::SessionContext, QueryError> {
         let ctx = self.context();
-        let sources = self.sources(tenant, None, None)?;
+        let sources = self.sources(tenant, start, end)?;
         let mut plans = Vec::new();
         for source in &sources {
             let Some((table, _)) = self.table(tenant, source)? else { continue };
@@ -87,22 +101,24 @@ impl SearchEngine {
         }
         ctx.register_table(SQL_TABLE, Arc::new(ViewTable::new(builder.build()?, None)))?;
         ctx.register_udf(attr_udf());
-
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = ctx.sql_with_options(sql, options).await.map_err(planning)?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df.execute_stream().await.map_err(planning)?;
-        let (mut batches, mut bytes) = (Vec::new(), 0usize);
-        while let Some(b) = stream.next().await {
-            let b = b?;
-            bytes += b.get_array_memory_size();
-            if bytes > max_bytes {
-                return Err(QueryError::Limit(format!(
-                    "the result is larger than max_response_bytes ({max_bytes}); add a LIMIT or aggregate"
-                )));
-            }
-            batches.push(b);
-        }
-        Ok(SqlOutput { schema, batches })
+        Ok(ctx)
     }
+}
+
+/// Runs a planned statement; its result may hold at most `max_bytes` of Arrow data.
+pub(crate) async fn collect(df: datafusion::prelude::DataFrame, max_bytes: usize) -> Result<SqlOutput, QueryError> {
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await.map_err(planning)?;
+    let (mut batches, mut bytes) = (Vec::new(), 0usize);
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        bytes += b.get_array_memory_size();
+        if bytes > max_bytes {
+            return Err(QueryError::Limit(format!(
+                "the result is larger than max_response_bytes ({max_bytes}); add a LIMIT or aggregate"
+            )));
+        }
+        batches.push(b);
+    }
+    Ok(SqlOutput { schema, batches })
 }
