@@ -52,6 +52,16 @@ pub struct Args {
     /// OTLP HTTP listen address [default: 0.0.0.0:4318]
     #[arg(long, env = "STRATA_OTLP_HTTP_ADDR")]
     pub otlp_http_addr: Option<SocketAddr>,
+    /// Zipkin v2 receiver (`POST /api/v2/spans`, JSON and protobuf) listen address, or `off` [default: 0.0.0.0:9411]
+    #[arg(long, env = "STRATA_ZIPKIN_ADDR")]
+    pub zipkin_addr: Option<String>,
+    /// Jaeger gRPC receiver (`jaeger.api_v2.CollectorService/PostSpans`) listen address, or `off`
+    /// [default: 0.0.0.0:14250]
+    #[arg(long, env = "STRATA_JAEGER_GRPC_ADDR")]
+    pub jaeger_grpc_addr: Option<String>,
+    /// Jaeger Thrift-over-HTTP receiver (`POST /api/traces`) listen address, or `off` [default: 0.0.0.0:14268]
+    #[arg(long, env = "STRATA_JAEGER_THRIFT_HTTP_ADDR")]
+    pub jaeger_thrift_http_addr: Option<String>,
     /// Block storage backend [default: local]
     #[arg(long, env = "STRATA_STORAGE", value_enum)]
     pub storage: Option<StorageKind>,
@@ -193,6 +203,9 @@ pub struct FileConfig {
     pub http_addr: Option<SocketAddr>,
     pub otlp_grpc_addr: Option<SocketAddr>,
     pub otlp_http_addr: Option<SocketAddr>,
+    pub zipkin_addr: Option<String>,
+    pub jaeger_grpc_addr: Option<String>,
+    pub jaeger_thrift_http_addr: Option<String>,
     pub storage: Option<StorageKind>,
     pub local_path: Option<PathBuf>,
     pub s3: Option<FileS3>,
@@ -286,6 +299,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub otlp_grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
+    /// Receivers for other protocols; `None` when turned off.
+    pub zipkin_addr: Option<SocketAddr>,
+    pub jaeger_grpc_addr: Option<SocketAddr>,
+    pub jaeger_thrift_http_addr: Option<SocketAddr>,
     pub storage: StorageConfig,
     pub max_block_spans: usize,
     pub max_block_bytes: usize,
@@ -374,6 +391,13 @@ impl Config {
             http_addr: a.http_addr.or(f.http_addr).unwrap_or(([0, 0, 0, 0], 3200).into()),
             otlp_grpc_addr: a.otlp_grpc_addr.or(f.otlp_grpc_addr).unwrap_or(([0, 0, 0, 0], 4317).into()),
             otlp_http_addr: a.otlp_http_addr.or(f.otlp_http_addr).unwrap_or(([0, 0, 0, 0], 4318).into()),
+            zipkin_addr: listen("zipkin_addr", a.zipkin_addr.or(f.zipkin_addr), 9411)?,
+            jaeger_grpc_addr: listen("jaeger_grpc_addr", a.jaeger_grpc_addr.or(f.jaeger_grpc_addr), 14250)?,
+            jaeger_thrift_http_addr: listen(
+                "jaeger_thrift_http_addr",
+                a.jaeger_thrift_http_addr.or(f.jaeger_thrift_http_addr),
+                14268,
+            )?,
             storage,
             max_block_spans: a.max_block_spans.or(f.max_block_spans).unwrap_or(100_000),
             max_block_bytes: a.max_block_bytes.or(f.max_block_bytes).unwrap_or(32 << 20),
@@ -474,6 +498,18 @@ impl Config {
 impl From<S3Config> for StorageConfig {
     fn from(c: S3Config) -> Self {
         StorageConfig::S3(c)
+    }
+}
+
+/// An optional listener's address: unset -> all interfaces on `port`; `off` (or empty) -> not started.
+fn listen(field: &'static str, value: Option<String>, port: u16) -> Result<Option<SocketAddr>, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(Some(([0, 0, 0, 0], port).into())),
+        Some("" | "off" | "false") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|e| ConfigError::Invalid {
+            field,
+            message: format!("{v:?} is neither a listen address (host:port) nor `off`: {e}"),
+        }),
     }
 }
 

@@ -85,8 +85,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let api_listener = bind(cfg.http_addr).await?;
     let http_listener = bind(cfg.otlp_http_addr).await?;
     let grpc_listener = bind(cfg.otlp_grpc_addr).await?;
+    let zipkin_listener = match cfg.zipkin_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let jaeger_grpc_listener = match cfg.jaeger_grpc_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let jaeger_thrift_listener = match cfg.jaeger_thrift_http_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let off = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
         api = %cfg.http_addr, otlp_http = %cfg.otlp_http_addr, otlp_grpc = %cfg.otlp_grpc_addr,
+        zipkin = %off(cfg.zipkin_addr), jaeger_grpc = %off(cfg.jaeger_grpc_addr),
+        jaeger_thrift_http = %off(cfg.jaeger_thrift_http_addr),
         storage = ?cfg.storage, data_dir = %cfg.data_dir.display(), "strata is running"
     );
 
@@ -112,27 +127,64 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(receiver::grpc::fix_status_codes))
-            .layer(receiver::InflightLayer(budget))
+            .layer(receiver::InflightLayer(budget.clone()))
             .add_service(grpc_svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 wait(stop_receivers.clone()),
             ),
     );
+    // The other protocols' receivers, each optional; they fail /ready like the OTLP ones if they stop.
+    let mut other_tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    if let Some(l) = zipkin_listener {
+        let app = receiver::zipkin::router(ingester.clone(), metrics.clone(), cfg.max_request_bytes, budget.clone());
+        let serve = axum::serve(l, app).with_graceful_shutdown(wait(stop_receivers.clone())).into_future();
+        other_tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the Zipkin receiver failed");
+            }
+        }));
+    }
+    if let Some(l) = jaeger_thrift_listener {
+        let app =
+            receiver::jaeger::thrift_router(ingester.clone(), metrics.clone(), cfg.max_request_bytes, budget.clone());
+        let serve = axum::serve(l, app).with_graceful_shutdown(wait(stop_receivers.clone())).into_future();
+        other_tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the Jaeger Thrift receiver failed");
+            }
+        }));
+    }
+    if let Some(l) = jaeger_grpc_listener {
+        let svc = receiver::jaeger::Collector::service(ingester.clone(), metrics.clone(), cfg.max_request_bytes);
+        let serve = tonic::transport::Server::builder()
+            .layer(receiver::InflightLayer(budget.clone()))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(l),
+                wait(stop_receivers.clone()),
+            );
+        other_tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the Jaeger gRPC receiver failed");
+            }
+        }));
+    }
 
     // A receiver that stops while the process runs (a panic, a listener error) makes /ready fail.
     let receivers_stopping = stop_receivers.clone();
     let watch_receivers = {
         let health = health.clone();
         let (http_done, grpc_done) = (http_task.abort_handle(), grpc_task.abort_handle());
+        let others: Vec<_> = other_tasks.iter().map(|t| t.abort_handle()).collect();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 if *receivers_stopping.borrow() {
                     return;
                 }
-                if http_done.is_finished() || grpc_done.is_finished() {
-                    tracing::error!("an OTLP receiver stopped unexpectedly; /ready now fails");
+                if http_done.is_finished() || grpc_done.is_finished() || others.iter().any(|t| t.is_finished()) {
+                    tracing::error!("a receiver stopped unexpectedly; /ready now fails");
                     health.receiver_failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     return;
                 }
@@ -150,6 +202,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = http_task.await;
         let _ = grpc_task.await;
+        for t in other_tasks {
+            let _ = t.await;
+        }
     })
     .await;
     match tokio::time::timeout(cfg.shutdown_timeout, ingester.flush()).await {

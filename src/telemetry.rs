@@ -164,6 +164,6 @@ impl Default for Metrics {
 /// What `/ready` reports beyond the store: parts of the process that died or are not loaded yet.
 #[derive(Default, Debug)]
 pub struct Health {
-    /// Set when an OTLP receiver stopped on its own: the process no longer takes data and must not look ready.
+    /// Set when a receiver stopped on its own: the process no longer takes data and must not look ready.
     pub receiver_failed: std::sync::atomic::AtomicBool,
 }

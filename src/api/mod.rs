@@ -309,7 +309,7 @@ async fn buildinfo() -> Response {
 
 async fn ready(State(api): State<Api>) -> Response {
     if api.health.receiver_failed.load(std::sync::atomic::Ordering::Relaxed) {
-        text(StatusCode::SERVICE_UNAVAILABLE, "an OTLP receiver stopped; restart the process")
+        text(StatusCode::SERVICE_UNAVAILABLE, "a receiver stopped; restart the process")
     } else if !api.ingester.store_healthy() {
         text(StatusCode::SERVICE_UNAVAILABLE, "object storage is failing")
     } else if !api.querier.blocks_loaded() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -13,7 +13,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::decompression::RequestDecompressionLayer;
 
 use super::{ingest_error_message, validate};
 use crate::ingest::Ingester;
@@ -68,44 +67,16 @@ pub fn router(
             HeaderName::from_static("x-scope-orgid"),
         ])
         .max_age(std::time::Duration::from_secs(3600));
-    let limited = metrics.clone();
-    Router::new()
-        .route("/v1/traces", post(export))
-        .layer(DefaultBodyLimit::max(max_bytes))
-        .layer(RequestDecompressionLayer::new())
-        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let (budget, metrics) = (budget.clone(), limited.clone());
-            async move {
-                // Charged before the body is read: its declared length when it is sent uncompressed, else the
-                // largest request allowed.
-                let plain = req.headers().get(header::CONTENT_ENCODING).is_none_or(|v| v.as_bytes() == b"identity");
-                let len = req
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .filter(|_| plain);
-                match budget.try_acquire(len) {
-                    Some(permit) => {
-                        let resp = next.run(req).await;
-                        drop(permit);
-                        resp
-                    }
-                    None => {
-                        metrics.requests_failed.get_or_create(&ReasonLabel { reason: "inflight_budget" }).inc();
-                        let mut resp = error(
-                            Format::Json,
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "too many request bytes in flight on this server; retry later".into(),
-                        );
-                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                        resp
-                    }
-                }
-            }
-        }))
-        .layer(cors)
-        .with_state(AppState { ingester, metrics })
+    let routes =
+        Router::new().route("/v1/traces", post(export)).with_state(AppState { ingester, metrics: metrics.clone() });
+    super::http_limits(routes, metrics, max_bytes, budget, || {
+        error(
+            Format::Json,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many request bytes in flight on this server; retry later".into(),
+        )
+    })
+    .layer(cors)
 }
 
 fn error(format: Format, status: StatusCode, message: String) -> Response {

@@ -1,10 +1,15 @@
-//! Receivers: OTLP over gRPC (:4317) and HTTP (:4318, protobuf and JSON). They authenticate nothing, pick the
-//! tenant from `X-Scope-OrgID`, reject malformed input with a message, drop spans with invalid IDs (reported as
-//! OTLP partial success) and acknowledge only what the ingester made durable.
+//! Receivers: OTLP over gRPC (:4317) and HTTP (:4318, protobuf and JSON), Zipkin v2 (:9411, JSON and protobuf),
+//! Jaeger gRPC (:14250) and Jaeger Thrift over HTTP (:14268). They authenticate nothing, pick the tenant from
+//! `X-Scope-OrgID`, reject malformed input with a message, drop spans with invalid IDs (reported as OTLP partial
+//! success) and acknowledge only what the ingester made durable. Zipkin and Jaeger spans are converted to OTLP
+//! first (`convert`), then take the same path.
 
+mod convert;
 pub mod grpc;
 pub mod http;
+pub mod jaeger;
 mod validate;
+pub mod zipkin;
 
 pub use validate::{Validated, validate};
 
@@ -96,4 +101,88 @@ where
             resp
         })
     }
+}
+
+/// What became of a converted (Zipkin, Jaeger) request.
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// Why spans were rejected; empty when none were.
+    pub message: String,
+}
+
+/// Hands converted spans to the ingester like an OTLP request: invalid spans are dropped and counted, and the
+/// answer comes once the rest is durable.
+pub async fn accept(
+    ingester: &crate::ingest::Ingester,
+    metrics: &crate::telemetry::Metrics,
+    tenant: crate::model::Tenant,
+    request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    protocol: &'static str,
+) -> Result<Accepted, IngestError> {
+    use crate::telemetry::{ProtocolLabel, ReasonLabel};
+    let label = ProtocolLabel { protocol };
+    metrics.requests.get_or_create(&label).inc();
+    let v = validate(request);
+    if v.rejected > 0 {
+        metrics.spans_rejected.get_or_create(&ReasonLabel { reason: "invalid_span" }).inc_by(v.rejected as u64);
+    }
+    let (accepted, rejected, message) = (v.accepted, v.rejected, v.message);
+    if accepted > 0 {
+        ingester.push(tenant, v.request, None).await?;
+    }
+    metrics.spans_accepted.get_or_create(&label).inc_by(accepted as u64);
+    Ok(Accepted { accepted, rejected, message })
+}
+
+/// The tenant an HTTP request names (`X-Scope-OrgID`), or why it is invalid.
+pub fn http_tenant(headers: &axum::http::HeaderMap) -> Result<crate::model::Tenant, String> {
+    match headers.get("x-scope-orgid").map(|v| v.to_str()) {
+        None => Ok(crate::model::Tenant::default()),
+        Some(Ok(raw)) => crate::model::Tenant::parse(Some(raw)).map_err(|e| e.to_string()),
+        Some(Err(_)) => Err("X-Scope-OrgID is not valid text".into()),
+    }
+}
+
+/// Wraps a receiver's HTTP routes in what every HTTP receiver needs: a body limit (413), request decompression
+/// and the shared in-flight budget (429 with `Retry-After` when spent).
+pub fn http_limits(
+    router: axum::Router,
+    metrics: Arc<crate::telemetry::Metrics>,
+    max_bytes: usize,
+    budget: InflightBudget,
+    refused: fn() -> axum::response::Response,
+) -> axum::Router {
+    use axum::http::{HeaderValue, header};
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(max_bytes))
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let (budget, metrics) = (budget.clone(), metrics.clone());
+            async move {
+                // Charged before the body is read: its declared length when it is sent uncompressed, else the
+                // largest request allowed.
+                let plain = req.headers().get(header::CONTENT_ENCODING).is_none_or(|v| v.as_bytes() == b"identity");
+                let len = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|_| plain);
+                match budget.try_acquire(len) {
+                    Some(permit) => {
+                        let resp = next.run(req).await;
+                        drop(permit);
+                        resp
+                    }
+                    None => {
+                        let reason = crate::telemetry::ReasonLabel { reason: "inflight_budget" };
+                        metrics.requests_failed.get_or_create(&reason).inc();
+                        let mut resp = refused();
+                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        resp
+                    }
+                }
+            }
+        }))
 }

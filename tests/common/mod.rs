@@ -23,21 +23,29 @@ pub struct Server {
     pub api: String,
     pub otlp_http: String,
     pub grpc: String,
+    /// Zipkin (`http://127.0.0.1:<port>`), Jaeger gRPC and Jaeger Thrift-over-HTTP receivers.
+    pub zipkin: String,
+    pub jaeger_grpc: String,
+    pub jaeger_thrift: String,
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
-    ports: (u16, u16, u16),
+    ports: [u16; 6],
 }
 
 impl Server {
     /// Starts strata with its data in `data_dir` and extra environment variables, and waits until it is ready.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let ports = (free_port(), free_port(), free_port());
+        let ports = [(); 6].map(|()| free_port());
+        let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
         let mut s = Server {
             child: None,
-            api: format!("http://127.0.0.1:{}", ports.0),
-            otlp_http: format!("http://127.0.0.1:{}", ports.1),
-            grpc: format!("http://127.0.0.1:{}", ports.2),
+            api: url(0),
+            otlp_http: url(1),
+            grpc: url(2),
+            zipkin: url(3),
+            jaeger_grpc: url(4),
+            jaeger_thrift: url(5),
             data_dir: data_dir.to_path_buf(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log: data_dir.with_extension("log"),
@@ -53,9 +61,12 @@ impl Server {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("STRATA_DATA_DIR", &self.data_dir)
-            .env("STRATA_HTTP_ADDR", format!("127.0.0.1:{}", self.ports.0))
-            .env("STRATA_OTLP_HTTP_ADDR", format!("127.0.0.1:{}", self.ports.1))
-            .env("STRATA_OTLP_GRPC_ADDR", format!("127.0.0.1:{}", self.ports.2))
+            .env("STRATA_HTTP_ADDR", format!("127.0.0.1:{}", self.ports[0]))
+            .env("STRATA_OTLP_HTTP_ADDR", format!("127.0.0.1:{}", self.ports[1]))
+            .env("STRATA_OTLP_GRPC_ADDR", format!("127.0.0.1:{}", self.ports[2]))
+            .env("STRATA_ZIPKIN_ADDR", format!("127.0.0.1:{}", self.ports[3]))
+            .env("STRATA_JAEGER_GRPC_ADDR", format!("127.0.0.1:{}", self.ports[4]))
+            .env("STRATA_JAEGER_THRIFT_HTTP_ADDR", format!("127.0.0.1:{}", self.ports[5]))
             .env("STRATA_LOG", "info")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log));
