@@ -32,6 +32,21 @@ if ! command -v prometheus >/dev/null 2>&1; then
   fi
 fi
 
+# The web UI test (tests/ui.rs) drives Debian's Chromium with playwright-core (npm, installed by the test into
+# ~/.cache/strata-ui-test); the Zipkin/Jaeger tests run the OpenTelemetry Python exporters (PyPI, installed by
+# tests/clients/install.sh into ~/.cache/strata-py-clients).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (Debian package)"
+  as_root=""
+  [ "$(id -u)" = 0 ] || as_root="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $as_root apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; then
+    $as_root apt-get update >/dev/null
+    $as_root apt-get install -y --no-install-recommends chromium >/dev/null
+  fi
+fi
+echo "== Python Zipkin/Jaeger clients: $(bash tests/clients/install.sh)"
+
 # TraceQL corpus (Tempo's, kept outside the repo); the parser test skips when it is not given.
 corpus="$(pwd)/../shared/traceql/test_examples.yaml"
 if [ -z "${TRACEQL_CORPUS:-}" ] && [ -f "$corpus" ]; then
