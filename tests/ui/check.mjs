@@ -132,10 +132,37 @@ async function setRange(page, start, end) {
   await page.fill('.search-form input[aria-label="From"]', local[0]);
   await page.fill('.search-form input[aria-label="To"]', local[1]);
 }
+const apiHeaders = () => (env.STRATA_UI_TENANT ? { 'X-Scope-OrgID': env.STRATA_UI_TENANT } : {});
+// Waits for the streamed search to finish: the progress panel says done with "n of m blocks"; fails on a search error.
 async function waitSearchDone(page) {
-  await page.waitForSelector('#search-results, .search-error', { timeout: 60000 });
+  await page.waitForSelector('#search-progress[data-search-state=done], #search-progress[data-search-state=error], #search-progress[data-search-state=cancelled], .search-error', { timeout: 60000 });
   const err = await page.$('.search-error');
   if (err) throw new Error(`search failed: ${(await err.innerText()).trim()}`);
+  const st = await page.getAttribute('#search-progress', 'data-search-state');
+  check(st === 'done', `search ended in state ${st}`);
+  const blocks = (await page.innerText('#search-blocks')).trim();
+  const m = /^(\d+) of (\d+) blocks?$/.exec(blocks);
+  check(m && +m[1] <= +m[2] && (+m[2] === 0 || +m[1] >= 1), `progress does not say "n of m blocks": "${blocks}"`);
+  check(await page.evaluate(() => performance.getEntriesByType('resource').some(e => e.name.includes('/api/search/stream?'))), 'the search did not use /api/search/stream');
+  await page.waitForSelector('#search-results');
+}
+// Trace IDs of the result list (as sorted on the page) and of the scatter plot.
+async function shownIds(page) {
+  const rows = await page.$$eval('#results-table tbody tr[data-trace-id]', rs => rs.map(r => r.dataset.traceId));
+  const dots = await page.$$eval('#scatter circle[data-trace-id]', cs => cs.map(c => c.dataset.traceId));
+  return { rows, dots };
+}
+// The finished streamed search shows exactly /api/search's answer to the same parameters, in its order.
+async function sameAsSearchApi(page) {
+  check((await page.$eval('.results-head select', s => s.value)) === 'recent', 'results are not sorted by most recent');
+  const params = await page.getAttribute('#search-progress', 'data-params');
+  const r = await fetch(`${BASE}/api/search?${params}`, { headers: apiHeaders() });
+  check(r.ok, `/api/search?${params} answered ${r.status}`);
+  const want = ((await r.json()).traces || []).map(t => t.traceID);
+  const { rows, dots } = await shownIds(page);
+  check(rows.join() === want.join(), `streamed results differ from /api/search?${params}\n  shown: ${rows.join(' ')}\n  api:   ${want.join(' ')}`);
+  check(dots.length === want.length && dots.every(id => want.includes(id)), `scatter plot shows ${dots.length} traces, /api/search ${want.length}`);
+  return want;
 }
 
 // ---------------------------------------------------------------- search
@@ -153,6 +180,7 @@ if (EXPECT.search) await step('search', async page => {
   check(compiled.includes(`resource.service.name = "${e.service}"`), `compiled TraceQL does not name the service: ${compiled}`);
   await page.click('#run-search');
   await waitSearchDone(page);
+  await sameAsSearchApi(page);
   check(await page.$(`#results-table tr[data-trace-id="${e.traceId}"]`), `trace ${e.traceId} not in the form search results (${await page.innerText('#result-count')})`);
   check(await page.$(`#scatter circle[data-trace-id="${e.traceId}"]`), `trace ${e.traceId} not in the scatter plot`);
   const hash = await page.evaluate(() => location.hash);
@@ -176,10 +204,10 @@ if (EXPECT.search) await step('search-traceql', async page => {
   // autocomplete: attribute names after "resource." and values after "="
   await page.fill('#traceql', '');
   await page.type('#traceql', '{ resource.serv');
-  await page.waitForSelector('.ac div:has-text("resource.service.name")', { timeout: 10000 });
+  await page.waitForSelector('.ac div:has-text("resource.service.name")', { timeout: 30000 });
   await page.keyboard.press('Enter');
   await page.type('#traceql', ' = ');
-  await page.waitForSelector(`.ac div:text-is("${e.service}")`, { timeout: 10000 });
+  await page.waitForSelector(`.ac div:text-is("${e.service}")`, { timeout: 30000 });
   await shot(page, 'search-autocomplete');
   await page.keyboard.press('Escape');
   const q = e.traceql || `{ resource.service.name = "${e.service}" }`;
@@ -188,6 +216,7 @@ if (EXPECT.search) await step('search-traceql', async page => {
   await setRange(page, e.start, e.end);
   await page.click('#run-search');
   await waitSearchDone(page);
+  await sameAsSearchApi(page);
   check(await page.$(`#results-table tr[data-trace-id="${e.traceId}"]`), `trace ${e.traceId} not in the TraceQL results of ${q}`);
   await shot(page, 'search-traceql');
   // pick two results and compare them
@@ -206,16 +235,52 @@ if (EXPECT.search) await step('search-traceql', async page => {
 if (EXPECT.search) await step('search-bad-query', async (page, state) => {
   const e = EXPECT.search;
   const bad = '{ foo = 1 }';
-  const r = await fetch(`${BASE}/api/search?${qs({ q: bad, start: e.start, end: e.end })}`, { headers: env.STRATA_UI_TENANT ? { 'X-Scope-OrgID': env.STRATA_UI_TENANT } : {} });
+  const r = await fetch(`${BASE}/api/search/stream?${qs({ q: bad, start: e.start, end: e.end })}`, { headers: apiHeaders() });
   const msg = (await r.text()).trim();
   check(r.status === 400 && msg, `the API should reject ${bad} with 400 and a message, got ${r.status} ${msg}`);
-  state.allow.push(/\/api\/search\?/);
+  state.allow.push(/\/api\/search(\/stream)?\?/);
   await page.goto(`${BASE}/#/search?${qs({ q: bad, start: e.start, end: e.end })}`);
   await page.waitForSelector('.search-error .error-box');
   const shown = await page.innerText('.search-error');
   check(shown.includes(msg), `the error box does not show the server's message.\n  server: ${msg}\n  shown: ${shown}`);
   check(/400/.test(shown), 'the error box does not show the status');
   await shot(page, 'search-error');
+});
+
+// The page merges a stream whose lines arrive in any order and cuts the merged list at the limit; a failure line
+// mid-stream shows the error and keeps what arrived. The stream is replayed from /api/search's real answer.
+if (EXPECT.search) await step('search-stream-merge', async page => {
+  const e = EXPECT.search;
+  const r = await fetch(`${BASE}/api/search?${qs({ q: '{}', limit: 40, start: e.start, end: e.end, spss: 3 })}`, { headers: apiHeaders() });
+  check(r.ok, `/api/search answered ${r.status}`);
+  const all = (await r.json()).traces || [];
+  check(all.length >= 6, `need at least 6 traces in the search window for the merge check, found ${all.length}`);
+  let seed = 7;
+  const shuffled = all.slice().sort(() => ((seed = (seed * 48271) % 2147483647) / 2147483647) - 0.5);
+  const chunks = [0, 1, 2, 3].map(i => shuffled.filter((_, j) => j % 4 === i));
+  const metrics = i => ({ inspectedTraces: 10 * (i + 1), inspectedBytes: String(1000 * (i + 1)), totalBlocks: 4, completedJobs: i + 1, totalJobs: 4 });
+  const lines = chunks.map((c, i) => JSON.stringify({ traces: c, metrics: metrics(i) }));
+  let body = '';
+  await page.route(u => new URL(u).pathname === '/api/search/stream', route => route.fulfill({ status: 200, contentType: 'application/x-ndjson', body }));
+  // the whole answer, over the limit, in shuffled lines
+  const limit = all.length - 2;
+  body = lines.join('\n') + '\n';
+  await page.goto(`${BASE}/#/search?${qs({ q: '{}', start: e.start, end: e.end, limit })}`);
+  await waitSearchDone(page);
+  check((await page.innerText('#search-blocks')).trim() === '4 of 4 blocks', 'progress does not show the last line\'s blocks');
+  const want = all.slice(0, limit).map(t => t.traceID);
+  let shown = await shownIds(page);
+  check(shown.rows.join() === want.join(), `shuffled stream merged wrongly\n  shown: ${shown.rows.join(' ')}\n  want:  ${want.join(' ')}`);
+  check(shown.dots.length === limit, `scatter plot shows ${shown.dots.length} traces, expected ${limit}`);
+  // two lines, then a failure
+  body = lines.slice(0, 2).join('\n') + '\n{"error":"synthetic failure mid-stream"}\n';
+  await page.goto(`${BASE}/#/search?${qs({ q: '{}', start: e.start, end: e.end, limit: 40 })}`);
+  await page.waitForSelector('#search-progress[data-search-state=error]', { timeout: 30000 });
+  check((await page.innerText('.search-error')).includes('synthetic failure mid-stream'), 'the mid-stream error is not shown');
+  const partial = new Set([...chunks[0], ...chunks[1]].map(t => t.traceID));
+  shown = await shownIds(page);
+  check(shown.rows.join() === all.map(t => t.traceID).filter(id => partial.has(id)).join(), `partial results not kept after the failure: ${shown.rows.join(' ')}`);
+  await shot(page, 'search-stream-error');
 });
 
 // ---------------------------------------------------------------- trace
@@ -228,6 +293,10 @@ if (EXPECT.trace) await step('trace', async page => {
   const rows = await page.$$eval('#timeline .vrow', r => r.length);
   check(rows === Math.min(e.spanCount, rows) && rows >= Math.min(e.spanCount, 20), `timeline shows ${rows} rows for ${e.spanCount} spans`);
   check(await page.$('#timeline .crit'), 'no critical path drawn');
+  // the path's stretches tile the root span: their total is the root's duration (here the trace's)
+  const critTitle = await page.getAttribute('.crit-legend', 'title');
+  const dur = (await page.innerText('#trace-duration')).trim();
+  check(critTitle === `${dur} on the critical path`, `critical path total "${critTitle}" is not the trace duration ${dur}`);
   const header = await page.innerText('#trace-header');
   check(header.includes(e.traceId), 'trace header does not name the trace');
   // details of the second row open on click

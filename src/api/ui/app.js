@@ -1,5 +1,5 @@
 // Strata UI: router, header (tenant), search page, service graph page.
-import { h, s, getJSON, qs, sql, fmtDur, fmtTime, fmtAgo, colourOf, debounce, errorBox, durForTraceQL,
+import { h, s, request, getJSON, qs, sql, fmtDur, fmtTime, fmtAgo, colourOf, debounce, errorBox, durForTraceQL,
   resolveRange, rangePicker, getTenant, setTenant, latestDataEnd } from './util.js';
 import { tracePage, comparePage } from './trace.js';
 
@@ -219,65 +219,148 @@ function searchPage(root, args, params, signal) {
   runSearch(results, q, range0, params.limit || 20, signal, params.sort);
 }
 
+// Runs the search over /api/search/stream (NDJSON: one Tempo SearchResponse per line as blocks complete, or a last
+// line {"error": ...}) and draws the merged results as they arrive, with the blocks done so far.
 function runSearch(results, q, range, limit, signal, sort0) {
   const t0 = performance.now();
-  const elapsed = h('span', '0.0 s');
+  const lim = Math.max(1, parseInt(limit, 10) || 20);
   const ctl = new AbortController();
   signal.addEventListener('abort', () => ctl.abort());
-  const cancel = h('button', { type: 'button', onclick: () => ctl.abort() }, 'Cancel');
-  results.replaceChildren(h('div.panel.loading', { id: 'search-progress' }, h('span.spinner'), 'Searching… ', elapsed, ' ', cancel,
-    h('div.muted.mono', { style: { marginTop: '6px' } }, q)));
-  const timer = setInterval(() => { elapsed.textContent = `${((performance.now() - t0) / 1000).toFixed(1)} s`; }, 100);
-  getJSON(`/api/search?${qs({ q, limit, start: range.start, end: range.end, spss: 3 })}`, { signal: ctl.signal })
-    .then(r => showResults(results, r, q, range, limit, (performance.now() - t0) / 1000, sort0))
-    .catch(e => {
-      if (e.name === 'AbortError') { if (!signal.aborted) results.replaceChildren(h('div.panel.empty', 'Search cancelled.')); return; }
+  const elapsed = h('span.elapsed', '0.0 s');
+  const fill = h('span');
+  const pbar = h('span.pbar', { role: 'progressbar', 'aria-label': 'Blocks searched', 'aria-valuemin': 0, 'aria-valuemax': 1, 'aria-valuenow': 0 }, fill);
+  const blocks = h('span.blocks', { id: 'search-blocks' }, 'waiting for the first block…');
+  const spinner = h('span.spinner');
+  const label = h('b.state', 'Searching…');
+  const cancel = h('button', { type: 'button', id: 'search-cancel', onclick: () => ctl.abort() }, 'Cancel');
+  const params = qs({ q, limit: lim, start: range.start, end: range.end, spss: 3 });
+  const progress = h('div.panel.search-progress', { id: 'search-progress', 'data-search-state': 'running', 'data-params': params, role: 'status' },
+    h('div.row', spinner, label, elapsed, pbar, blocks, h('span.grow'), cancel),
+    h('div.muted.mono.query', q));
+  const errSlot = h('div');
+  const found = new Map(); // traceID -> view model; lines never repeat a trace, a repeat replaces
+  let metrics = {}, streamError = null;
+  const view = resultsView(q, range, lim, sort0);
+  const tick = () => `${((performance.now() - t0) / 1000).toFixed(1)} s`;
+  const timer = setInterval(() => { elapsed.textContent = tick(); }, 100);
+
+  function showProgress() {
+    const done = +(metrics.completedJobs || 0), total = +(metrics.totalJobs || 0);
+    if (total) {
+      blocks.textContent = `${done} of ${total} block${total === 1 ? '' : 's'}`;
+      fill.style.width = `${(100 * Math.min(1, done / total)).toFixed(1)}%`;
+      pbar.setAttribute('aria-valuenow', (done / total).toFixed(3));
+    }
+  }
+  // newest first by start (nanoseconds), ties by trace ID, as /api/search orders them; then the limit
+  const merged = () => [...found.values()].sort((a, b) => (a.startNs < b.startNs ? 1 : a.startNs > b.startNs ? -1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0)).slice(0, lim);
+  // redraws at most every 100 ms, less often when drawing itself is slow
+  let pending = null, last = 0, cost = 0;
+  function draw(final) {
+    if (pending) { clearTimeout(pending); pending = null; }
+    const a = performance.now();
+    showProgress();
+    view.update(merged(), { final, secs: (a - t0) / 1000, metrics });
+    if (!view.el.isConnected) results.append(view.el);
+    last = performance.now(); cost = last - a;
+  }
+  function schedule() {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; draw(false); }, Math.max(0, last + Math.max(100, 4 * cost) - performance.now()));
+  }
+  function onLine(text) {
+    let o;
+    try { o = JSON.parse(text); } catch { streamError = `unreadable line from the server: ${text.slice(0, 120)}`; return; }
+    if (o.error !== undefined) { streamError = String(o.error); return; }
+    for (const t of o.traces || []) found.set(t.traceID, traceView(t));
+    if (o.metrics) metrics = o.metrics;
+    schedule();
+  }
+  function finish(state, text) {
+    clearInterval(timer);
+    elapsed.textContent = tick();
+    progress.dataset.searchState = state;
+    label.textContent = text;
+    spinner.remove();
+    cancel.remove();
+    if (state === 'done') { fill.style.width = '100%'; pbar.setAttribute('aria-valuenow', 1); }
+    draw(true);
+  }
+
+  results.replaceChildren(progress, errSlot);
+  let started = false;
+  (async () => {
+    const res = await request(`/api/search/stream?${params}`,
+      { signal: ctl.signal, headers: { Accept: 'application/x-ndjson' } });
+    started = true;
+    const reader = res.body.getReader();
+    const dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (line) onLine(line);
+      }
+    }
+    buf += dec.decode();
+    if (buf.trim()) onLine(buf.trim());
+  })().then(() => {
+    if (streamError) {
+      errSlot.replaceChildren(h('div.search-error', errorBox(new Error(streamError), q)));
+      finish('error', found.size ? 'Search failed; partial results below' : 'Search failed');
+    } else finish('done', 'Done');
+  }, e => {
+    if (signal.aborted) { clearInterval(timer); if (pending) clearTimeout(pending); return; } // navigated away
+    if (e.name === 'AbortError') { finish('cancelled', found.size ? 'Search cancelled; partial results below' : 'Search cancelled'); return; }
+    if (!started) { // failed before streaming: the server's message, with the caret
+      clearInterval(timer);
+      if (pending) clearTimeout(pending);
       results.replaceChildren(h('div.search-error', errorBox(e, q)));
-    })
-    .finally(() => clearInterval(timer));
+      return;
+    }
+    errSlot.replaceChildren(h('div.search-error', errorBox(e, q)));
+    finish('error', 'Search failed; partial results below');
+  });
 }
 
-function showResults(results, r, q, range, limit, secs, sort0) {
-  const traces = (r.traces || []).map(t => {
-    const sets = t.spanSets || (t.spanSet ? [t.spanSet] : []);
-    let errors = 0, spans = 0;
-    for (const st of Object.values(t.serviceStats || {})) { errors += st.errorCount || 0; spans += st.spanCount || 0; }
-    return {
-      id: t.traceID, rootService: t.rootServiceName, rootName: t.rootTraceName,
-      startMs: Number(BigInt(t.startTimeUnixNano || '0') / 1000000n), durMs: t.durationMs || 0,
-      matched: sets.reduce((a, x) => a + (x.matched || 0), 0), stats: t.serviceStats || {}, errors, spans,
-    };
-  });
-  const m = r.metrics || {};
-  const head = h('div.results-head');
+// One search result (Tempo TraceSearchMetadata) -> what the list and the plot show.
+function traceView(t) {
+  const sets = t.spanSets || (t.spanSet ? [t.spanSet] : []);
+  let errors = 0, spans = 0;
+  for (const st of Object.values(t.serviceStats || {})) { errors += st.errorCount || 0; spans += st.spanCount || 0; }
+  let startNs = 0n;
+  try { startNs = BigInt(t.startTimeUnixNano || '0'); } catch { /* keep 0 */ }
+  return {
+    id: t.traceID, key: String(t.traceID).toLowerCase().padStart(32, '0'), rootService: t.rootServiceName, rootName: t.rootTraceName,
+    startNs, startMs: Number(startNs / 1000000n), durMs: t.durationMs || 0,
+    matched: sets.reduce((a, x) => a + (x.matched || 0), 0), stats: t.serviceStats || {}, errors, spans,
+  };
+}
+
+// The results panel: count, compare button, sort, scatter plot and list; update() redraws it with the traces so far
+// (keeping the chosen sort and the traces picked for compare).
+function resultsView(q, range, limit, sort0) {
   const sortSel = h('select', { 'aria-label': 'Sort results' },
     [['recent', 'Most recent'], ['longest', 'Longest first'], ['shortest', 'Shortest first'], ['spans', 'Most matched spans']]
       .map(([k, l]) => h('option', { value: k, selected: k === (sort0 || 'recent') }, l)));
   const cmpBtn = h('button', { type: 'button', id: 'compare-selected', disabled: true }, 'Compare selected');
   const picked = [];
   cmpBtn.addEventListener('click', () => { if (picked.length === 2) navigate(`#/compare/${picked[0]}/${picked[1]}`); });
-  head.append(h('b', { id: 'result-count' }, `${traces.length} trace${traces.length === 1 ? '' : 's'}`),
-    h('span.muted', `in ${secs.toFixed(2)} s` + (m.inspectedTraces ? ` · ${m.inspectedTraces} inspected` : '') + (traces.length >= +limit ? ' · limit reached' : '')),
-    h('span.grow'), cmpBtn, sortSel);
+  const count = h('b', { id: 'result-count' }), info = h('span.muted');
   const body = h('div');
-  results.replaceChildren(h('div.panel', { id: 'search-results' }, head, body));
-  if (!traces.length) {
-    const again = latestButton('search-latest', end => {
-      const p = Object.fromEntries(new URLSearchParams(location.hash.split('?')[1] || ''));
-      delete p.range;
-      navigate('#/search?' + qs({ ...p, start: end - 3600, end }));
-    });
-    body.append(h('div.empty', 'No traces matched in ', fmtTime(range.start * 1000, false), ' – ', fmtTime(range.end * 1000, false), '. ', again,
-      h('div.muted.mono', { style: { marginTop: '6px' } }, q)));
-    return;
-  }
-  const plot = scatter(traces);
-  const table = h('table.list', { id: 'results-table' });
-  const maxDur = Math.max(1, ...traces.map(t => t.durMs));
+  const el = h('div.panel', { id: 'search-results' }, h('div.results-head', count, info, h('span.grow'), cmpBtn, sortSel), body);
+  let traces = [], plot = null, table = null;
+
   function renderRows() {
+    if (!table) return;
     const k = sortSel.value;
-    const sorted = traces.slice().sort(k === 'longest' ? (a, b) => b.durMs - a.durMs : k === 'shortest' ? (a, b) => a.durMs - b.durMs
-      : k === 'spans' ? (a, b) => b.matched - a.matched : (a, b) => b.startMs - a.startMs);
+    const sorted = k === 'recent' ? traces : traces.slice().sort(k === 'longest' ? (a, b) => b.durMs - a.durMs
+      : k === 'shortest' ? (a, b) => a.durMs - b.durMs : (a, b) => b.matched - a.matched);
+    const maxDur = Math.max(1, ...traces.map(t => t.durMs));
     table.replaceChildren(h('thead', h('tr', h('th', ''), h('th', 'Trace'), h('th', 'Start'), h('th.num', 'Duration'), h('th.num', 'Matched'), h('th', 'Services'))),
       h('tbody', sorted.map(t => {
         const cb = h('input', { type: 'checkbox', 'data-trace-id': t.id, checked: picked.includes(t.id), 'aria-label': 'Select for compare' });
@@ -308,8 +391,32 @@ function showResults(results, r, q, range, limit, secs, sort0) {
       })));
   }
   sortSel.addEventListener('change', renderRows);
-  renderRows();
-  body.append(plot, table);
+
+  function update(list, { final, secs, metrics: m }) {
+    traces = list;
+    for (let i = picked.length - 1; i >= 0; i--) if (!list.some(t => t.id === picked[i])) picked.splice(i, 1);
+    cmpBtn.disabled = picked.length !== 2;
+    count.textContent = `${list.length} trace${list.length === 1 ? '' : 's'}${final ? '' : ' so far'}`;
+    info.textContent = [final && `in ${secs.toFixed(2)} s`, m.inspectedTraces && `${m.inspectedTraces} inspected`, list.length >= limit && 'limit reached']
+      .filter(Boolean).join(' · ');
+    if (!list.length) {
+      plot = table = null;
+      if (!final) { body.replaceChildren(h('div.empty', 'No traces yet…')); return; }
+      const again = latestButton('search-latest', end => {
+        const p = Object.fromEntries(new URLSearchParams(location.hash.split('?')[1] || ''));
+        delete p.range;
+        navigate('#/search?' + qs({ ...p, start: end - 3600, end }));
+      });
+      body.replaceChildren(h('div.empty', 'No traces matched in ', fmtTime(range.start * 1000, false), ' – ', fmtTime(range.end * 1000, false), '. ', again,
+        h('div.muted.mono', { style: { marginTop: '6px' } }, q)));
+      return;
+    }
+    const next = scatter(list);
+    if (!table) { table = h('table.list', { id: 'results-table' }); body.replaceChildren(next, table); } else plot.replaceWith(next);
+    plot = next;
+    renderRows();
+  }
+  return { el, update };
 }
 
 // Duration over time scatter plot: one circle per trace, click opens it.

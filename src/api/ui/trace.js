@@ -2,6 +2,7 @@
 import { h, request, fmtDur, fmtTime, colourOf, idHex, anyValue, errorBox, debounce } from './util.js';
 
 const ROW = 24;
+const CRIT_Y = 11.5; // vertical middle of a bar in its row (see .bar, .crit in app.css)
 const KINDS = { 0: 'unspecified', 1: 'internal', 2: 'server', 3: 'client', 4: 'producer', 5: 'consumer' };
 const STATUS = { 0: 'unset', 1: 'ok', 2: 'error' };
 const kindName = k => typeof k === 'string' ? k.replace(/^SPAN_KIND_/, '').toLowerCase() : (KINDS[k] || String(k ?? 'unspecified'));
@@ -74,29 +75,53 @@ export function buildModel(json) {
   return { spans, order, roots, main, byId, baseNs, duration: end, services, maxDepth: Math.max(0, ...order.map(s => s.depth)) };
 }
 
-// Critical path: from the root's end walk back through the child that finished last before the cursor, recursively;
-// a span owns the time where none of its critical children run. Returns Map span -> [[from, to], ...].
+// Critical path: from the root's end walk back through the last-finishing child that ends at or before the cursor
+// (children overrunning their parent are clipped to it), recursively; the parent owns the time its path child does
+// not cover. Children still running at the cursor ran in parallel with the path and are skipped.
+// Returns { segs: Map span -> [[from, to], ...] (own time on the path, newest first),
+//           within: Map span -> [from, to] (the contiguous stretch the path spends in the span's subtree) }.
 export function criticalPath(root) {
-  const segs = new Map();
-  if (!root) return segs;
+  const segs = new Map(), within = new Map();
+  if (!root) return { segs, within };
   const add = (s, a, b) => { if (b > a) { let l = segs.get(s); if (!l) segs.set(s, l = []); l.push([a, b]); } };
-  const frame = (s, t) => ({ s, t, kids: s.children.slice().sort((a, b) => b.end - a.end), i: 0 });
-  const stack = [frame(root, root.end)];
+  const frame = (s, lo, t) => {
+    within.set(s, [lo, t]);
+    return { s, lo, t, kids: s.children.slice().sort((a, b) => b.end - a.end || b.start - a.start), i: 0 };
+  };
+  const stack = [frame(root, root.start, root.end)];
   while (stack.length) {
     const f = stack[stack.length - 1];
-    if (f.i < f.kids.length) {
+    let next = null, ce = 0, cs = 0;
+    while (f.i < f.kids.length) {
       const c = f.kids[f.i++];
-      if (c.start >= f.t || c.end <= f.s.start) continue;
-      const ce = Math.min(c.end, f.t);
+      ce = Math.min(c.end, f.s.end);
+      if (ce > f.t || c.start > ce || within.has(c)) continue;
+      if (ce <= f.lo) { f.i = f.kids.length; break; } // sorted by end: the rest end before the span's stretch
+      cs = Math.max(c.start, f.lo);
+      next = c;
+      break;
+    }
+    if (next) {
       add(f.s, ce, f.t);
-      f.t = Math.max(c.start, f.s.start);
-      stack.push(frame(c, ce));
+      f.t = cs;
+      stack.push(frame(next, cs, ce));
     } else {
-      add(f.s, f.s.start, f.t);
+      add(f.s, f.lo, f.t);
       stack.pop();
     }
   }
-  return segs;
+  return { segs, within };
+}
+
+// Start of the longest part of [s.start, s.end] not covered by the given stretches.
+function freeStart(s, covered) {
+  let best = s.start, bestLen = -1, at = s.start;
+  for (const [a, b] of covered.slice().sort((x, y) => x[0] - y[0])) {
+    if (a - at > bestLen) { best = at; bestLen = a - at; }
+    at = Math.max(at, b);
+  }
+  if (s.end - at > bestLen) best = at;
+  return best;
 }
 
 async function loadTrace(id, signal) {
@@ -170,7 +195,7 @@ export function tracePage(root, args, params, signal) {
 }
 
 function renderTrace(root, id, m, rawText, params, signal) {
-  const crit = criticalPath(m.main);
+  const { segs: crit, within: critWithin } = criticalPath(m.main);
   const critTotal = [...crit.values()].flat().reduce((a, [x, y]) => a + y - x, 0);
   const rootSpan = m.main;
   const errors = m.spans.filter(s => s.error).length;
@@ -194,11 +219,13 @@ function renderTrace(root, id, m, rawText, params, signal) {
   // state: collapsed set (by pre-order index) -> visible rows computed by skipping subtrees
   const collapsed = new Uint8Array(m.order.length);
   let visible = [];
+  const rowOf = new Int32Array(m.order.length); // pre-order index -> visible row, -1 when hidden
   let selected = null, matches = null;
   function computeVisible() {
     const out = [];
     const o = m.order;
-    for (let i = 0; i < o.length;) { out.push(o[i]); i += collapsed[i] ? o[i].size : 1; }
+    rowOf.fill(-1);
+    for (let i = 0; i < o.length;) { rowOf[i] = out.length; out.push(o[i]); i += collapsed[i] ? o[i].size : 1; }
     visible = out;
   }
   const D = m.duration || 1;
@@ -217,11 +244,20 @@ function renderTrace(root, id, m, rawText, params, signal) {
       isColl ? h('span.cnt', `+${s.size - 1}`) : null);
     const lane = h('div.lane');
     lane.append(h('div.bar' + (s.error ? '.err' : ''), { style: { left: pct(s.start), width: pct(s.dur), background: colourOf(s.service) } }));
-    for (const [a, b] of crit.get(s) || []) lane.append(h('div.crit', { style: { left: pct(a), width: pct(b - a) } }));
-    // duration label: right of the bar, else left of it, else inside it
+    // critical path: the span's own stretches; a collapsed span shows the whole stretch spent in its subtree
+    const w = critWithin.get(s);
+    const mine = isColl && w ? [w] : crit.get(s) || [];
+    for (const [a, b] of mine) lane.append(h('div.crit', { style: { left: pct(a), width: pct(b - a) } }));
+    // links to the parent's row where the path steps down into this span (at its end) and back up (at its start)
+    const pr = w && s.parent && critWithin.has(s.parent) ? rowOf[s.parent.idx] : -1;
+    if (pr >= 0 && pr < i) {
+      const up = (i - pr) * ROW;
+      for (const x of w[1] - w[0] > D / 2000 ? w : [w[1]]) lane.append(h('div.crit-link', { style: { left: pct(x), top: `${CRIT_Y - up}px`, height: `${up}px` } }));
+    }
+    // duration label: right of the bar, else left of it, else inside it, in the longest stretch off the path
     const pos = s.end / D < 0.8 ? { left: `calc(${pct(s.end)} + 4px)` } : s.start / D > 0.2
       ? { right: `calc(${(100 - 100 * s.start / D).toFixed(3)}% + 4px)` } : null;
-    lane.append(pos ? h('span.lbl', { style: pos }, fmtDur(s.dur)) : h('span.lbl.in', { style: { left: `calc(${pct(s.start)} + 4px)` } }, fmtDur(s.dur)));
+    lane.append(pos ? h('span.lbl', { style: pos }, fmtDur(s.dur)) : h('span.lbl.in', { style: { left: `calc(${pct(freeStart(s, mine))} + 4px)` } }, fmtDur(s.dur)));
     row.append(name, lane);
     return row;
   }
