@@ -24,6 +24,8 @@
 //                "traceId": "…",                    // must be among the results of the form search and of the TraceQL search
 //                "traceql": "{ … }",                // optional, default { resource.service.name = "<service>" }
 //                "limit": 500 },                    // optional, default 500
+//                                                   // the window must hold >= 6 traces: a stream of their /api/search
+//                                                   // answer, shuffled into lines, checks how the page merges
 //   "trace":   { "traceId": "…", "spanCount": 7 },  // a small trace: all rows shown, details open on click
 //   "compare": { "a": "…", "b": "…",                // B is compared against A (A = baseline)
 //                "added": ["span name", …],          // span names only in B
