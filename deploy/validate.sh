@@ -95,6 +95,7 @@ def check(name, problems):
 
 TOP_KEYS = {
     "data_dir", "http_addr", "otlp_grpc_addr", "otlp_http_addr", "storage", "local_path", "s3",
+    "zipkin_addr", "jaeger_grpc_addr", "jaeger_thrift_http_addr",
     "max_block_spans", "max_block_bytes", "max_block_age", "max_request_bytes", "shutdown_timeout", "log",
     "query_timeout", "max_query_scan_bytes", "max_response_bytes", "query_memory_bytes",
     "metrics_max_range", "metrics_max_intervals", "metrics_max_series",
@@ -184,6 +185,9 @@ def config_problems(cfg, require_all=False):
     for k in ("http_addr", "otlp_grpc_addr", "otlp_http_addr"):
         if k in cfg and not socket_addr_ok(cfg[k]):
             p.append(f"{k}={cfg[k]!r} is not ip:port")
+    for k in ("zipkin_addr", "jaeger_grpc_addr", "jaeger_thrift_http_addr"):
+        if k in cfg and cfg[k] != "off" and not socket_addr_ok(cfg[k]):
+            p.append(f"{k}={cfg[k]!r} is neither ip:port nor off")
     if "storage" in cfg and cfg["storage"] not in ("local", "s3"):
         p.append(f"storage={cfg['storage']!r} is not local|s3")
     for k in ("max_block_spans", "max_block_bytes", "max_request_bytes", "max_query_scan_bytes",

@@ -523,11 +523,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn other_receivers_move_or_turn_off() {
+        let a =
+            Args { zipkin_addr: Some("off".into()), jaeger_grpc_addr: Some("127.0.0.1:1".into()), ..Args::default() };
+        let c = Config::merge(a, FileConfig::default()).unwrap();
+        assert_eq!(c.zipkin_addr, None);
+        assert_eq!(c.jaeger_grpc_addr, Some(([127, 0, 0, 1], 1).into()));
+        let bad = Args { jaeger_thrift_http_addr: Some("nowhere".into()), ..Args::default() };
+        assert!(Config::merge(bad, FileConfig::default()).is_err());
+    }
+
+    #[test]
     fn defaults_need_no_configuration() {
         let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
         assert_eq!(c.http_addr.port(), 3200);
         assert_eq!(c.otlp_grpc_addr.port(), 4317);
         assert_eq!(c.otlp_http_addr.port(), 4318);
+        assert_eq!(c.zipkin_addr.map(|a| a.port()), Some(9411));
+        assert_eq!(c.jaeger_grpc_addr.map(|a| a.port()), Some(14250));
+        assert_eq!(c.jaeger_thrift_http_addr.map(|a| a.port()), Some(14268));
         assert!(matches!(c.storage, StorageConfig::Local { ref path } if path.ends_with("data/blocks")));
     }
 

@@ -335,7 +335,7 @@ fn zipkin_and_jaeger_clients_round_trip() {
         env.data.expect("data").into_iter().map(|t| t.trace_id).collect()
     };
     let found = search(r#"service=e2e-jaeger-grpc&operation=SELECT%20cart&tags=%7B%22error%22%3A%22true%22%7D"#);
-    assert_eq!(found, [jaeger.trace_id.clone()]);
+    assert_eq!(found, std::slice::from_ref(&jaeger.trace_id));
     assert_eq!(search("service=e2e-jaeger-grpc&tags=%7B%22http.status_code%22%3A%22200%22%7D"), found);
     assert_eq!(search("service=e2e-jaeger-grpc&tag=cached:true"), found);
     assert!(search("service=e2e-jaeger-grpc&minDuration=1h").is_empty(), "no span lasts an hour");

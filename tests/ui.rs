@@ -102,6 +102,13 @@ fn web_ui_in_a_real_browser() {
     t.span(t0, small, 5, Some(4), "payment", "authorize", 75, 30);
     t.span(t0, small, 6, Some(4), "payment", "charge fail", 106, 2);
 
+    // More traces for the search list (the check merges a replayed stream of at least six).
+    for n in 0..8u64 {
+        let trace = 10 + n;
+        t.span(t0, trace, 0, None, "frontend", "GET /cart", 3000 + n * 100, 30 + n);
+        t.span(t0, trace, 1, Some(0), "cart", "get cart", 3002 + n * 100, 20);
+    }
+
     // A compare pair: B has `notify` added, lacks `audit`, and `charge` is five times slower.
     let (a, b) = (2, 3);
     for (trace, charge_ms, extra) in [(a, 10, "audit"), (b, 50, "notify")] {

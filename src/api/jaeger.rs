@@ -443,7 +443,7 @@ async fn search(api: &Api, headers: &HeaderMap, params: &[(String, String)]) -> 
         })
         .buffered(FETCH_CONCURRENCY)
         .try_collect::<Vec<_>>();
-    let fetched = api.bounded("trace lookup", async { fetched.await }).await?;
+    let fetched = api.bounded("trace lookup", fetched).await?;
     let mut traces = Vec::new();
     let mut errors = Vec::new();
     for (id, t) in fetched {

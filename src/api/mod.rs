@@ -278,6 +278,7 @@ pub fn router(
         .route("/api/traces/{id}", get(trace_v1))
         .route("/api/v2/traces/{id}", get(trace_v2))
         .route("/api/search", get(search::search))
+        .route("/api/search/stream", get(search::search_stream))
         .route("/api/sql", post(sql::sql))
         .route("/api/metrics/query_range", get(metrics::query_range))
         .route("/api/metrics/query", get(metrics::query_instant))

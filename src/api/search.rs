@@ -163,6 +163,16 @@ pub(super) async fn search(
 }
 
 async fn run(api: &Api, headers: &HeaderMap, params: &HashMap<String, String>) -> Result<SearchResult, ApiError> {
+    let (tenant, req) = request(api, headers, params)?;
+    api.bounded("search", api.querier.search(&tenant, &req)).await
+}
+
+/// A search request's tenant and engine request, validated.
+fn request(
+    api: &Api,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<(crate::model::Tenant, SearchRequest), ApiError> {
     let tenant = tenant(headers)?;
     let limit = number(params, "limit", DEFAULT_LIMIT, api.limits.max_search_limit)?;
     let spss = number(params, "spss", DEFAULT_SPSS, api.limits.max_search_limit)?;
@@ -172,8 +182,86 @@ async fn run(api: &Api, headers: &HeaderMap, params: &HashMap<String, String>) -
         None => legacy_query(params)?,
     };
     let pipeline = parse_search(&q)?;
-    let req = SearchRequest { pipeline, limit, spans_per_spanset: spss, start, end };
-    api.bounded("search", api.querier.search(&tenant, &req)).await
+    Ok((tenant, SearchRequest { pipeline, limit, spans_per_spanset: spss, start, end }))
+}
+
+/// `GET /api/search/stream` (Strata's own; the web UI uses it): the same search and parameters, answered as
+/// newline-delimited JSON while it runs. Each line is a Tempo `SearchResponse`: the traces that became certain
+/// as blocks completed (progress in `metrics.completedJobs` / `totalJobs`), the last line the rest of the answer;
+/// merged and ordered newest first they are exactly `/api/search`'s traces. A failure after the first line is a
+/// last line `{"error":"..."}`.
+pub(super) async fn search_stream(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let (tenant, req) = match request(&api, &headers, &params) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    tokio::spawn(async move {
+        let max = api.limits.query.max_response_bytes;
+        let mut written = 0usize;
+        let mut sent = std::collections::HashSet::new();
+        let progress_tx = tx.clone();
+        let mut progress = |hits: Vec<TraceHit>, stats: &SearchStats| {
+            let hits: Vec<&TraceHit> = hits.iter().collect();
+            let line = ndjson_line(&hits, stats);
+            written += line.len();
+            // A slow reader's full channel skips this line: its traces go in the last one.
+            if written <= max && progress_tx.try_send(line).is_ok() {
+                sent.extend(hits.iter().map(|h| h.trace_id));
+            }
+        };
+        let timeout = api.limits.query.timeout;
+        let result = tokio::time::timeout(timeout, api.querier.search_streaming(&tenant, &req, &mut progress)).await;
+        let last = match result {
+            Ok(Ok(r)) => {
+                let rest: Vec<&TraceHit> = r.traces.iter().filter(|h| !sent.contains(&h.trace_id)).collect();
+                let line = ndjson_line(&rest, &r.stats);
+                if written + line.len() > max {
+                    error_line(&format!(
+                        "the response would be more than max_response_bytes ({max}); ask for fewer results"
+                    ))
+                } else {
+                    line
+                }
+            }
+            Ok(Err(e)) => error_line(&format!("search failed: {e}")),
+            Err(_) => error_line(&format!("search did not finish within {timeout:?} (query_timeout)")),
+        };
+        let _ = tx.send(last).await;
+    });
+    use futures::StreamExt;
+    let body = axum::body::Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    );
+    (axum::http::StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+fn ndjson_line(traces: &[&TraceHit], stats: &SearchStats) -> bytes::Bytes {
+    struct Line<'a>(&'a [&'a TraceHit], &'a tempopb::SearchMetrics);
+    impl Serialize for Line<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            let traces: Vec<TraceJson> = self.0.iter().map(|h| TraceJson(h)).collect();
+            m.serialize_entry("traces", &traces)?;
+            m.serialize_entry("metrics", &MetricsJson(self.1))?;
+            m.end()
+        }
+    }
+    let metrics = metrics_proto(stats);
+    let mut out = serde_json::to_vec(&Line(traces, &metrics))
+        .unwrap_or_else(|e| serde_json::to_vec(&serde_json::json!({ "error": e.to_string() })).unwrap_or_default());
+    out.push(b'\n');
+    bytes::Bytes::from(out)
+}
+
+fn error_line(msg: &str) -> bytes::Bytes {
+    let mut out = serde_json::to_vec(&serde_json::json!({ "error": msg })).unwrap_or_default();
+    out.push(b'\n');
+    bytes::Bytes::from(out)
 }
 
 /// The SearchResponse in protobuf, or in the proto3 JSON Tempo emits: lowerCamel names, 64-bit integers as
