@@ -569,6 +569,38 @@ fn streaming_search_reports_progress_and_every_trace() {
             .collect();
         assert!(want.is_subset(&got), "service names {want:?} all listed in {got:?}");
     });
+
+    // The same over HTTP as newline-delimited JSON (`/api/search/stream`): each line a strict SearchResponse,
+    // progress that never goes back, no trace twice, and together exactly `/api/search`'s traces.
+    for (q, limit) in [("{ }", 1000usize), ("{ status = error }", 1000), ("{ }", 5), ("{ .nothing = 1 }", 20)] {
+        let text = http()
+            .get(format!("{}/api/search/stream", srv.api))
+            .query(&[("q", q), ("limit", &limit.to_string())])
+            .send()
+            .expect("stream")
+            .text()
+            .expect("body");
+        let lines: Vec<SearchResponse> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{q}: line {l:.200}: {e}")))
+            .collect();
+        assert!(lines.len() > 1 || limit == 20, "{q}: several lines as blocks complete, got {}", lines.len());
+        let mut done = (0, 0);
+        let mut ids = BTreeSet::new();
+        for l in &lines {
+            let m = l.metrics.as_ref().expect("metrics on every line");
+            let completed = m.completed_jobs.unwrap_or(0);
+            assert!(completed >= done.0, "{q}: progress never goes back");
+            done = (completed, m.total_jobs.unwrap_or(0));
+            for t in &l.traces {
+                assert!(ids.insert(pad_id(&t.traceID)), "{q}: {} sent twice", t.traceID);
+            }
+        }
+        assert_eq!(done.0, done.1, "{q}: the last line reports every job done");
+        let whole = search(&srv, None, q, limit);
+        let want: BTreeSet<String> = whole.traces.iter().map(|t| pad_id(&t.traceID)).collect();
+        assert_eq!(ids, want, "{q} limit {limit}: streamed = /api/search");
+    }
 }
 
 /// Drains a tonic stream into its messages.

@@ -57,7 +57,9 @@ impl Server {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        // STRATA_TEST_BIN runs another build (e.g. release, for the UI benchmark) through the same harness.
+        let bin = std::env::var("STRATA_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").to_string());
+        let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("STRATA_DATA_DIR", &self.data_dir)
