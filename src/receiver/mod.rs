@@ -186,3 +186,80 @@ pub fn http_limits(
             }
         }))
 }
+
+/// What the Zipkin and Jaeger Thrift HTTP receivers share: they answer in plain text, count each failure by
+/// reason, and answer `202 Accepted` once the converted spans are durable.
+#[derive(Clone)]
+pub struct TextReceiver {
+    pub ingester: Arc<crate::ingest::Ingester>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl TextReceiver {
+    /// A router serving `handler` at `path` under the HTTP receivers' limits.
+    pub fn router<H, T>(self, path: &str, handler: H, max_bytes: usize, budget: InflightBudget) -> axum::Router
+    where
+        H: axum::handler::Handler<T, TextReceiver>,
+        T: 'static,
+    {
+        let metrics = self.metrics.clone();
+        let routes = axum::Router::new().route(path, axum::routing::post(handler)).with_state(self);
+        http_limits(routes, metrics, max_bytes, budget, || {
+            text(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too many request bytes in flight on this server; retry later".into(),
+            )
+        })
+    }
+
+    /// Counts a refused request and answers it.
+    pub fn fail(&self, reason: &'static str, status: axum::http::StatusCode, msg: String) -> axum::response::Response {
+        self.metrics.requests_failed.get_or_create(&crate::telemetry::ReasonLabel { reason }).inc();
+        text(status, msg)
+    }
+
+    /// The request body, or the answer to a body that could not be read (413 over the size limit).
+    pub fn body(
+        &self,
+        body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    ) -> Result<axum::body::Bytes, Box<axum::response::Response>> {
+        body.map_err(|e| {
+            let status = e.status();
+            let reason = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_body" };
+            Box::new(self.fail(reason, status, e.body_text()))
+        })
+    }
+
+    /// Ingests converted spans: 202 once durable, 400 when no span was valid, 503 when the ingester refuses.
+    pub async fn ingest(
+        &self,
+        headers: &axum::http::HeaderMap,
+        request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        protocol: &'static str,
+    ) -> axum::response::Response {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let tenant = match http_tenant(headers) {
+            Ok(t) => t,
+            Err(m) => return self.fail("bad_tenant", StatusCode::BAD_REQUEST, m),
+        };
+        match accept(&self.ingester, &self.metrics, tenant, request, protocol).await {
+            Ok(a) if a.accepted == 0 && a.rejected > 0 => {
+                self.fail("invalid_span", StatusCode::BAD_REQUEST, format!("no valid span: {}", a.message))
+            }
+            Ok(_) => StatusCode::ACCEPTED.into_response(),
+            Err(e) => self.fail("unavailable", StatusCode::SERVICE_UNAVAILABLE, ingest_error_message(&e)),
+        }
+    }
+}
+
+/// The media type of a request (lowercase, without parameters), and the header as sent.
+pub fn media_type(headers: &axum::http::HeaderMap) -> (String, String) {
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    (ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase(), ct.to_string())
+}
+
+fn text(status: axum::http::StatusCode, msg: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (status, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+}

@@ -7,18 +7,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use prost::Message;
 use serde::Deserialize;
 
 use super::convert::{RequestBuilder, SpanDraft, TagValue, attribute, pad_trace_id, resource};
-use super::{InflightBudget, accept, http_tenant, ingest_error_message};
+use super::{InflightBudget, TextReceiver, media_type};
 use crate::ingest::Ingester;
-use crate::telemetry::{Metrics, ReasonLabel};
+use crate::telemetry::Metrics;
 
 /// Zipkin's protobuf messages, generated from `proto/zipkin.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -26,69 +25,35 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/zipkin.proto3.rs"));
 }
 
-#[derive(Clone)]
-struct AppState {
-    ingester: Arc<Ingester>,
-    metrics: Arc<Metrics>,
-}
-
 pub fn router(ingester: Arc<Ingester>, metrics: Arc<Metrics>, max_bytes: usize, budget: InflightBudget) -> Router {
-    let routes =
-        Router::new().route("/api/v2/spans", post(spans)).with_state(AppState { ingester, metrics: metrics.clone() });
-    super::http_limits(routes, metrics, max_bytes, budget, || {
-        text(StatusCode::TOO_MANY_REQUESTS, "too many request bytes in flight on this server; retry later".into())
-    })
-}
-
-fn text(status: StatusCode, msg: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+    TextReceiver { ingester, metrics }.router("/api/v2/spans", spans, max_bytes, budget)
 }
 
 async fn spans(
-    State(st): State<AppState>,
+    State(rx): State<TextReceiver>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let fail = |reason: &'static str, status: StatusCode, msg: String| {
-        st.metrics.requests_failed.get_or_create(&ReasonLabel { reason }).inc();
-        text(status, msg)
-    };
-    let body = match body {
+    let body = match rx.body(body) {
         Ok(b) => b,
-        Err(e) => {
-            let status = e.status();
-            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_body" };
-            return fail(reason, status, e.body_text());
-        }
+        Err(answer) => return *answer,
     };
-    let tenant = match http_tenant(&headers) {
-        Ok(t) => t,
-        Err(m) => return fail("bad_tenant", StatusCode::BAD_REQUEST, m),
-    };
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (mime, ct) = media_type(&headers);
     let (request, protocol) = match mime.as_str() {
         // Zipkin's own clients send JSON without a content type at times.
         "application/json" | "" => (from_json(&body), "zipkin_json"),
         "application/x-protobuf" | "application/protobuf" => (from_proto(&body), "zipkin_protobuf"),
         _ => {
-            return fail(
+            return rx.fail(
                 "content_type",
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("unsupported content type {ct:?}: use application/json or application/x-protobuf"),
             );
         }
     };
-    let request = match request {
-        Ok(r) => r,
-        Err(m) => return fail("malformed", StatusCode::BAD_REQUEST, m),
-    };
-    match accept(&st.ingester, &st.metrics, tenant, request, protocol).await {
-        Ok(a) if a.accepted == 0 && a.rejected > 0 => {
-            fail("invalid_span", StatusCode::BAD_REQUEST, format!("no valid span: {}", a.message))
-        }
-        Ok(_) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => fail("unavailable", StatusCode::SERVICE_UNAVAILABLE, ingest_error_message(&e)),
+    match request {
+        Ok(r) => rx.ingest(&headers, r, protocol).await,
+        Err(m) => rx.fail("malformed", StatusCode::BAD_REQUEST, m),
     }
 }
 
