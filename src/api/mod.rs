@@ -464,15 +464,48 @@ async fn trace_by_id(
         };
         return (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], body).into_response();
     }
-    let spans = json::resource_spans_json(&trace.resource_spans);
-    axum::Json(match version {
-        TraceApi::V1 => serde_json::json!({ "batches": spans }),
-        TraceApi::V2 if status == tempopb::PartialStatus::Partial => serde_json::json!({
-            "trace": { "resourceSpans": spans }, "metrics": {}, "status": "PARTIAL", "message": message
-        }),
-        TraceApi::V2 => serde_json::json!({ "trace": { "resourceSpans": spans }, "metrics": {} }),
+    api.json_chunked(&TraceJson {
+        version,
+        spans: json::ResourceSpansJson(&trace.resource_spans),
+        partial: status == tempopb::PartialStatus::Partial,
+        message: &message,
     })
-    .into_response()
+}
+
+/// `{"batches":[...]}` (v1) or `{"trace":{"resourceSpans":[...]},"metrics":{}}` (v2, with Tempo's `PARTIAL`
+/// status and message when a block could not be read).
+struct TraceJson<'a> {
+    version: TraceApi,
+    spans: json::ResourceSpansJson<'a>,
+    partial: bool,
+    message: &'a str,
+}
+
+impl serde::Serialize for TraceJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Wrapped<'a>(&'a json::ResourceSpansJson<'a>);
+        impl serde::Serialize for Wrapped<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("resourceSpans", self.0)?;
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(None)?;
+        match self.version {
+            TraceApi::V1 => m.serialize_entry("batches", &self.spans)?,
+            TraceApi::V2 => {
+                m.serialize_entry("trace", &Wrapped(&self.spans))?;
+                m.serialize_entry("metrics", &serde_json::Map::new())?;
+                if self.partial {
+                    m.serialize_entry("status", "PARTIAL")?;
+                    m.serialize_entry("message", self.message)?;
+                }
+            }
+        }
+        m.end()
+    }
 }
 
 #[cfg(test)]
