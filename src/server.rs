@@ -158,6 +158,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     if let Some(l) = jaeger_grpc_listener {
         let svc = receiver::jaeger::Collector::service(ingester.clone(), metrics.clone(), cfg.max_request_bytes);
         let serve = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(receiver::grpc::fix_status_codes))
             .layer(receiver::InflightLayer(budget.clone()))
             .add_service(svc)
             .serve_with_incoming_shutdown(

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span, status::StatusCode as OtlpStatus};
@@ -26,8 +26,13 @@ use crate::model::TraceId;
 use crate::query::search::SearchRequest;
 use crate::query::tags::TagRequest;
 
+/// The link attribute holding a Jaeger reference's type (`child_of` / `follows_from`), the Collector's name.
+const REF_TYPE_ATTR: &str = "opentracing.ref_type";
+
 /// Jaeger's default number of traces a search returns.
 const DEFAULT_LIMIT: usize = 100;
+/// The most traces (or `traceID`s) one search may ask for: each is fetched whole (Jaeger UI offers up to 1500).
+const MAX_LIMIT: usize = 1500;
 /// Jaeger's default dependencies window.
 const DEFAULT_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 /// Traces fetched at once to fill a search answer.
@@ -67,7 +72,14 @@ fn is_zero(n: &u16) -> bool {
 }
 
 fn envelope<T: Serialize>(api: &Api, data: T, total: usize, errors: Option<Vec<JaegerError>>) -> Response {
-    api.json_chunked(&Envelope { data, total, limit: 0, offset: 0, errors })
+    // Over max_response_bytes, the 422 is in Jaeger's envelope too.
+    match super::ChunkWriter::serialize(
+        &Envelope { data, total, limit: 0, offset: 0, errors },
+        api.limits.query.max_response_bytes,
+    ) {
+        Ok(chunks) => api.chunked_answer(chunks),
+        Err(e) => failure(e),
+    }
 }
 
 /// An error in Jaeger's shape: `{"data":null,...,"errors":[{"code","msg"}]}` with the same HTTP status.
@@ -271,7 +283,11 @@ struct JaegerQuery {
 fn parse_query(params: &[(String, String)], max_limit: usize) -> Result<JaegerQuery, ApiError> {
     let mut q = JaegerQuery { limit: DEFAULT_LIMIT, ..Default::default() };
     for (key, value) in params {
-        let v = value.trim();
+        // Names are taken as sent (Jaeger does not trim them); numbers may carry spaces.
+        let v = match key.as_str() {
+            "service" | "operation" | "tag" | "tags" => value.as_str(),
+            _ => value.trim(),
+        };
         if v.is_empty() {
             continue;
         }
@@ -309,6 +325,9 @@ fn parse_query(params: &[(String, String)], max_limit: usize) -> Result<JaegerQu
                 if n > 0 {
                     q.limit = n;
                 }
+            }
+            "traceID" if q.trace_ids.len() >= max_limit => {
+                return Err(bad(format!("at most {max_limit} traceID parameters")));
             }
             "traceID" => {
                 q.trace_ids.push(TraceId::from_hex(v).map_err(|e| bad(format!("cannot parse traceID param: {e}")))?)
@@ -366,7 +385,7 @@ fn tag_condition(key: &str, value: &str) -> String {
         ("otel.status_description", _) => return format!("statusMessage = {}", quote(value)),
         _ => {}
     }
-    let attr = quote(key);
+    let attr = query_lang::quote_attribute(key);
     let mut literals = vec![quote(value)];
     if let Ok(i) = value.parse::<i64>() {
         literals.push(i.to_string());
@@ -378,6 +397,10 @@ fn tag_condition(key: &str, value: &str) -> String {
         literals.push(value.to_string());
     }
     let mut alts = Vec::new();
+    if key == "event" {
+        // The receivers turn a log's `event` field into the event's name.
+        alts.push(format!("event:name = {}", quote(value)));
+    }
     for lit in &literals {
         alts.push(format!(".{attr} = {lit}"));
         alts.push(format!("event.{attr} = {lit}"));
@@ -426,7 +449,7 @@ type Found = (Vec<TraceJson>, Vec<JaegerError>);
 
 async fn search(api: &Api, headers: &HeaderMap, params: &[(String, String)]) -> Result<Found, ApiError> {
     let tenant = tenant(headers)?;
-    let q = parse_query(params, api.limits.max_search_limit)?;
+    let q = parse_query(params, MAX_LIMIT.min(api.limits.max_search_limit))?;
     let ids: Vec<TraceId> = if q.trace_ids.is_empty() {
         let pipeline = parse_search(&traceql(&q))?;
         let req = SearchRequest { pipeline, limit: q.limit, spans_per_spanset: 1, start: q.start, end: q.end };
@@ -436,26 +459,42 @@ async fn search(api: &Api, headers: &HeaderMap, params: &[(String, String)]) -> 
         q.trace_ids.clone()
     };
     let querier = &api.querier;
-    let fetched = futures::stream::iter(ids)
-        .map(|id| {
-            let tenant = &tenant;
-            async move { querier.trace_by_id(tenant, id).await.map(|t| (id, t)) }
-        })
-        .buffered(FETCH_CONCURRENCY)
-        .try_collect::<Vec<_>>();
-    let fetched = api.bounded("trace lookup", fetched).await?;
-    let mut traces = Vec::new();
-    let mut errors = Vec::new();
-    for (id, t) in fetched {
-        match t {
-            Some(t) => traces.push(trace_json(&id, &t.resource_spans, t.partial)),
-            // Asked for by ID and not stored (a search hit is always stored).
-            None => {
-                errors.push(JaegerError { code: 0, msg: "trace not found".into(), trace_id: jaeger_trace_id(&id.0) })
+    let max = api.limits.query.max_response_bytes;
+    // Whole traces are held until the answer is written: stop as soon as they pass the response limit.
+    let fetch = async {
+        let mut stream = std::pin::pin!(
+            futures::stream::iter(ids)
+                .map(|id| {
+                    let tenant = &tenant;
+                    async move { querier.trace_by_id(tenant, id).await.map(|t| (id, t)) }
+                })
+                .buffered(FETCH_CONCURRENCY)
+        );
+        let (mut traces, mut errors, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        while let Some(next) = stream.next().await {
+            let (id, t) = next?;
+            match t {
+                Some(t) => {
+                    bytes += t.resource_spans.iter().map(prost::Message::encoded_len).sum::<usize>();
+                    if bytes > max {
+                        return Ok(Err(ApiError(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            format!("the traces found are more than max_response_bytes ({max}); lower the limit"),
+                        )));
+                    }
+                    traces.push(trace_json(&id, &t.resource_spans, t.partial));
+                }
+                // Asked for by ID and not stored (a search hit is always stored).
+                None => errors.push(JaegerError {
+                    code: 0,
+                    msg: "trace not found".into(),
+                    trace_id: jaeger_trace_id(&id.0),
+                }),
             }
         }
-    }
-    Ok((traces, errors))
+        Ok(Ok((traces, errors)))
+    };
+    api.bounded("trace lookup", fetch).await?
 }
 
 // ---- The UI model ----
@@ -586,7 +625,7 @@ fn process(resource: Option<&Resource>) -> ProcessJson {
         });
     ProcessJson {
         // The Collector's name for a resource without one.
-        service_name: service.unwrap_or_else(|| "OTLP_ResourceNoServiceName".to_string()),
+        service_name: service.unwrap_or_else(|| "OTLPResourceNoServiceName".to_string()),
         tags: attrs.iter().filter(|a| a.key != "service.name").map(tag).collect(),
     }
 }
@@ -652,8 +691,13 @@ fn span_json(
         });
     }
     for l in &span.links {
+        // The receivers note a Jaeger reference's type on the link, as the Collector does.
+        let child_of = l.attributes.iter().any(|a| {
+            a.key == REF_TYPE_ATTR
+                && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(s)) if s == "child_of")
+        });
         references.push(ReferenceJson {
-            ref_type: "FOLLOWS_FROM",
+            ref_type: if child_of { "CHILD_OF" } else { "FOLLOWS_FROM" },
             trace_id: jaeger_trace_id(&l.trace_id),
             span_id: hex::encode(&l.span_id),
         });
@@ -689,16 +733,15 @@ fn span_json(
 /// A trace in Jaeger's UI model: spans in start order, equal processes shared (`p1`, `p2`, ... by first use).
 fn trace_json(id: &TraceId, resource_spans: &[ResourceSpans], partial: Option<String>) -> TraceJson {
     let mut processes: Vec<ProcessJson> = Vec::new();
+    // Equal resources share a process; found by their encoding (a trace may have many resources).
+    let mut by_resource: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut spans = Vec::new();
     for rs in resource_spans {
-        let p = process(rs.resource.as_ref());
-        let n = match processes.iter().position(|q| *q == p) {
-            Some(n) => n,
-            None => {
-                processes.push(p);
-                processes.len() - 1
-            }
-        };
+        let key = rs.resource.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default();
+        let n = *by_resource.entry(key).or_insert_with(|| {
+            processes.push(process(rs.resource.as_ref()));
+            processes.len() - 1
+        });
         let pid = format!("p{}", n + 1);
         for ss in &rs.scope_spans {
             for s in &ss.spans {

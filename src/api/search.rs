@@ -99,7 +99,7 @@ pub(super) fn legacy_traceql(
                 "ok" | "error" | "unset" => format!("status = {v}"),
                 _ => return Err(bad_request(format!("invalid status {v:?}: use ok, error or unset"))),
             },
-            _ => format!(".{} = {value}", query_lang::quote_string(k)),
+            _ => format!(".{} = {value}", query_lang::quote_attribute(k)),
         });
     }
     if let Some(d) = min {
@@ -208,14 +208,20 @@ pub(super) async fn search_stream(
         let mut progress = |hits: Vec<TraceHit>, stats: &SearchStats| {
             let hits: Vec<&TraceHit> = hits.iter().collect();
             let line = ndjson_line(&hits, stats);
-            written += line.len();
+            let len = line.len();
             // A slow reader's full channel skips this line: its traces go in the last one.
-            if written <= max && progress_tx.try_send(line).is_ok() {
+            if written + len <= max && progress_tx.try_send(line).is_ok() {
+                written += len;
                 sent.extend(hits.iter().map(|h| h.trace_id));
             }
         };
         let timeout = api.limits.query.timeout;
-        let result = tokio::time::timeout(timeout, api.querier.search_streaming(&tenant, &req, &mut progress)).await;
+        let search = tokio::time::timeout(timeout, api.querier.search_streaming(&tenant, &req, &mut progress));
+        // A reader that went away (the UI cancels searches it no longer shows) stops the search.
+        let result = tokio::select! {
+            r = search => r,
+            () = tx.closed() => return,
+        };
         let last = match result {
             Ok(Ok(r)) => {
                 let rest: Vec<&TraceHit> = r.traces.iter().filter(|h| !sent.contains(&h.trace_id)).collect();

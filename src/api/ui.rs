@@ -19,6 +19,9 @@ const FILES: &[(&str, &str, &str)] = &[
     ("favicon.svg", "image/svg+xml", include_str!("ui/favicon.svg")),
 ];
 
+const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
+                   object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
 pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new().route("/", get(|| async { file("index.html") })).route("/ui/{file}", get(asset))
 }
@@ -30,9 +33,18 @@ async fn asset(Path(name): Path<String>) -> Response {
 fn file(name: &str) -> Response {
     match FILES.iter().find(|(n, _, _)| *n == name) {
         // Revalidated on every load: a new binary may carry new files under the same names.
-        Some((_, ty, body)) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, *ty), (header::CACHE_CONTROL, "no-cache")], *body).into_response()
-        }
+        Some((_, ty, body)) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, *ty),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                // The page loads only its own files and talks only to this origin.
+                (header::CONTENT_SECURITY_POLICY, CSP),
+            ],
+            *body,
+        )
+            .into_response(),
         None => (StatusCode::NOT_FOUND, format!("no UI file {name:?}")).into_response(),
     }
 }

@@ -75,10 +75,12 @@ impl SearchEngine {
         let ctx = self.sql_context(tenant, Some(start), Some(end))?;
         // Only numbers are formatted into the statement. Times are i64 in the table; a range past i64 is clamped.
         let (start, end) = (start.min(i64::MAX as u64), end.min(i64::MAX as u64));
+        // Each side distinct: a span stored twice (a retried export, memory and a block) counts once.
         let statement = format!(
             "SELECT p.{svc} AS parent, c.{svc} AS child, count(*) AS calls \
-             FROM {t} c JOIN {t} p ON c.{tid} = p.{tid} AND c.{parent} = p.{sid} \
-             WHERE c.{svc} <> p.{svc} AND c.{st} >= {start} AND c.{st} < {end} \
+             FROM (SELECT DISTINCT {tid}, {sid}, {parent}, {svc} FROM {t} WHERE {st} >= {start} AND {st} < {end}) c \
+             JOIN (SELECT DISTINCT {tid}, {sid}, {svc} FROM {t}) p ON c.{tid} = p.{tid} AND c.{parent} = p.{sid} \
+             WHERE c.{svc} <> p.{svc} \
              GROUP BY 1, 2 ORDER BY 1, 2",
             t = SQL_TABLE,
             svc = c::SERVICE_NAME,

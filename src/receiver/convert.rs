@@ -35,7 +35,7 @@ impl TagValue {
         }
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         match self {
             TagValue::Str(s) => s.clone(),
             TagValue::Bool(b) => b.to_string(),
@@ -104,15 +104,28 @@ impl SpanDraft {
         }
     }
 
-    /// The span with its status resolved: `otel.status_code` wins, an `error` tag alone means ERROR.
+    /// The span with its status resolved: `otel.status_code` wins, an `error` tag alone means ERROR; a
+    /// description without either stays an attribute. Repeated keys keep their last value (OTLP forbids
+    /// duplicates; the Collector writes tags into a map).
     pub fn finish(mut self) -> (Span, String, String) {
         let code = self.status_code.or(self.error_tag.as_ref().map(|_| StatusCode::Error));
-        if let Some(code) = code {
-            let message = match code {
-                StatusCode::Error => self.status_message.or(self.error_tag.filter(|m| !m.is_empty())),
-                _ => self.status_message,
-            };
-            self.span.status = Some(Status { code: code as i32, message: message.unwrap_or_default() });
+        match code {
+            Some(code) => {
+                let message = match code {
+                    StatusCode::Error => self.status_message.or(self.error_tag.filter(|m| !m.is_empty())),
+                    _ => self.status_message,
+                };
+                self.span.status = Some(Status { code: code as i32, message: message.unwrap_or_default() });
+            }
+            None => {
+                if let Some(m) = self.status_message {
+                    self.span.attributes.push(attribute("otel.status_description", TagValue::Str(m)));
+                }
+            }
+        }
+        dedupe(&mut self.span.attributes);
+        for e in &mut self.span.events {
+            dedupe(&mut e.attributes);
         }
         (self.span, self.scope_name, self.scope_version)
     }
@@ -151,10 +164,28 @@ impl RequestBuilder {
     }
 }
 
-/// A resource naming its service, with other attributes.
+/// A resource naming its service, with other attributes (a `service.name` among them gives way).
 pub fn resource(service: &str, mut attributes: Vec<KeyValue>) -> Resource {
+    attributes.retain(|a| a.key != "service.name");
     attributes.insert(0, attribute("service.name", TagValue::Str(service.to_string())));
+    dedupe(&mut attributes);
     Resource { attributes, ..Default::default() }
+}
+
+/// Keeps the last attribute of each key, in first-seen order of the kept ones.
+pub fn dedupe(attributes: &mut Vec<KeyValue>) {
+    if attributes.len() < 2 {
+        return;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(attributes.len());
+    let mut kept: Vec<KeyValue> = Vec::with_capacity(attributes.len());
+    for a in attributes.drain(..).rev() {
+        if seen.insert(a.key.clone()) {
+            kept.push(a);
+        }
+    }
+    kept.reverse();
+    *attributes = kept;
 }
 
 /// A 64-bit ID as 8 big-endian bytes; a trace ID's two halves as 16.
@@ -205,7 +236,17 @@ mod tests {
 
         let mut d = SpanDraft::default();
         d.tag("error".into(), TagValue::Bool(false));
-        assert!(d.finish().0.status.is_none());
+        d.tag("otel.status_description".into(), TagValue::Str("kept".into()));
+        d.tag("k".into(), TagValue::Int(1));
+        d.tag("k".into(), TagValue::Int(2));
+        let span = d.finish().0;
+        assert!(span.status.is_none());
+        let keys: Vec<&str> = span.attributes.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["k", "otel.status_description"], "the last `k` kept, the description stays");
+        assert_eq!(
+            span.attributes[0].value.as_ref().and_then(|v| v.value.clone()),
+            Some(any_value::Value::IntValue(2))
+        );
     }
 
     #[test]

@@ -65,14 +65,32 @@ fn convert(batch_process: Option<JProcess>, spans: Vec<JSpan>) -> ExportTraceSer
         d.span.start_time_unix_nano = s.start_ns;
         d.span.end_time_unix_nano = s.start_ns.saturating_add(s.duration_ns);
         d.span.parent_span_id = s.parent_id;
-        for (trace, span, child_of) in s.references {
-            let trace = pad_trace_id(trace);
-            // The first CHILD_OF within the trace is the parent, unless Thrift named one; the rest are links.
-            if child_of && d.span.parent_span_id.is_empty() && trace == d.span.trace_id {
-                d.span.parent_span_id = span;
-            } else if !(child_of && span == d.span.parent_span_id && trace == d.span.trace_id) {
-                d.span.links.push(Link { trace_id: trace, span_id: span, ..Default::default() });
+        let refs: Vec<(Vec<u8>, Vec<u8>, bool)> =
+            s.references.into_iter().map(|(t, span, child_of)| (pad_trace_id(t), span, child_of)).collect();
+        // The parent, unless Thrift named one: the first CHILD_OF within the trace, else the first FOLLOWS_FROM
+        // within it (as the Collector does). Every other reference is a link noting its type.
+        // The reference that is the parent is not a link too; a FOLLOWS_FROM to a parent Thrift named is.
+        let same_trace = |r: &(Vec<u8>, Vec<u8>, bool)| r.0 == d.span.trace_id;
+        let parent_ref = if d.span.parent_span_id.is_empty() {
+            let found = refs.iter().position(|r| same_trace(r) && r.2).or_else(|| refs.iter().position(same_trace));
+            if let Some(i) = found {
+                d.span.parent_span_id = refs[i].1.clone();
             }
+            found
+        } else {
+            refs.iter().position(|r| same_trace(r) && r.2 && r.1 == d.span.parent_span_id)
+        };
+        for (i, (trace, span, child_of)) in refs.into_iter().enumerate() {
+            if Some(i) == parent_ref {
+                continue;
+            }
+            let kind = if child_of { "child_of" } else { "follows_from" };
+            d.span.links.push(Link {
+                trace_id: trace,
+                span_id: span,
+                attributes: vec![attribute(REF_TYPE_ATTR, TagValue::Str(kind.into()))],
+                ..Default::default()
+            });
         }
         for (k, v) in s.tags {
             d.tag(k, v);
@@ -83,9 +101,11 @@ fn convert(batch_process: Option<JProcess>, spans: Vec<JSpan>) -> ExportTraceSer
             .map(|(ts, fields)| {
                 let mut e = Event { time_unix_nano: ts, ..Default::default() };
                 for (k, v) in fields {
-                    match (k.as_str(), v) {
-                        ("event", TagValue::Str(name)) if e.name.is_empty() => e.name = name,
-                        (_, v) => e.attributes.push(attribute(k, v)),
+                    // The `event` field names the event, whatever its type (the last one wins).
+                    if k == "event" {
+                        e.name = v.text();
+                    } else {
+                        e.attributes.push(attribute(k, v));
                     }
                 }
                 e
@@ -98,6 +118,9 @@ fn convert(batch_process: Option<JProcess>, spans: Vec<JSpan>) -> ExportTraceSer
     }
     b.finish()
 }
+
+/// The link attribute noting a Jaeger reference's type, as the Collector names it.
+const REF_TYPE_ATTR: &str = "opentracing.ref_type";
 
 // ---- gRPC ----
 
@@ -276,6 +299,12 @@ fn read_list<T>(
     mut item: impl FnMut(&mut dyn TInputProtocol) -> TResult<T>,
 ) -> TResult<Vec<T>> {
     let l = p.read_list_begin()?;
+    if l.element_type != TType::Struct {
+        return Err(thrift::Error::Protocol(thrift::ProtocolError::new(
+            thrift::ProtocolErrorKind::InvalidData,
+            format!("expected a list of structs, found a list of {:?}", l.element_type),
+        )));
+    }
     let mut out = Vec::with_capacity(usize::try_from(l.size).unwrap_or(0).min(1024));
     for _ in 0..l.size {
         out.push(item(p)?);

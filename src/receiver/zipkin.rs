@@ -1,6 +1,10 @@
 //! Zipkin v2 `POST /api/v2/spans` (:9411): a JSON array of spans (`application/json`) or `ListOfSpans` in
 //! protobuf (`application/x-protobuf`), optionally gzip-compressed. Answered `202 Accepted` once durable, as
 //! Zipkin's collector does. Zipkin tags are strings, so attributes arrive as strings.
+//!
+//! Converted as the OpenTelemetry Collector does, with two deliberate differences for what the OpenTelemetry
+//! Zipkin exporters send: a span without a kind is INTERNAL (they leave INTERNAL out; the Collector makes it
+//! UNSPECIFIED), and the `error` tag's text is the status message (they write the description there).
 
 use std::sync::Arc;
 
@@ -230,18 +234,36 @@ fn from_proto(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
 /// OpenTelemetry Zipkin exporter leaves INTERNAL out); the remote endpoint becomes `peer.service` /
 /// `net.peer.ip` / `net.peer.port`; annotations become events.
 fn convert(spans: Vec<ZipkinSpan>) -> ExportTraceServiceRequest {
+    let received_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let mut b = RequestBuilder::default();
     for s in spans {
         let mut d = SpanDraft::default();
         d.span.trace_id = pad_trace_id(s.trace_id);
+        // A span naming itself as its parent has none.
+        d.span.parent_span_id = if s.parent_id == s.id { Vec::new() } else { s.parent_id };
         d.span.span_id = s.id;
-        d.span.parent_span_id = s.parent_id;
         d.span.name = s.name;
         d.span.kind = s.kind.unwrap_or(SpanKind::Internal) as i32;
-        d.span.start_time_unix_nano = s.timestamp_us.saturating_mul(1000);
-        d.span.end_time_unix_nano = s.timestamp_us.saturating_add(s.duration_us).saturating_mul(1000);
+        // A span without a timestamp is stored at its arrival, marked as the Collector marks it (at 1970 it
+        // would stretch its block's time range and defeat pruning by time).
+        let start_us = if s.timestamp_us == 0 {
+            d.span.attributes.push(attribute("otel.zipkin.absentField.startTime", TagValue::Bool(true)));
+            received_us
+        } else {
+            s.timestamp_us
+        };
+        d.span.start_time_unix_nano = start_us.saturating_mul(1000);
+        d.span.end_time_unix_nano = start_us.saturating_add(s.duration_us).saturating_mul(1000);
+        let mut res_attrs = Vec::new();
         for (k, v) in s.tags {
-            d.tag(k, TagValue::Str(v));
+            // Resource attributes the OpenTelemetry exporters copy into every span's tags go back to the
+            // resource, as the Collector does.
+            if is_resource_key(&k) {
+                res_attrs.push(attribute(k, TagValue::Str(v)));
+            } else {
+                d.tag(k, TagValue::Str(v));
+            }
         }
         if let Some(r) = s.remote {
             if !r.service.is_empty() {
@@ -255,17 +277,35 @@ fn convert(spans: Vec<ZipkinSpan>) -> ExportTraceServiceRequest {
             }
         }
         d.span.events = s.annotations.into_iter().map(|(ts, value)| event(ts, value)).collect();
-        let mut res_attrs = Vec::new();
         if let Some(ip) = s.local.ip {
-            res_attrs.push(attribute("host.ip", TagValue::Str(ip)));
+            d.span.attributes.push(attribute("net.host.ip", TagValue::Str(ip)));
         }
         if let Some(p) = s.local.port {
-            res_attrs.push(attribute("host.port", TagValue::Int(p)));
+            d.span.attributes.push(attribute("net.host.port", TagValue::Int(p)));
         }
         let service = if s.local.service.is_empty() { "unknown_service".to_string() } else { s.local.service };
         b.push(&resource(&service, res_attrs), d);
     }
     b.finish()
+}
+
+/// Tag keys that describe the process rather than the span (OpenTelemetry resource conventions).
+fn is_resource_key(key: &str) -> bool {
+    const PREFIXES: [&str; 12] = [
+        "service.",
+        "host.",
+        "deployment.",
+        "telemetry.",
+        "process.",
+        "os.",
+        "container.",
+        "k8s.",
+        "cloud.",
+        "faas.",
+        "device.",
+        "webengine.",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
 /// An annotation as an event. The OpenTelemetry Zipkin exporters write an event as `{"<name>": {<attributes>}}`:
@@ -306,9 +346,11 @@ mod tests {
             "kind":"CLIENT","name":"get","timestamp":1700000000000000,"duration":1500,
             "localEndpoint":{"serviceName":"frontend","ipv4":"10.0.0.1"},"remoteEndpoint":{"serviceName":"db","port":5432},
             "annotations":[{"timestamp":1700000000000100,"value":"retry"}],
-            "tags":{"http.status_code":"500","error":"boom","otel.scope.name":"lib"}}]"#;
+            "tags":{"http.status_code":"500","error":"boom","otel.scope.name":"lib","host.name":"h1","service.name":"x"}}]"#;
         let req = from_json(body).expect("valid");
         let rs = &req.resource_spans[0];
+        let res: Vec<&str> = rs.resource.iter().flat_map(|r| r.attributes.iter().map(|a| a.key.as_str())).collect();
+        assert_eq!(res, ["service.name", "host.name"], "resource tags hoisted; the endpoint names the service");
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().map(|s| s.name.as_str()), Some("lib"));
         let s = &ss.spans[0];
@@ -318,7 +360,7 @@ mod tests {
         assert_eq!(s.status.as_ref().map(|st| st.message.as_str()), Some("boom"));
         assert_eq!(s.events[0].name, "retry");
         let keys: Vec<&str> = s.attributes.iter().map(|a| a.key.as_str()).collect();
-        assert_eq!(keys, ["http.status_code", "peer.service", "net.peer.port"]);
+        assert_eq!(keys, ["http.status_code", "peer.service", "net.peer.port", "net.host.ip"]);
         let e = event(1, r#"{"retry": {"attempt": 2, "why": "timeout"}}"#.into());
         assert_eq!((e.name.as_str(), e.attributes.len()), ("retry", 2));
         assert_eq!(event(1, "plain text".into()).name, "plain text");
