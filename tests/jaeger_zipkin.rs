@@ -245,10 +245,21 @@ fn check(server: &Server, protocol: &str, e: &Emitted) {
     assert_eq!(attr(&ev.attributes, "attempt"), Some(&Value::IntValue(2)), "{protocol}: event attribute");
     if protocol.starts_with("zipkin") {
         assert_eq!(ev.name, "retry", "{protocol}: event name from the annotation");
+    } else {
+        // These clients name the event in a `message` field; only `event` names it (as in the Collector).
+        assert_eq!(str_value(attr(&ev.attributes, "message")), Some("retry"), "{protocol}");
+        assert_eq!(ev.name, "", "{protocol}");
+        let ref_type = str_value(attr(&client.links[0].attributes, "opentracing.ref_type"));
+        assert_eq!(ref_type, Some("follows_from"), "{protocol}: the reference type noted on the link");
     }
-    if protocol == "jaeger-grpc" {
-        // This client sends the resource as each span's process.
-        assert_eq!(str_value(attr(&res.attributes, "host.name")), Some("h1"), "{protocol}: process tags");
+    if protocol.starts_with("jaeger-grpc") || protocol.starts_with("zipkin") {
+        // jaeger-grpc sends the resource as each span's process; the Zipkin exporters copy it into every span's
+        // tags, which go back to the resource.
+        assert_eq!(str_value(attr(&res.attributes, "host.name")), Some("h1"), "{protocol}: resource attributes");
+        assert_eq!(str_value(attr(&res.attributes, "deployment.environment")), Some("test"), "{protocol}");
+        if protocol.starts_with("zipkin") {
+            assert!(attr(&root.attributes, "host.name").is_none(), "{protocol}: not on the span");
+        }
     }
 
     // Jaeger's API: the same trace in Jaeger's UI model.
@@ -363,16 +374,36 @@ fn zipkin_and_jaeger_clients_round_trip() {
     assert_eq!(env.errors.expect("errors")[0].msg, "trace not found");
     let (status, _) = get::<Option<Vec<JTrace>>>(&format!("{}/jaeger/api/traces/xyz", server.api));
     assert_eq!(status, 400);
+    for (path, want) in [
+        ("traces?limit=1501", "limit"),
+        ("operations", "service"),
+        ("operations?service=a&spanKind=sideways", "spanKind"),
+    ] {
+        let (status, env) = get::<Option<Vec<JTrace>>>(&format!("{}/jaeger/api/{path}", server.api));
+        assert_eq!(status, 400, "{path}");
+        assert!(env.errors.expect("errors")[0].msg.contains(want), "{path}");
+    }
+    // Tag keys and values with quotes, backslashes and control characters are searched, not misparsed.
+    let tags = serde_json::json!({ "a\"b\\c\td": "x\"y\\z\n" }).to_string();
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}/jaeger/api/traces", server.api), &[("tags", tags)]).expect("url");
+    let (status, env) = get::<Vec<JTrace>>(url.as_str());
+    assert_eq!(status, 200, "{:?}", env.errors);
+    assert!(env.data.expect("data").is_empty());
 }
 
 #[test]
 fn bad_zipkin_and_jaeger_input_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = Server::start(&dir.path().join("data"), &[]);
+    let server = Server::start(&dir.path().join("data"), &[("STRATA_MAX_REQUEST_BYTES", "100000")]);
     let post = |url: String, ct: &str, body: Vec<u8>| {
         let r = http().post(url).header("Content-Type", ct).body(body).send().expect("post");
         (r.status().as_u16(), r.text().unwrap_or_default())
     };
+    for url in [format!("{}/api/v2/spans", server.zipkin), format!("{}/api/traces", server.jaeger_thrift)] {
+        let r = http().post(&url).header("X-Scope-OrgID", "a/b").body("[]").send().expect("post");
+        assert_eq!(r.status().as_u16(), 400, "{url}: a bad tenant");
+    }
     let zipkin = format!("{}/api/v2/spans", server.zipkin);
     let thrift = format!("{}/api/traces", server.jaeger_thrift);
     let cases: Vec<(String, &str, Vec<u8>, u16, &str)> = vec![
@@ -391,13 +422,21 @@ fn bad_zipkin_and_jaeger_input_is_refused_clearly() {
             "Thrift",
         ),
         (thrift.clone(), "application/json", b"[]".to_vec(), 415, "x-thrift"),
+        // Spans given as a list of integers.
+        (
+            thrift.clone(),
+            "application/x-thrift",
+            vec![0x0f, 0, 2, 0x08, 0, 0, 0, 1, 0, 0, 0, 5, 0],
+            400,
+            "list of structs",
+        ),
     ];
     for (url, ct, body, want, text) in cases {
         let (status, msg) = post(url.clone(), ct, body);
         assert_eq!(status, want, "{url} {ct}: {msg}");
         assert!(msg.contains(text), "{url} {ct}: {msg:?} should mention {text:?}");
     }
-    let big = vec![b' '; 20 << 20];
+    let big = vec![b' '; 200_000];
     assert_eq!(post(zipkin, "application/json", big).0, 413, "over the request size limit");
 
     // gRPC: a batch with only invalid spans is INVALID_ARGUMENT; a valid one is accepted and durable.
@@ -415,6 +454,27 @@ fn bad_zipkin_and_jaeger_input_is_refused_clearly() {
         };
         let err = client.post_spans(bad).await.expect_err("invalid IDs");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        let mut req = tonic::Request::new(PostSpansRequest::default());
+        req.metadata_mut().insert("x-scope-orgid", "a/b".parse().expect("metadata"));
+        assert_eq!(client.post_spans(req).await.expect_err("bad tenant").code(), tonic::Code::InvalidArgument);
+        let many = PostSpansRequest {
+            batch: Some(Batch {
+                spans: vec![JaegerSpan { operation_name: "x".repeat(1000), ..Default::default() }; 200],
+                process: None,
+            }),
+        };
+        let err = client.post_spans(many).await.expect_err("over the request size limit");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        // Malformed protobuf on the wire: INVALID_ARGUMENT (not tonic's INTERNAL).
+        let channel = tonic::transport::Channel::from_shared(server.jaeger_grpc.clone()).expect("uri");
+        let mut raw = tonic::client::Grpc::new(channel.connect().await.expect("connect"));
+        raw.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static("/jaeger.api_v2.CollectorService/PostSpans");
+        let err = raw
+            .unary::<_, (), _>(tonic::Request::new(vec![0xffu8, 0xff, 0xff, 0x0f, 0x01]), path, RawCodec)
+            .await
+            .expect_err("malformed");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         let good = PostSpansRequest {
             batch: Some(Batch {
                 spans: vec![JaegerSpan {
@@ -492,6 +552,9 @@ fn jaeger_dependencies_follow_the_topology() {
     assert_eq!(deps(""), want, "in memory");
     server.flush();
     assert_eq!(deps(""), want, "from a block");
+    // A retried export stores the same spans again (in memory now, in a block before): counted once.
+    assert_eq!(server.post_otlp(None, &topology(3)), 200);
+    assert_eq!(deps(""), want, "duplicates count once");
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
     assert_eq!(deps(&format!("endTs={now_ms}&lookback=60000")), want);
     assert!(deps(&format!("endTs={}&lookback=60000", now_ms - 3_600_000)).is_empty(), "an hour ago: nothing");
@@ -499,4 +562,42 @@ fn jaeger_dependencies_follow_the_topology() {
     let (status, env) = get::<Option<Vec<JDependency>>>(&format!("{}/jaeger/api/dependencies?endTs=soon", server.api));
     assert_eq!(status, 400);
     assert!(env.errors.expect("errors")[0].msg.contains("endTs"));
+}
+
+/// Puts raw bytes on the wire as a gRPC message (to send malformed protobuf); the answer is not decoded.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+struct RawEncoder;
+struct NoDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for NoDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, _: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = NoDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> NoDecoder {
+        NoDecoder
+    }
 }

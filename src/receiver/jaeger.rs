@@ -236,8 +236,8 @@ async fn post_thrift(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let body = match rx.body(body) {
-        Ok(b) => b,
+    let (body, tenant) = match rx.body(body).and_then(|b| Ok((b, rx.tenant(&headers)?))) {
+        Ok(ok) => ok,
         Err(answer) => return *answer,
     };
     let (mime, ct) = media_type(&headers);
@@ -249,7 +249,7 @@ async fn post_thrift(
         );
     }
     match from_thrift(&body) {
-        Ok(r) => rx.ingest(&headers, r, "jaeger_thrift_http").await,
+        Ok(r) => rx.ingest(tenant, r, "jaeger_thrift_http").await,
         Err(m) => rx.fail("malformed", StatusCode::BAD_REQUEST, m),
     }
 }
@@ -265,7 +265,14 @@ pub fn from_thrift(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
         .build()
         .map_err(|e| format!("configuring the Thrift decoder: {e:?}"))?;
     let mut p = TBinaryInputProtocol::with_config(body, true, config);
-    let (process, spans) = read_batch(&mut p).map_err(|e| format!("malformed Jaeger Thrift batch: {e}"))?;
+    let (process, spans) = read_batch(&mut p).map_err(|e| {
+        // The library's Display shows only the error's kind ("bad data"); its message says what was wrong.
+        let detail = match &e {
+            thrift::Error::Protocol(p) if !p.message.is_empty() => p.message.clone(),
+            e => e.to_string(),
+        };
+        format!("malformed Jaeger Thrift batch: {detail}")
+    })?;
     Ok(convert(process, spans))
 }
 

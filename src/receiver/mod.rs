@@ -230,19 +230,23 @@ impl TextReceiver {
         })
     }
 
+    /// The request's tenant, or the 400 for an invalid one.
+    pub fn tenant(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<crate::model::Tenant, Box<axum::response::Response>> {
+        http_tenant(headers).map_err(|m| Box::new(self.fail("bad_tenant", axum::http::StatusCode::BAD_REQUEST, m)))
+    }
+
     /// Ingests converted spans: 202 once durable, 400 when no span was valid, 503 when the ingester refuses.
     pub async fn ingest(
         &self,
-        headers: &axum::http::HeaderMap,
+        tenant: crate::model::Tenant,
         request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
         protocol: &'static str,
     ) -> axum::response::Response {
         use axum::http::StatusCode;
         use axum::response::IntoResponse;
-        let tenant = match http_tenant(headers) {
-            Ok(t) => t,
-            Err(m) => return self.fail("bad_tenant", StatusCode::BAD_REQUEST, m),
-        };
         match accept(&self.ingester, &self.metrics, tenant, request, protocol).await {
             Ok(a) if a.accepted == 0 && a.rejected > 0 => {
                 self.fail("invalid_span", StatusCode::BAD_REQUEST, format!("no valid span: {}", a.message))

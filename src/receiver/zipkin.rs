@@ -38,8 +38,8 @@ async fn spans(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let body = match rx.body(body) {
-        Ok(b) => b,
+    let (body, tenant) = match rx.body(body).and_then(|b| Ok((b, rx.tenant(&headers)?))) {
+        Ok(ok) => ok,
         Err(answer) => return *answer,
     };
     let (mime, ct) = media_type(&headers);
@@ -56,7 +56,7 @@ async fn spans(
         }
     };
     match request {
-        Ok(r) => rx.ingest(&headers, r, protocol).await,
+        Ok(r) => rx.ingest(tenant, r, protocol).await,
         Err(m) => rx.fail("malformed", StatusCode::BAD_REQUEST, m),
     }
 }
