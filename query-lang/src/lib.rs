@@ -35,7 +35,7 @@ mod validate;
 pub use ast::*;
 pub use error::{ParseError, ValidationError};
 pub use lenient::{Condition, parse_lenient};
-pub use printer::{print, quote_string};
+pub use printer::{print, quote_attribute, quote_string};
 pub use validate::{MAX_COMPARE_TOP_N, MAX_GROUP_BYS, validate};
 
 /// Parses a TraceQL query. Pure syntax: run [`validate`] before planning.

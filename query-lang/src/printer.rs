@@ -401,17 +401,25 @@ pub fn write_attribute(out: &mut String, a: &Attribute) {
         || (a.scope == Scope::Unscoped && !a.parent && a.name.starts_with(|c: char| c.is_ascii_digit()))
         || (a.parent && a.scope == Scope::Unscoped && (a.name.starts_with("span.") || a.name.starts_with("resource.")));
     if needs_quotes {
-        out.push('"');
-        for c in a.name.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
+        out.push_str(&quote_attribute(&a.name));
     } else {
         out.push_str(&a.name);
     }
+}
+
+/// An attribute name in double quotes, as written after a scope (`span."my key"`): only `"` and `\` are
+/// escaped there (other characters, control characters too, stand for themselves), unlike in string literals.
+pub fn quote_attribute(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 fn write_literal(out: &mut String, l: &Literal) {

@@ -1,8 +1,8 @@
 //! Runs the shared TraceQL corpus (Tempo's test_examples.yaml) through parse and validate.
 //!
-//! The corpus lives outside the repository; `TRACEQL_CORPUS` names it (CI sets it to
-//! `../shared/traceql/test_examples.yaml`). Unset: the test prints that it skipped. Set but
-//! missing: the test fails, so CI cannot silently stop checking.
+//! The corpus lives outside the repository, so the test is ignored by default and `tests/run.sh` runs it
+//! explicitly where `../shared/traceql/test_examples.yaml` exists (`TRACEQL_CORPUS` names it). Run without
+//! `TRACEQL_CORPUS`, or with a path that does not exist, it fails.
 
 use query_lang::{ValidationError, parse, print, validate};
 
@@ -34,11 +34,9 @@ fn outcome(q: &str) -> (Outcome, String) {
 }
 
 #[test]
+#[ignore = "needs Tempo's TraceQL corpus outside the repository (TRACEQL_CORPUS); tests/run.sh runs it"]
 fn corpus() {
-    let Ok(path) = std::env::var("TRACEQL_CORPUS") else {
-        println!("TRACEQL_CORPUS not set: skipped the TraceQL corpus test");
-        return;
-    };
+    let path = std::env::var("TRACEQL_CORPUS").expect("TRACEQL_CORPUS must name Tempo's test_examples.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("TRACEQL_CORPUS={path}: {e}"));
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: bad YAML: {e}"));
     let sections = [
