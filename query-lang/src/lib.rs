@@ -35,6 +35,7 @@ mod validate;
 pub use ast::*;
 pub use error::{ParseError, ValidationError};
 pub use lenient::{Condition, parse_lenient};
+pub use lexer::parse_duration;
 pub use printer::{print, quote_attribute, quote_string};
 pub use validate::{MAX_COMPARE_TOP_N, MAX_GROUP_BYS, validate};
 

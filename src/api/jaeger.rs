@@ -408,41 +408,20 @@ fn tag_condition(key: &str, value: &str) -> String {
     format!("({})", alts.join(" || "))
 }
 
-/// Parses Go's `time.ParseDuration` form (`1.5ms`, `2h45m`, `100us`), which Jaeger's search takes.
+/// Parses Go's `time.ParseDuration` form (`1.5ms`, `2h45m`, `100us`), which Jaeger's search takes: TraceQL's
+/// duration syntax without its day, week and year units.
 fn go_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("time: invalid duration {s:?}");
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() || rest.starts_with('-') {
-        return Err(err());
+    let text = s.strip_prefix('+').unwrap_or(s);
+    if text.contains(['d', 'w', 'y']) {
+        return Err(format!("time: unknown unit in duration {s:?}"));
     }
-    rest = rest.strip_prefix('+').unwrap_or(rest);
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("time: missing unit in duration {s:?}"))?;
-        let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
-        rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            u => return Err(format!("time: unknown unit {u:?} in duration {s:?}")),
-        };
-        rest = &rest[unit_len..];
-        total += number * scale;
-    }
-    if !total.is_finite() || total >= u64::MAX as f64 {
-        return Err(err());
-    }
-    Ok(Duration::from_nanos(total as u64))
+    query_lang::parse_duration(text)
+        .and_then(|ns| u64::try_from(ns).ok())
+        .map(Duration::from_nanos)
+        .ok_or_else(|| format!("time: invalid duration {s:?}"))
 }
 
 type Found = (Vec<TraceJson>, Vec<JaegerError>);
