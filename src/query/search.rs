@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, make_array};
 use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::Int64Type;
-use arrow::datatypes::Schema;
+use arrow::datatypes::{Field, Schema};
 use datafusion::catalog::TableProvider;
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
@@ -555,7 +555,7 @@ impl SearchEngine {
                         block_masks[b] = Some(mask);
                         let slots = Slots::new(&blocks[b].meta.dedicated_columns, blocks[b].meta.service_name_in_list);
                         let filters: Vec<Expr> =
-                            required_filters(&req.pipeline, &slots).into_iter().filter(plain_columns).collect();
+                            required_filters(&req.pipeline, &slots).into_iter().filter(maskable).collect();
                         if filters.len() > 1 {
                             let mut all = Vec::with_capacity(filters.len());
                             for f in &filters {
@@ -944,13 +944,31 @@ pub(crate) async fn cached_mask(
     b: &BlockEntry,
     filter: &Expr,
 ) -> Result<Option<BooleanBuffer>, QueryError> {
-    if !plain_columns(filter) {
+    if !maskable(filter) {
         return Ok(None);
     }
     let mut names: Vec<&str> = filter.column_refs().into_iter().map(|c| c.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    let Some(mut batch) = blocks.columns(tenant, b, &names).await? else { return Ok(None) };
+    let (lists, plain): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| ATTR_LISTS.contains(n));
+    let mut batch = if plain.is_empty() {
+        None
+    } else {
+        let Some(batch) = blocks.columns(tenant, b, &plain).await? else { return Ok(None) };
+        Some(batch)
+    };
+    // Attribute lists (a generic attribute's test) are read with only the leaves the test looks at.
+    for list in lists {
+        let Some(array) = blocks.attr_leaves(tenant, b, list).await? else { return Ok(None) };
+        let (mut fields, mut columns) = match batch.take() {
+            Some(bt) => (bt.schema().fields().iter().cloned().collect::<Vec<_>>(), bt.columns().to_vec()),
+            None => (Vec::new(), Vec::new()),
+        };
+        fields.push(Arc::new(Field::new(list, array.data_type().clone(), true)));
+        columns.push(array);
+        batch = Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?);
+    }
+    let Some(mut batch) = batch else { return Ok(None) };
     // A condition on one dictionary column (service, span name, a string slot) depends on the value alone:
     // it is evaluated once per distinct value, and rows take their value's answer (a regex over every row's
     // name cost ~4 ms per block).
@@ -988,18 +1006,25 @@ pub(crate) async fn cached_mask(
     }
 }
 
-/// Whether `filter` names only plain (not nested) columns of the block schema, so that it can be evaluated on
-/// cached decoded columns.
-fn plain_columns(filter: &Expr) -> bool {
+/// The attribute list columns a candidate predicate may test (through `attr_may_match`).
+const ATTR_LISTS: [&str; 2] = [c::SPAN_ATTRS, c::RESOURCE_ATTRS];
+
+/// Whether `filter` names only plain (not nested) columns of the block schema, or the attribute lists, so that it
+/// can be evaluated on whole decoded columns (`cached_mask`).
+fn maskable(filter: &Expr) -> bool {
     let refs = filter.column_refs();
     let block = schema::schema();
-    !refs.is_empty() && refs.iter().all(|c| block.field_with_name(&c.name).is_ok_and(|f| !f.data_type().is_nested()))
+    !refs.is_empty()
+        && refs.iter().all(|c| {
+            ATTR_LISTS.contains(&c.name.as_str())
+                || block.field_with_name(&c.name).is_ok_and(|f| !f.data_type().is_nested())
+        })
 }
 
 /// The block's candidate predicate when it can be answered from cached columns.
 fn block_filter(pipeline: &Pipeline, b: &BlockEntry) -> Option<Expr> {
     let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
-    candidate_filter(pipeline, &slots).filter(plain_columns)
+    candidate_filter(pipeline, &slots).filter(maskable)
 }
 
 /// Per block ID, the rows that pass the candidate predicate (see `cached_mask`).

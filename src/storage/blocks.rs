@@ -952,6 +952,59 @@ impl BlockStore {
         })?)
     }
 
+    /// The block's attribute list column `name` (`span_attrs`, `resource_attrs`) in row order with only the
+    /// leaves a candidate test reads (`key`, `kind`, `s`): decoding a nested column is mostly its levels, paid per
+    /// leaf, so this is under half the work of the whole column (a rare attribute value's search was 10% level
+    /// decoding, 7% zstd). Read on each call: a list is too large to keep. `None` when the block lacks them.
+    pub async fn attr_leaves(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        name: &str,
+    ) -> Result<Option<ArrayRef>, StorageError> {
+        let footer = self.footer(tenant, b).await?;
+        let descr = footer.metadata().file_metadata().schema_descr();
+        let leaves: Vec<usize> = (0..descr.num_columns())
+            .filter(|&i| {
+                let column = descr.column(i);
+                let parts = column.path().parts();
+                parts.first().is_some_and(|p| p == name)
+                    && parts.len() > 2
+                    && parts.last().is_some_and(|l| matches!(l.as_str(), "key" | "kind" | "s"))
+            })
+            .collect();
+        if leaves.len() != 3 {
+            return Ok(None);
+        }
+        let mask = ProjectionMask::leaves(descr, leaves);
+        // Row groups are decoded on every core at once (one block's test is on the search's critical path).
+        let mut tasks = Vec::new();
+        for rg in 0..footer.metadata().num_row_groups() {
+            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
+                .with_projection(mask.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(65536)
+                .build()?;
+            tasks.push(tokio::spawn(stream.try_collect::<Vec<RecordBatch>>()));
+        }
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for task in tasks {
+            let part = task
+                .await
+                .map_err(|e| parquet::errors::ParquetError::General(format!("decoding a row group stopped: {e}")))?
+                .inspect_err(|_| {
+                    self.metrics.object_store_errors.inc();
+                })?;
+            batches.extend(part);
+        }
+        let parts: Vec<&dyn Array> =
+            batches.iter().filter_map(|batch| batch.column_by_name(name).map(|a| a.as_ref())).collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(arrow::compute::concat(&parts)?))
+    }
+
     /// The block's columns `names`, whole and decoded, as one batch in row order (rows numbered as in the file),
     /// from the cache or read once. `None` when a column is missing from the block (an older schema) or is not
     /// a plain column (lists and structs are too large to keep).
