@@ -98,7 +98,7 @@ fn assert_traces_whole(server: &Server, rounds: u64) {
 
 /// A moto server with the test bucket, a scratch directory, and the environment pointing Strata at them.
 fn bucket() -> (S3Server, tempfile::TempDir, Vec<(String, String)>) {
-    let s3 = S3Server::start().expect("moto");
+    let s3 = S3Server::start();
     s3.create_bucket("life");
     let env = s3_env(&s3.endpoint);
     (s3, tempfile::tempdir().expect("tmp"), env)

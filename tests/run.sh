@@ -18,7 +18,6 @@ if ! command -v moto_server >/dev/null 2>&1; then
   bin_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
   export PATH="$bin_dir:$PATH"
 fi
-export STRATA_REQUIRE_S3=1
 
 # The service-graph test (tests/generator.rs) is scraped by a real Prometheus: Debian's package.
 if ! command -v prometheus >/dev/null 2>&1; then

@@ -22,7 +22,7 @@ fn s3_env<'a>(endpoint: &'a str, bucket: &'a str) -> Vec<(&'a str, &'a str)> {
 
 #[test]
 fn blocks_land_in_the_bucket_and_survive_a_wiped_data_dir() {
-    let Some(s3) = S3Server::start() else { return };
+    let s3 = S3Server::start();
     s3.create_bucket("traces");
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
@@ -63,7 +63,7 @@ fn failing_store_answers_503_and_uploads_are_retried() {
     let env = s3_env(&endpoint, "late");
     let data = dir.path().join("data");
     // Startup lists the bucket, so the S3 server must be up for it; it goes away right after.
-    let Some(s3) = S3Server::start_on(port) else { return };
+    let s3 = S3Server::start_on(port);
     s3.create_bucket("late");
     let server = Server::start(&data, &env);
     drop(s3);
@@ -86,7 +86,7 @@ fn failing_store_answers_503_and_uploads_are_retried() {
     assert_eq!(server.trace(None, &trace_id(1)).map(|r| span_count(&r)), Some(2));
 
     // The store comes back on the same port (same moto state is not needed: the bucket is recreated).
-    let s3 = S3Server::start_on(port).expect("restart S3");
+    let s3 = S3Server::start_on(port);
     s3.create_bucket("late");
     assert_eq!(flusher.join().expect("flusher").expect("flush request"), 204);
     assert_eq!(http().get(format!("{}/ready", server.api)).send().expect("ready").status(), 200);

@@ -237,8 +237,7 @@ pub fn span_count(rs: &[ResourceSpans]) -> usize {
     rs.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
 }
 
-/// An S3 server (moto) on a free loopback port, or None (with a message) when it is not installed and the
-/// environment does not require it. `STRATA_REQUIRE_S3=1` (set by the test script) turns absence into failure.
+/// An S3 server (moto) on a free loopback port.
 pub struct S3Server {
     child: Child,
     pub endpoint: String,
@@ -246,35 +245,28 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    pub fn start() -> Option<S3Server> {
+    /// A moto S3 server on a free port. A missing `moto_server` fails the test (`tests/run.sh` installs it).
+    pub fn start() -> S3Server {
         Self::start_on(free_port())
     }
 
-    pub fn start_on(port: u16) -> Option<S3Server> {
+    pub fn start_on(port: u16) -> S3Server {
         let bin = std::env::var("STRATA_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var("STRATA_REQUIRE_S3").as_deref() != Ok("1"),
-                    "STRATA_REQUIRE_S3=1 but {bin} cannot be started: {e}"
-                );
-                eprintln!("SKIPPED: no S3 test server ({bin}: {e}); run tests/run.sh to install moto");
-                return None;
-            }
-        };
+        let child = child.unwrap_or_else(|e| {
+            panic!("the S3 tests need a real S3 server: {bin} cannot be started ({e}); tests/run.sh installs moto")
+        });
         let endpoint = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         while http().get(&endpoint).send().is_err() {
             assert!(start.elapsed() < Duration::from_secs(30), "moto_server did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(S3Server { child, endpoint, port })
+        S3Server { child, endpoint, port }
     }
 
     pub fn create_bucket(&self, bucket: &str) {
