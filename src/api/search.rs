@@ -200,7 +200,8 @@ pub(super) async fn search_stream(
         Err(e) => return e.into_response(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
-    tokio::spawn(async move {
+    let last_word = tx.clone();
+    let worker = tokio::spawn(async move {
         let max = api.limits.query.max_response_bytes;
         let mut written = 0usize;
         let mut sent = std::collections::HashSet::new();
@@ -238,6 +239,13 @@ pub(super) async fn search_stream(
             Err(_) => error_line(&format!("search did not finish within {timeout:?} (query_timeout)")),
         };
         let _ = tx.send(last).await;
+    });
+    // A search that panicked still ends its stream with an error line.
+    tokio::spawn(async move {
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "a streamed search stopped");
+            let _ = last_word.send(error_line("search failed")).await;
+        }
     });
     use futures::StreamExt;
     let body = axum::body::Body::from_stream(

@@ -60,9 +60,17 @@ pub struct SpanDraft {
     status_code: Option<StatusCode>,
     error_tag: Option<String>,
     status_message: Option<String>,
+    /// Jaeger's rules (a bool `error` tag is the final word; `http.status_code` as a fallback), else Zipkin's.
+    pub jaeger: bool,
+    http_status: Option<(i64, Option<String>)>,
 }
 
 impl SpanDraft {
+    /// A span converted with Jaeger's status rules (`jaeger`) or Zipkin's.
+    pub fn new(jaeger: bool) -> Self {
+        SpanDraft { jaeger, ..SpanDraft::default() }
+    }
+
     /// Takes one tag: into a span field when it encodes one, else as an attribute.
     pub fn tag(&mut self, key: String, value: TagValue) {
         match key.as_str() {
@@ -87,7 +95,12 @@ impl SpanDraft {
                 _ => self.span.attributes.push(attribute(key, value)),
             },
             "otel.status_description" => self.status_message = Some(value.text()),
-            // Jaeger: a bool (or "true"); Zipkin: the error message itself.
+            // Jaeger: only a bool `true` is the error flag (other values stay attributes, as in the Collector);
+            // Zipkin: the error message itself.
+            "error" if self.jaeger => match value {
+                TagValue::Bool(true) => self.error_tag = Some(String::new()),
+                v => self.span.attributes.push(attribute(key, v)),
+            },
             "error" => match value {
                 TagValue::Bool(false) => {}
                 TagValue::Str(s) if s.eq_ignore_ascii_case("false") => {}
@@ -97,6 +110,18 @@ impl SpanDraft {
                     self.error_tag = Some(if t.eq_ignore_ascii_case("true") { String::new() } else { t });
                 }
             },
+            "http.status_code" if self.jaeger => {
+                if let TagValue::Int(code) = &value {
+                    self.http_status.get_or_insert((*code, None)).0 = *code;
+                } else if let Ok(code) = value.text().parse::<i64>() {
+                    self.http_status.get_or_insert((code, None)).0 = code;
+                }
+                self.span.attributes.push(attribute(key, value));
+            }
+            "http.status_message" if self.jaeger => {
+                self.http_status.get_or_insert((0, None)).1 = Some(value.text());
+                self.span.attributes.push(attribute(key, value));
+            }
             "otel.scope.name" | "otel.library.name" => self.scope_name = value.text(),
             "otel.scope.version" | "otel.library.version" => self.scope_version = value.text(),
             "w3c.tracestate" => self.span.trace_state = value.text(),
@@ -108,7 +133,22 @@ impl SpanDraft {
     /// description without either stays an attribute. Repeated keys keep their last value (OTLP forbids
     /// duplicates; the Collector writes tags into a map).
     pub fn finish(mut self) -> (Span, String, String) {
-        let code = self.status_code.or(self.error_tag.as_ref().map(|_| StatusCode::Error));
+        let error = self.error_tag.as_ref().map(|_| StatusCode::Error);
+        let code = if self.jaeger {
+            // Jaeger: `error=true` first, then `otel.status_code`, then a failed HTTP status (5xx; 4xx on a
+            // client), as the Collector decides.
+            error.or(self.status_code).or_else(|| {
+                let (http, message) = self.http_status.clone()?;
+                let client = self.span.kind == opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client as i32;
+                let failed = (500..600).contains(&http) || (client && (400..500).contains(&http));
+                if failed && self.status_message.is_none() {
+                    self.status_message = message;
+                }
+                failed.then_some(StatusCode::Error)
+            })
+        } else {
+            self.status_code.or(error)
+        };
         match code {
             Some(code) => {
                 let message = match code {
@@ -228,11 +268,27 @@ mod tests {
         assert_eq!(scope, "lib");
         assert_eq!(span.attributes.len(), 1);
 
-        let mut d = SpanDraft::default();
+        let mut d = SpanDraft { jaeger: true, ..SpanDraft::default() };
+        d.tag("otel.status_code".into(), TagValue::Str("OK".into()));
         d.tag("error".into(), TagValue::Bool(true));
         d.tag("otel.status_description".into(), TagValue::Str("boom".into()));
         let status = d.finish().0.status.expect("status");
-        assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "boom"));
+        assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "boom"), "Jaeger: error wins");
+
+        // Jaeger without status tags: a failed HTTP status decides; a string `error` stays an attribute.
+        let mut d = SpanDraft { jaeger: true, ..SpanDraft::default() };
+        d.span.kind = 3;
+        d.tag("http.status_code".into(), TagValue::Int(404));
+        d.tag("http.status_message".into(), TagValue::Str("Not Found".into()));
+        d.tag("error".into(), TagValue::Str("oops".into()));
+        let span = d.finish().0;
+        let status = span.status.expect("status");
+        assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "Not Found"));
+        assert!(span.attributes.iter().any(|a| a.key == "error"));
+        let mut d = SpanDraft { jaeger: true, ..SpanDraft::default() };
+        d.span.kind = 2;
+        d.tag("http.status_code".into(), TagValue::Int(404));
+        assert!(d.finish().0.status.is_none(), "a 404 answered by a server is not its error");
 
         let mut d = SpanDraft::default();
         d.tag("error".into(), TagValue::Bool(false));

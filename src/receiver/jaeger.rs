@@ -54,11 +54,19 @@ fn convert(batch_process: Option<JProcess>, spans: Vec<JSpan>) -> ExportTraceSer
     let mut b = RequestBuilder::default();
     let to_resource = |p: &JProcess| {
         let service = if p.service.is_empty() { "unknown_service" } else { p.service.as_str() };
-        resource(service, p.tags.iter().map(|(k, v)| attribute(k.clone(), v.clone())).collect())
+        // The Collector's renames of two Jaeger client tags.
+        let attrs = p.tags.iter().map(|(k, v)| match (k.as_str(), v) {
+            ("hostname", v) => attribute("host.name", v.clone()),
+            ("jaeger.version", v) => {
+                attribute("opencensus.exporterversion", TagValue::Str(format!("Jaeger-{}", v.text())))
+            }
+            _ => attribute(k.clone(), v.clone()),
+        });
+        resource(service, attrs.collect())
     };
     let batch_resource = batch_process.as_ref().map(to_resource).unwrap_or_else(|| to_resource(&JProcess::default()));
     for s in spans {
-        let mut d = SpanDraft::default();
+        let mut d = SpanDraft::new(true);
         d.span.trace_id = pad_trace_id(s.trace_id.clone());
         d.span.span_id = s.span_id;
         d.span.name = s.operation;
