@@ -140,51 +140,13 @@ fn grpc_bad_input_classes() {
             .unary::<_, ExportTraceServiceResponse, _>(
                 tonic::Request::new(vec![0xffu8, 0xff, 0xff, 0x0f, 0x01]),
                 path,
-                RawCodec,
+                common::RawCodec::<ExportTraceServiceResponse>::default(),
             )
             .await
             .expect_err("malformed");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     });
     assert_eq!(server.trace(None, &common::trace_id(3)).map(|r| common::span_count(&r)), Some(2));
-}
-
-/// Sends raw bytes as a gRPC message and decodes an OTLP response, to put malformed protobuf on the wire.
-#[derive(Clone, Copy)]
-struct RawCodec;
-
-struct RawEncoder;
-struct RespDecoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RespDecoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
-        ExportTraceServiceResponse::decode(src).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = RawEncoder;
-    type Decoder = RespDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RespDecoder {
-        RespDecoder
-    }
 }
 
 /// A tmpfs mount that is unmounted on drop; None when this machine does not allow mounting (not root).

@@ -471,7 +471,11 @@ fn bad_zipkin_and_jaeger_input_is_refused_clearly() {
         raw.ready().await.expect("ready");
         let path = http::uri::PathAndQuery::from_static("/jaeger.api_v2.CollectorService/PostSpans");
         let err = raw
-            .unary::<_, (), _>(tonic::Request::new(vec![0xffu8, 0xff, 0xff, 0x0f, 0x01]), path, RawCodec)
+            .unary::<_, strata::receiver::jaeger::proto::PostSpansResponse, _>(
+                tonic::Request::new(vec![0xffu8, 0xff, 0xff, 0x0f, 0x01]),
+                path,
+                common::RawCodec::default(),
+            )
             .await
             .expect_err("malformed");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -562,42 +566,4 @@ fn jaeger_dependencies_follow_the_topology() {
     let (status, env) = get::<Option<Vec<JDependency>>>(&format!("{}/jaeger/api/dependencies?endTs=soon", server.api));
     assert_eq!(status, 400);
     assert!(env.errors.expect("errors")[0].msg.contains("endTs"));
-}
-
-/// Puts raw bytes on the wire as a gRPC message (to send malformed protobuf); the answer is not decoded.
-#[derive(Clone, Copy)]
-struct RawCodec;
-
-struct RawEncoder;
-struct NoDecoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for NoDecoder {
-    type Item = ();
-    type Error = tonic::Status;
-    fn decode(&mut self, _: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        Ok(Some(()))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = NoDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> NoDecoder {
-        NoDecoder
-    }
 }

@@ -19,31 +19,25 @@ if ! command -v moto_server >/dev/null 2>&1; then
   export PATH="$bin_dir:$PATH"
 fi
 
-# The service-graph test (tests/generator.rs) is scraped by a real Prometheus: Debian's package.
-if ! command -v prometheus >/dev/null 2>&1; then
-  echo "== installing prometheus (Debian package)"
-  as_root=""
+# Installs a Debian package (refreshing the package lists once if the first attempt fails).
+install_deb() {
+  echo "== installing $1 (Debian package)"
+  local as_root=""
   [ "$(id -u)" = 0 ] || as_root="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  if ! $as_root apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1; then
+  if ! $as_root apt-get install -y --no-install-recommends "$1" >/dev/null 2>&1; then
     $as_root apt-get update >/dev/null
-    $as_root apt-get install -y --no-install-recommends prometheus >/dev/null
+    $as_root apt-get install -y --no-install-recommends "$1" >/dev/null
   fi
-fi
+}
+
+# The service-graph test (tests/generator.rs) is scraped by a real Prometheus: Debian's package.
+command -v prometheus >/dev/null 2>&1 || install_deb prometheus
 
 # The web UI test (tests/ui.rs) drives Debian's Chromium with playwright-core (npm, installed by the test into
 # ~/.cache/strata-ui-test); the Zipkin/Jaeger tests run the OpenTelemetry Python exporters (PyPI, installed by
 # tests/clients/install.sh into ~/.cache/strata-py-clients).
-if [ ! -x /usr/bin/chromium ]; then
-  echo "== installing chromium (Debian package)"
-  as_root=""
-  [ "$(id -u)" = 0 ] || as_root="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! $as_root apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; then
-    $as_root apt-get update >/dev/null
-    $as_root apt-get install -y --no-install-recommends chromium >/dev/null
-  fi
-fi
+[ -x /usr/bin/chromium ] || install_deb chromium
 echo "== Python Zipkin/Jaeger clients: $(bash tests/clients/install.sh)"
 
 # TraceQL corpus (Tempo's, kept outside the repo): its test is #[ignore]d and run below where the corpus exists.
