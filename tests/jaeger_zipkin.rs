@@ -553,9 +553,18 @@ fn jaeger_dependencies_follow_the_topology() {
     };
     let dep = |p: &str, c: &str, n: u64| JDependency { parent: p.into(), child: c.into(), call_count: n };
     let want = vec![dep("a", "b", 3), dep("a", "d", 3), dep("b", "c", 3)];
+    let ops = |svc: &str| {
+        let (status, env) = get::<Vec<JOperation>>(&format!("{}/jaeger/api/operations?service={svc}", server.api));
+        assert_eq!(status, 200);
+        env.data.expect("data").into_iter().map(|o| (o.name, o.span_kind)).collect::<Vec<_>>()
+    };
+    let a_ops = vec![("op1".to_string(), String::new()), ("op5".to_string(), String::new())];
     assert_eq!(deps(""), want, "in memory");
+    assert_eq!(ops("a"), a_ops, "operations in memory");
     server.flush();
     assert_eq!(deps(""), want, "from a block");
+    assert_eq!(ops("a"), a_ops, "operations from a block");
+    assert!(ops("nobody").is_empty());
     // A retried export stores the same spans again (in memory now, in a block before): counted once.
     assert_eq!(server.post_otlp(None, &topology(3)), 200);
     assert_eq!(deps(""), want, "duplicates count once");

@@ -784,7 +784,7 @@ impl SearchEngine {
     /// 80 blocks of 100k spans, all results for a service took 5.6 s thrashing the cache and 2.4 s through the
     /// Parquet scans and reads (which decode only the pages they need), a structural limit-20 search 3.9 s and
     /// 0.63 s.
-    fn fits_cache(&self, sources: &[Source]) -> bool {
+    pub(crate) fn fits_cache(&self, sources: &[Source]) -> bool {
         let spans: u64 = sources.iter().filter_map(Source::block).map(|b| b.meta.span_count).sum();
         spans.saturating_mul(CACHED_BYTES_PER_SPAN) <= self.blocks.column_cache_bytes()
     }
