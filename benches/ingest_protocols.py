@@ -540,12 +540,17 @@ def send_http(port, path, ctype, bodies, concurrency):
         finally:
             conn.close()
 
+    run_workers(worker, concurrency)
+    return errors
+
+
+def run_workers(worker, concurrency):
+    """Runs `concurrency` threads of `worker` and waits for them all."""
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return errors
 
 
 def send_grpc(port, method, bodies, concurrency):
@@ -568,11 +573,7 @@ def send_grpc(port, method, bodies, concurrency):
             except Exception as e:  # noqa: BLE001
                 errors.append(f"{type(e).__name__}: {e}")
 
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_workers(worker, concurrency)
     return errors
 
 

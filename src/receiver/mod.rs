@@ -193,17 +193,60 @@ pub fn http_limits(
 pub struct TextReceiver {
     pub ingester: Arc<crate::ingest::Ingester>,
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// The protocol's part: spans from a body of a media type.
+    pub decode: Decode,
+}
+
+/// Turns a body of the given media type (lowercase, without parameters) into OTLP and the protocol's metrics
+/// label, or refuses it.
+pub type Decode =
+    fn(
+        &str,
+        &[u8],
+    )
+        -> Result<(opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest, &'static str), Refused>;
+
+/// Why a receiver refused a body: the metrics reason, the status and the message.
+pub struct Refused(pub &'static str, pub axum::http::StatusCode, pub String);
+
+impl Refused {
+    /// A body that could not be decoded (400).
+    pub fn malformed(message: String) -> Self {
+        Refused("malformed", axum::http::StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A media type the receiver does not read (415); `expected` names the ones it does.
+    pub fn media_type(got: &str, expected: &str) -> Self {
+        Refused(
+            "content_type",
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported content type {got:?}: use {expected}"),
+        )
+    }
+}
+
+/// Every text receiver's request: body, tenant, decoding, then the ingest answer.
+async fn receive(
+    axum::extract::State(rx): axum::extract::State<TextReceiver>,
+    headers: axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> axum::response::Response {
+    let (body, tenant) = match rx.body(body).and_then(|b| Ok((b, rx.tenant(&headers)?))) {
+        Ok(ok) => ok,
+        Err(answer) => return *answer,
+    };
+    let mime = media_type(&headers);
+    match (rx.decode)(&mime, &body) {
+        Ok((request, protocol)) => rx.ingest(tenant, request, protocol).await,
+        Err(Refused(reason, status, message)) => rx.fail(reason, status, message),
+    }
 }
 
 impl TextReceiver {
-    /// A router serving `handler` at `path` under the HTTP receivers' limits.
-    pub fn router<H, T>(self, path: &str, handler: H, max_bytes: usize, budget: InflightBudget) -> axum::Router
-    where
-        H: axum::handler::Handler<T, TextReceiver>,
-        T: 'static,
-    {
+    /// A router serving the receiver at `path` under the HTTP receivers' limits.
+    pub fn router(self, path: &str, max_bytes: usize, budget: InflightBudget) -> axum::Router {
         let metrics = self.metrics.clone();
-        let routes = axum::Router::new().route(path, axum::routing::post(handler)).with_state(self);
+        let routes = axum::Router::new().route(path, axum::routing::post(receive)).with_state(self);
         http_limits(routes, metrics, max_bytes, budget, || {
             text(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -257,10 +300,10 @@ impl TextReceiver {
     }
 }
 
-/// The media type of a request (lowercase, without parameters), and the header as sent.
-pub fn media_type(headers: &axum::http::HeaderMap) -> (String, String) {
+/// The media type of a request: lowercase, without parameters.
+fn media_type(headers: &axum::http::HeaderMap) -> String {
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    (ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase(), ct.to_string())
+    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 fn text(status: axum::http::StatusCode, msg: String) -> axum::response::Response {

@@ -9,17 +9,13 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use prost::Message;
 use serde::Deserialize;
 
 use super::convert::{RequestBuilder, SpanDraft, TagValue, attribute, pad_trace_id, resource};
-use super::{InflightBudget, TextReceiver, media_type};
+use super::{InflightBudget, Refused, TextReceiver};
 use crate::ingest::Ingester;
 use crate::telemetry::Metrics;
 
@@ -30,34 +26,17 @@ pub mod proto {
 }
 
 pub fn router(ingester: Arc<Ingester>, metrics: Arc<Metrics>, max_bytes: usize, budget: InflightBudget) -> Router {
-    TextReceiver { ingester, metrics }.router("/api/v2/spans", spans, max_bytes, budget)
+    TextReceiver { ingester, metrics, decode }.router("/api/v2/spans", max_bytes, budget)
 }
 
-async fn spans(
-    State(rx): State<TextReceiver>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let (body, tenant) = match rx.body(body).and_then(|b| Ok((b, rx.tenant(&headers)?))) {
-        Ok(ok) => ok,
-        Err(answer) => return *answer,
-    };
-    let (mime, ct) = media_type(&headers);
-    let (request, protocol) = match mime.as_str() {
+fn decode(mime: &str, body: &[u8]) -> Result<(ExportTraceServiceRequest, &'static str), Refused> {
+    match mime {
         // Zipkin's own clients send JSON without a content type at times.
-        "application/json" | "" => (from_json(&body), "zipkin_json"),
-        "application/x-protobuf" | "application/protobuf" => (from_proto(&body), "zipkin_protobuf"),
-        _ => {
-            return rx.fail(
-                "content_type",
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("unsupported content type {ct:?}: use application/json or application/x-protobuf"),
-            );
+        "application/json" | "" => from_json(body).map(|r| (r, "zipkin_json")).map_err(Refused::malformed),
+        "application/x-protobuf" | "application/protobuf" => {
+            from_proto(body).map(|r| (r, "zipkin_protobuf")).map_err(Refused::malformed)
         }
-    };
-    match request {
-        Ok(r) => rx.ingest(tenant, r, protocol).await,
-        Err(m) => rx.fail("malformed", StatusCode::BAD_REQUEST, m),
+        _ => Err(Refused::media_type(mime, "application/json or application/x-protobuf")),
     }
 }
 
