@@ -708,8 +708,18 @@ fn get_json<T: serde::de::DeserializeOwned>(srv: &Server, tenant: Option<&str>, 
 
 #[test]
 fn tags_and_tag_values_list_what_is_stored() {
+    tags_and_tag_values(&[]);
+}
+
+/// The same without the decoded-column cache: narrowed values come from Parquet scans.
+#[test]
+fn tags_and_tag_values_without_the_column_cache() {
+    tags_and_tag_values(&[("STRATA_COLUMN_CACHE_BYTES", "1")]);
+}
+
+fn tags_and_tag_values(env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let srv = Server::start(&dir.path().join("data"), &[]);
+    let srv = Server::start(&dir.path().join("data"), env);
     let traces = naive::generate(21, 120, BASE);
     load(&srv, None, &traces);
 
@@ -770,15 +780,54 @@ fn tags_and_tag_values_list_what_is_stored() {
     let want: BTreeSet<String> = typed_values(&traces, res_attrs, "service.name").into_iter().map(|(_, v)| v).collect();
     assert_eq!(v1.tag_values.into_iter().collect::<BTreeSet<_>>(), want);
 
-    // q narrows values to the traces the query matches.
+    // q narrows names and values to the spans the query matches (its spansets), span-local queries (a filtered
+    // row scan) and others (the search) alike.
+    let matched_spans = |q: &str| -> Vec<GenTrace> {
+        let hits = naive::evaluate(&query_lang::parse(q).expect("parse"), &traces);
+        let spans: BTreeSet<(String, String)> = hits
+            .iter()
+            .flat_map(|t| t.spansets.iter().flat_map(|s| s.span_ids.iter().map(|id| (t.trace_id.clone(), id.clone()))))
+            .collect();
+        let mut out = naive::generate(21, 120, BASE);
+        for t in &mut out {
+            let trace = hex::encode(t.id);
+            t.spans.retain(|s| spans.contains(&(trace.clone(), hex::encode(&s.span.span_id))));
+            // A span's value of a key is its first one (the generator repeats some keys).
+            for s in &mut t.spans {
+                for list in [&mut s.span.attributes, &mut s.resource.attributes] {
+                    let mut seen = BTreeSet::new();
+                    list.retain(|kv| seen.insert(kv.key.clone()));
+                }
+            }
+        }
+        out
+    };
+    let mut nonempty = 0;
+    for (q, tag, key, pick) in [
+        ("{ status = error }", "resource.service.name", "service.name", res_attrs as fn(&naive::GenSpan) -> Vec<&KeyValue>),
+        ("{ span.http.method = \"GET\" }", "span.http.status_code", "http.status_code", span_attrs),
+        ("{ span.http.status_code >= 500 && kind = server }", "span.user.id", "user.id", span_attrs),
+        ("{ span.http.method = \"GET\" } | select(span.user.id)", "span.http.method", "http.method", span_attrs),
+        ("{ } > { status = error }", "span.http.method", "http.method", span_attrs),
+        ("{ span.http.method = \"GET\" } | count() > 2", "resource.service.name", "service.name", res_attrs),
+        ("{ status = error } && { span.http.method = \"POST\" }", "span.http.method", "http.method", span_attrs),
+        ("{ name = \"no such span\" }", "resource.service.name", "service.name", res_attrs),
+    ] {
+        let got: TagValuesV2 = get_json(&srv, None, &format!("/api/v2/search/tag/{tag}/values"), &[("q", q)]);
+        let got: BTreeSet<(String, String)> = got.tag_values.into_iter().map(|v| (v.r#type, v.value)).collect();
+        let want = typed_values(&matched_spans(q), pick, key);
+        nonempty += usize::from(!want.is_empty());
+        assert_eq!(got, want, "{tag} for {q}");
+    }
+    assert!(nonempty >= 6, "the narrowing queries must mostly match something");
     let q = "{ status = error }";
-    let matching: BTreeSet<String> =
-        naive::evaluate(&query_lang::parse(q).expect("parse"), &traces).into_iter().map(|t| t.trace_id).collect();
-    let narrowed: Vec<GenTrace> =
-        naive::generate(21, 120, BASE).into_iter().filter(|t| matching.contains(&hex::encode(t.id))).collect();
-    let got: TagValuesV2 = get_json(&srv, None, "/api/v2/search/tag/resource.service.name/values", &[("q", q)]);
-    let got: BTreeSet<(String, String)> = got.tag_values.into_iter().map(|v| (v.r#type, v.value)).collect();
-    assert_eq!(got, typed_values(&narrowed, res_attrs, "service.name"));
+    let narrowed: TagsV2 = get_json(&srv, None, "/api/v2/search/tags", &[("q", q), ("scope", "span")]);
+    let want: BTreeSet<String> = matched_spans(q)
+        .iter()
+        .flat_map(|t| &t.spans)
+        .flat_map(|s| s.span.attributes.iter().map(|kv| kv.key.clone()))
+        .collect();
+    assert_eq!(narrowed.scopes[0].tags.iter().cloned().collect::<BTreeSet<_>>(), want);
     // An unfinished query from the editor never fails the request.
     for q in ["{ span.http.", "{ resource.service.name = ", "{}", "((("] {
         let _: TagValuesV2 = get_json(&srv, None, "/api/v2/search/tag/name/values", &[("q", q)]);

@@ -85,13 +85,18 @@ fn columns(needs: &ReadNeeds, b: &BlockEntry) -> Vec<String> {
             out.push(name.to_string());
         }
     }
+    add_parts(needs, b, &mut out);
+    out
+}
+
+/// Adds the optional span parts (attribute lists, slots, events, links) `needs` reads from block `b`.
+pub(crate) fn add_parts(needs: &ReadNeeds, b: &BlockEntry, out: &mut Vec<String>) {
     let parts = needs.parts_for(&b.meta);
     for f in schema::schema().fields() {
         if SpanParts::optional(f.name()) && parts.keeps(f.name()) && !out.contains(f.name()) {
             out.push(f.name().clone());
         }
     }
-    out
 }
 
 /// Scans block `b` for the query and settles the traces stored only there (see the module doc). `None` when the
@@ -106,24 +111,70 @@ pub(crate) async fn scan_block(
     let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
     let filter = candidate_filter(&local.pipeline, &slots);
     let names = columns(&local.needs, b);
-    let cached = match local.cached {
-        true => cached_scan(ctx, tenant, b, filter.as_ref(), &names, &local.blocks, index.num_rows()).await?,
-        false => None,
-    };
-    let partitions = match cached {
-        Some(batch) => vec![vec![batch]],
-        None => {
-            let table = BlockTable::new(tenant, b, local.blocks.object_store()).with_row_numbers();
-            let mut df = ctx.read_table(Arc::new(table))?;
-            if let Some(filter) = filter {
-                df = df.filter(filter)?;
-            }
-            let df = df.select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>())?;
-            tokio::spawn(df.collect_partitioned()).await??
-        }
-    };
+    let partitions =
+        filtered_rows(ctx, tenant, b, filter, &names, &local.blocks, local.cached, index.num_rows()).await?;
     let (tenant, b) = (tenant.clone(), b.clone());
     tokio::spawn(async move { settle(&tenant, &b, &index, &local, partitions) }).await?
+}
+
+/// The rows of block `b` that pass `filter` (every row without one), with the columns `names` and their row
+/// numbers: from the cached decoded columns when `cached` allows it and every column is a plain one, otherwise
+/// from a Parquet scan with the filter pushed down. Partitions cover disjoint stretches of the file, in no
+/// particular order; rows within one come in file order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn filtered_rows(
+    ctx: &SessionContext,
+    tenant: &Tenant,
+    b: &BlockEntry,
+    filter: Option<Expr>,
+    names: &[String],
+    blocks: &Arc<BlockStore>,
+    cached: bool,
+    num_rows: usize,
+) -> Result<Vec<Vec<RecordBatch>>, QueryError> {
+    if cached && let Some(batch) = cached_scan(ctx, tenant, b, filter.as_ref(), names, blocks, num_rows).await? {
+        return Ok(vec![vec![batch]]);
+    }
+    let table = BlockTable::new(tenant, b, blocks.object_store()).with_row_numbers();
+    let mut df = ctx.read_table(Arc::new(table))?;
+    if let Some(filter) = filter {
+        df = df.filter(filter)?;
+    }
+    let df = df.select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>())?;
+    Ok(tokio::spawn(df.collect_partitioned()).await??)
+}
+
+/// Evaluates a span-local pipeline (`eval::span_local`) on one batch of rows in file order, a run of one
+/// trace's rows at a time, and hands each run with spansets to `visit`. Returns the number of rows.
+pub(crate) fn each_run(
+    batch: &RecordBatch,
+    dedicated: &[crate::block::DedicatedColumn],
+    eval: &Evaluator,
+    visit: &mut dyn FnMut(&TraceData, &[super::eval::SpanSet]),
+) -> Result<u64, QueryError> {
+    let n = batch.num_rows();
+    if n == 0 {
+        return Ok(0);
+    }
+    let rows = [SpanRows::partial(batch, dedicated)?];
+    let view = &rows[0];
+    let mut i = 0;
+    while i < n {
+        let raw = view.trace_id(i);
+        let mut j = i + 1;
+        while j < n && view.trace_id(j) == raw {
+            j += 1;
+        }
+        if let Some(id) = TraceId::from_bytes(raw) {
+            let t = TraceData::local(id, &rows, (i..j).map(|r| (0u32, r as u32)).collect());
+            let sets = eval.evaluate(&t);
+            if !sets.is_empty() {
+                visit(&t, &sets);
+            }
+        }
+        i = j;
+    }
+    Ok(n as u64)
 }
 
 /// The scan's rows taken from the block's cached decoded columns (`BlockStore::columns`), with their row

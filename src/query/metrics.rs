@@ -15,15 +15,15 @@ use query_lang::{
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use futures::StreamExt;
 use query_lang::Pipeline;
 
 use super::QueryError;
 use super::eval::{Evaluator, ReadNeeds, SpanSet, TraceData, span_local};
+use super::local::each_run;
 use super::search::{Reads, SearchEngine, SearchRequest, SearchStats, Source, cores};
-use crate::block::{DedicatedColumn, SpanParts, SpanRows};
-use crate::model::{Tenant, TraceId};
+use crate::block::SpanParts;
+use crate::model::Tenant;
 
 /// Most distinct values of one attribute `compare()` counts; later values count in the attribute's totals only.
 const COMPARE_MAX_VALUES: usize = 10_000;
@@ -815,13 +815,15 @@ impl SearchEngine {
                 match source {
                     Source::Memory(batches) => {
                         for batch in &batches {
-                            spans += scan_batch(batch, &[], &eval, &mut acc)?;
+                            spans += each_run(batch, &[], &eval, &mut |t, sets| acc.visit(&eval, t, sets))?;
                         }
                     }
                     Source::Block(b) => {
                         let mut stream = blocks.scan_rows(&tenant, &b, &columns, parts).await?;
                         while let Some(batch) = stream.next().await {
-                            spans += scan_batch(&batch?, &b.meta.dedicated_columns, &eval, &mut acc)?;
+                            spans += each_run(&batch?, &b.meta.dedicated_columns, &eval, &mut |t, sets| {
+                                acc.visit(&eval, t, sets)
+                            })?;
                         }
                     }
                 }
@@ -843,38 +845,6 @@ impl SearchEngine {
         drop(done);
         Ok(total.unwrap_or(empty))
     }
-}
-
-/// Evaluates a span-local pipeline on one batch of rows, a run of one trace's rows at a time. Returns the rows.
-fn scan_batch(
-    batch: &RecordBatch,
-    dedicated: &[DedicatedColumn],
-    eval: &Evaluator,
-    acc: &mut Accumulator,
-) -> Result<u64, QueryError> {
-    let n = batch.num_rows();
-    if n == 0 {
-        return Ok(0);
-    }
-    let rows = [SpanRows::partial(batch, dedicated)?];
-    let view = &rows[0];
-    let mut i = 0;
-    while i < n {
-        let raw = view.trace_id(i);
-        let mut j = i + 1;
-        while j < n && view.trace_id(j) == raw {
-            j += 1;
-        }
-        if let Some(id) = TraceId::from_bytes(raw) {
-            let t = TraceData::local(id, &rows, (i..j).map(|r| (0u32, r as u32)).collect());
-            let sets = eval.evaluate(&t);
-            if !sets.is_empty() {
-                acc.visit(eval, &t, &sets);
-            }
-        }
-        i = j;
-    }
-    Ok(n as u64)
 }
 
 fn add_stats(into: &mut SearchStats, s: &SearchStats) {

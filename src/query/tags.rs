@@ -2,8 +2,9 @@
 //!
 //! Without a query, each source is scanned by DataFusion: `attr_keys` / `attr_values` list the generic attributes'
 //! keys or typed values per row, `unnest` + `GROUP BY` makes them distinct, and dedicated slot columns are grouped
-//! directly. Blocks never change, so each block's answer is cached. With a query (`q`), the search runs first and
-//! the names or values come from the spans of the traces it matched.
+//! directly. Blocks never change, so each block's answer is cached. With a query (`q`), names and values come
+//! from the spans the query matches (the spans of its spansets), as Tempo takes them from the spans matching the
+//! single filter Grafana sends: a span-local query is answered by a filtered row scan, any other by the search.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,8 +15,12 @@ use datafusion::logical_expr::{Expr, col};
 use query_lang::{Attribute, Field, Intrinsic, Pipeline, Scope};
 
 use super::QueryError;
-use super::eval::{Evaluator, TraceData};
-use super::search::{SearchEngine, SearchRequest, Source};
+use futures::StreamExt;
+
+use super::eval::{Evaluator, ReadNeeds, SpanSet, TraceData, span_local};
+use super::local::{add_parts, each_run, filtered_rows};
+use super::prune::{Slots, candidate_filter};
+use super::search::{SearchEngine, SearchRequest, Source, cores};
 use super::udf::{attr_keys, attr_values, tag_value_text};
 use crate::block::AttrScope;
 use crate::block::schema::col as c;
@@ -104,7 +109,7 @@ pub const INTRINSIC_TAGS: &[&str] = &[
 pub struct TagRequest {
     pub start: Option<u64>,
     pub end: Option<u64>,
-    /// Only names/values from traces this pipeline matches.
+    /// Only names/values from the spans this pipeline matches.
     pub narrow: Option<Pipeline>,
     /// At most this many names per scope, or values.
     pub limit: usize,
@@ -130,8 +135,8 @@ impl SearchEngine {
     ) -> Result<Vec<(TagScope, Vec<String>)>, QueryError> {
         let mut out: Vec<(TagScope, BTreeSet<String>)> = scopes.iter().map(|s| (*s, BTreeSet::new())).collect();
         if let Some(p) = &req.narrow {
-            let mut visit = |t: &TraceData, _: &[super::eval::SpanSet]| {
-                for i in 0..t.len() {
+            let mut visit = |t: &TraceData, sets: &[SpanSet]| {
+                for &i in sets.iter().flat_map(|s| &s.spans) {
                     let (v, r) = t.at(i);
                     for (scope, names) in out.iter_mut() {
                         let keys = match scope {
@@ -206,14 +211,20 @@ impl SearchEngine {
     ) -> Result<Vec<TagValue>, QueryError> {
         let mut lists: Vec<Arc<Vec<String>>> = Vec::new();
         if let Some(p) = &req.narrow {
-            let eval = Evaluator::new(p.clone());
-            let mut texts: BTreeSet<String> = BTreeSet::new();
-            let mut visit = |t: &TraceData, _: &[super::eval::SpanSet]| {
-                for i in 0..t.len() {
-                    texts.extend(eval.tag_values(t, i, tag));
-                }
+            let texts = if span_local(p, std::slice::from_ref(tag)) {
+                self.scan_values(tenant, p, tag, req).await?
+            } else {
+                let eval = Evaluator::new(p.clone());
+                let mut texts: BTreeSet<String> = BTreeSet::new();
+                let mut visit = |t: &TraceData, sets: &[SpanSet]| {
+                    for i in sets.iter().flat_map(|s| &s.spans) {
+                        texts.extend(eval.tag_values(t, *i, tag));
+                    }
+                };
+                let reads = super::search::Reads::Fields(std::slice::from_ref(tag));
+                self.matching(tenant, p, req, &mut visit, reads).await?;
+                texts
             };
-            self.matching(tenant, p, req, &mut visit, super::search::Reads::Fields(std::slice::from_ref(tag))).await?;
             lists.push(Arc::new(texts.into_iter().collect()));
         } else {
             let sources = self.sources(tenant, req.start, req.end)?;
@@ -233,6 +244,67 @@ impl SearchEngine {
             })
             .take(req.limit)
             .collect())
+    }
+
+    /// Values of `tag` on the spans a span-local pipeline (`eval::span_local`) matches: every source in range is
+    /// read as rows passing the query's candidate predicate (from the cached decoded columns when the range fits
+    /// the cache, else a Parquet scan with the predicate pushed down), with only the columns the query and the
+    /// tag name, and evaluated a trace's run of rows at a time. No trace is assembled: a span-local query matches
+    /// the same spans either way. Sources are read in parallel.
+    async fn scan_values(
+        &self,
+        tenant: &Tenant,
+        p: &Pipeline,
+        tag: &Field,
+        req: &TagRequest,
+    ) -> Result<BTreeSet<String>, QueryError> {
+        let needs = Arc::new(ReadNeeds::new(p).with_field(tag));
+        let eval = Arc::new(Evaluator::new(p.clone()));
+        let sources = self.sources(tenant, req.start, req.end)?;
+        let cached = self.fits_cache(&sources);
+        let tasks = sources.into_iter().map(|source| {
+            let (eval, needs, tag, p) = (eval.clone(), needs.clone(), tag.clone(), p.clone());
+            let (blocks, tenant, ctx) = (self.blocks.clone(), tenant.clone(), self.context());
+            tokio::spawn(async move {
+                let mut texts: BTreeSet<String> = BTreeSet::new();
+                let mut visit = |t: &TraceData, sets: &[SpanSet]| {
+                    for i in sets.iter().flat_map(|s| &s.spans) {
+                        texts.extend(eval.tag_values(t, *i, &tag));
+                    }
+                };
+                match source {
+                    Source::Memory(batches) => {
+                        for batch in &batches {
+                            each_run(batch, &[], &eval, &mut visit)?;
+                        }
+                    }
+                    Source::Block(b) => {
+                        let filter =
+                            candidate_filter(&p, &Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list));
+                        let mut names: Vec<String> = needs.view_columns().iter().map(|c| c.to_string()).collect();
+                        add_parts(&needs, &b, &mut names);
+                        let rows = match filter.is_some() {
+                            true => 0,
+                            false => blocks.trace_index(&tenant, &b).await?.num_rows(),
+                        };
+                        for batch in filtered_rows(&ctx, &tenant, &b, filter, &names, &blocks, cached, rows)
+                            .await?
+                            .iter()
+                            .flatten()
+                        {
+                            each_run(batch, &b.meta.dedicated_columns, &eval, &mut visit)?;
+                        }
+                    }
+                }
+                Ok::<_, QueryError>(texts)
+            })
+        });
+        let mut done = futures::stream::iter(tasks).buffer_unordered(cores());
+        let mut out = BTreeSet::new();
+        while let Some(r) = done.next().await {
+            out.append(&mut r??);
+        }
+        Ok(out)
     }
 
     /// Hands every trace the pipeline matches in the range, whole, to `visit` (one at a time: memory stays bounded).
