@@ -804,7 +804,12 @@ fn tags_and_tag_values(env: &[(&str, &str)]) {
     };
     let mut nonempty = 0;
     for (q, tag, key, pick) in [
-        ("{ status = error }", "resource.service.name", "service.name", res_attrs as fn(&naive::GenSpan) -> Vec<&KeyValue>),
+        (
+            "{ status = error }",
+            "resource.service.name",
+            "service.name",
+            res_attrs as fn(&naive::GenSpan) -> Vec<&KeyValue>,
+        ),
         ("{ span.http.method = \"GET\" }", "span.http.status_code", "http.status_code", span_attrs),
         ("{ span.http.status_code >= 500 && kind = server }", "span.user.id", "user.id", span_attrs),
         ("{ span.http.method = \"GET\" } | select(span.user.id)", "span.http.method", "http.method", span_attrs),

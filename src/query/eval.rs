@@ -783,7 +783,7 @@ fn num(v: &V) -> f64 {
     }
 }
 
-fn cmp_f64(op: CmpOp, a: f64, b: f64) -> bool {
+pub(crate) fn cmp_f64(op: CmpOp, a: f64, b: f64) -> bool {
     ord_holds(op.to_binary(), a.partial_cmp(&b))
 }
 

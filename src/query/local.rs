@@ -18,8 +18,9 @@ use query_lang::Pipeline;
 
 use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
+use super::gate::{Gate, gated_mask};
 use super::prune::{Slots, candidate_filter};
-use super::search::{TraceHit, by_name, cached_mask, spanset_hits};
+use super::search::{TraceHit, by_name, spanset_hits};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, TraceIndex};
@@ -50,7 +51,9 @@ pub(crate) struct LocalSearch {
     /// Whether block scans may take their rows from the column cache (`SearchEngine::fits_cache`).
     pub cached: bool,
     /// Trace IDs in the memory snapshot the search started from.
-    pub memory_ids: ahash::AHashSet<TraceId>,
+    pub memory_ids: Arc<ahash::AHashSet<TraceId>>,
+    /// Rules out traces by the pipeline's aggregate filter before they are scanned (`gate.rs`).
+    pub gate: Option<Arc<Gate>>,
     pub ingester: Arc<Ingester>,
     pub blocks: Arc<BlockStore>,
 }
@@ -111,8 +114,9 @@ pub(crate) async fn scan_block(
     let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
     let filter = candidate_filter(&local.pipeline, &slots);
     let names = columns(&local.needs, b);
+    let gate = local.gate.as_deref();
     let partitions =
-        filtered_rows(ctx, tenant, b, filter, &names, &local.blocks, local.cached, index.num_rows()).await?;
+        filtered_rows(ctx, tenant, b, filter, &names, &local.blocks, local.cached, index.num_rows(), gate).await?;
     let (tenant, b) = (tenant.clone(), b.clone());
     tokio::spawn(async move { settle(&tenant, &b, &index, &local, partitions) }).await?
 }
@@ -131,8 +135,9 @@ pub(crate) async fn filtered_rows(
     blocks: &Arc<BlockStore>,
     cached: bool,
     num_rows: usize,
+    gate: Option<&Gate>,
 ) -> Result<Vec<Vec<RecordBatch>>, QueryError> {
-    if cached && let Some(batch) = cached_scan(ctx, tenant, b, filter.as_ref(), names, blocks, num_rows).await? {
+    if cached && let Some(batch) = cached_scan(ctx, tenant, b, filter.as_ref(), names, blocks, num_rows, gate).await? {
         return Ok(vec![vec![batch]]);
     }
     let table = BlockTable::new(tenant, b, blocks.object_store()).with_row_numbers();
@@ -179,6 +184,7 @@ pub(crate) fn each_run(
 
 /// The scan's rows taken from the block's cached decoded columns (`BlockStore::columns`), with their row
 /// numbers, when the filter and every column are plain ones; `None` otherwise (the Parquet scan answers).
+#[allow(clippy::too_many_arguments)]
 async fn cached_scan(
     ctx: &SessionContext,
     tenant: &Tenant,
@@ -187,9 +193,10 @@ async fn cached_scan(
     names: &[String],
     blocks: &BlockStore,
     num_rows: usize,
+    gate: Option<&Gate>,
 ) -> Result<Option<RecordBatch>, QueryError> {
     let rows = match filter {
-        Some(f) => match cached_mask(ctx, blocks, tenant, b, f).await? {
+        Some(f) => match gated_mask(ctx, blocks, tenant, b, f, gate).await? {
             Some(mask) => UInt32Array::from_iter_values(mask.set_indices().map(|r| r as u32)),
             None => return Ok(None),
         },

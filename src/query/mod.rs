@@ -4,6 +4,7 @@
 //! blocks, `eval`: the exact per-trace operator). Semantics: `SEMANTICS.md`; design: `DESIGN.md`.
 
 pub mod eval;
+mod gate;
 pub mod jaeger;
 mod local;
 pub mod metrics;

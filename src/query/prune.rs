@@ -162,6 +162,63 @@ fn superset(e: &FieldExpr, slots: &Slots) -> Option<Expr> {
     }
 }
 
+/// A predicate true on exactly the spans on which `e` is true (a null reads as false), where one is known from
+/// plain columns: comparisons of `name` (equality), `duration`, `status` and `kind`, and equality of a string or
+/// int attribute that the source keeps only in its own column (`service.name`, dedicated slots not also in the
+/// list), joined with `&&` and `||`. `None` for anything else. Unlike [`candidate_filter`] it never
+/// over-approximates, so a row it rejects is a span the filter does not select (the aggregate gate relies on it).
+pub fn exact_filter(e: &FieldExpr, slots: &Slots) -> Option<Expr> {
+    match e {
+        FieldExpr::Binary { op: BinaryOp::And, lhs, rhs } => {
+            Some(exact_filter(lhs, slots)?.and(exact_filter(rhs, slots)?))
+        }
+        FieldExpr::Binary { op: BinaryOp::Or, lhs, rhs } => {
+            Some(exact_filter(lhs, slots)?.or(exact_filter(rhs, slots)?))
+        }
+        FieldExpr::Binary { op, lhs, rhs } if op.is_comparison() => {
+            let (field, op, value) = match (&**lhs, &**rhs) {
+                (FieldExpr::Field(f), FieldExpr::Literal(l)) => (f, *op, l),
+                (FieldExpr::Literal(l), FieldExpr::Field(f)) => (f, flip(*op)?, l),
+                _ => return None,
+            };
+            match (field, value) {
+                (Field::Intrinsic(Intrinsic::Name), Literal::String(_))
+                    if matches!(op, BinaryOp::Eq | BinaryOp::Neq) =>
+                {
+                    intrinsic(Intrinsic::Name, op, value)
+                }
+                (Field::Intrinsic(i @ (Intrinsic::Duration | Intrinsic::Status | Intrinsic::Kind)), _) => {
+                    intrinsic(*i, op, value)
+                }
+                (Field::Attribute(a), _) if op == BinaryOp::Eq => {
+                    let resource = match a.scope {
+                        Scope::Resource => true,
+                        Scope::Span => false,
+                        _ => return None,
+                    };
+                    if !slots.only_in_slots.contains(&(resource, a.name.clone())) {
+                        return None;
+                    }
+                    let column = match value {
+                        Literal::String(_) if resource && a.name == "service.name" => c::SERVICE_NAME.to_string(),
+                        Literal::String(_) => slots.string_slot(resource, &a.name)?.to_string(),
+                        Literal::Int(_) if !resource => slots.int_slot(&a.name)?.to_string(),
+                        _ => return None,
+                    };
+                    let value = match value {
+                        Literal::String(s) => lit(s.clone()),
+                        Literal::Int(i) => lit(*i),
+                        _ => return None,
+                    };
+                    Some(col(column.as_str()).eq(value))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// The same comparison with its operands swapped.
 fn flip(op: BinaryOp) -> Option<BinaryOp> {
     Some(match op {

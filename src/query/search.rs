@@ -30,6 +30,7 @@ use query_lang::Pipeline;
 
 use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData, run_local, span_local};
+use super::gate::{Gate, gated_mask};
 use super::local::{self, Found, LocalSearch};
 use super::prune::{Slots, candidate_filter, required_filters};
 use super::table::{BlockTable, ROW_NUMBER};
@@ -147,6 +148,10 @@ struct Walk<'a> {
     masks: Option<&'a mut Masks>,
     /// Whether fetches may take rows from the column cache (see `SearchEngine::fits_cache`).
     cache: bool,
+    /// Rules out traces by the pipeline's aggregate filter (`gate.rs`).
+    gate: Option<&'a Gate>,
+    /// Trace IDs in the memory snapshot the search started from.
+    memory_ids: &'a ahash::AHashSet<TraceId>,
 }
 
 /// Where a search reads from.
@@ -304,6 +309,16 @@ impl SearchEngine {
         // a status code 50 -> 85 ms; all results for 1.4k traces 105 -> 91 ms, for 50k traces 0.94 -> 0.59 s; a
         // pipeline matching nothing, limit 20, 735 -> 221 ms).
         let filters_only = span_local(&req.pipeline, &[]);
+        let memory_ids = Arc::new(memory_trace_ids(&sources[0]));
+        // When the candidate predicate names only plain columns, each block answers it from its cached decoded
+        // columns (a fraction of a millisecond once warm): the walk then skips traces with no passing row, and
+        // scans are cheap enough to take many blocks per round.
+        let cached =
+            fits && sources[1..].iter().filter_map(Source::block).all(|b| block_filter(&req.pipeline, b).is_some());
+        let gate = match cached {
+            true => Gate::new(&req.pipeline, memory_ids.clone(), self.ingester.clone()).map(Arc::new),
+            false => None,
+        };
         let local = (keep.is_none() && run_local(&req.pipeline) && (limit > BULK_LIMIT || !filters_only)).then(|| {
             Arc::new(LocalSearch {
                 eval: eval.clone(),
@@ -314,7 +329,8 @@ impl SearchEngine {
                 end: req.end,
                 check_all: !filters_only,
                 cached: fits,
-                memory_ids: memory_trace_ids(&sources[0]),
+                memory_ids: memory_ids.clone(),
+                gate: gate.clone(),
                 ingester: self.ingester.clone(),
                 blocks: self.blocks.clone(),
             })
@@ -331,11 +347,6 @@ impl SearchEngine {
         // Blocks counted against the scan budget (the walk and the scans may both read one).
         let mut counted: HashSet<String> = HashSet::new();
         let mut next = 0usize;
-        // When the candidate predicate names only plain columns, each block answers it from its cached decoded
-        // columns (a fraction of a millisecond once warm): the walk then skips traces with no passing row, and
-        // scans are cheap enough to take many blocks per round.
-        let cached =
-            fits && sources[1..].iter().filter_map(Source::block).all(|b| block_filter(&req.pipeline, b).is_some());
         let mut masks: Option<Masks> = cached.then(Masks::default);
         if limit <= WALK_LIMIT && sources.len() > 1 {
             let mut walk = Walk {
@@ -347,6 +358,8 @@ impl SearchEngine {
                 counted: &mut counted,
                 masks: masks.as_mut(),
                 cache: fits,
+                gate: gate.as_deref(),
+                memory_ids: &memory_ids,
             };
             let (k, p) = (keep.as_deref_mut(), progress.as_deref_mut());
             if self.index_walk(&ctx, tenant, &eval, req, needs, &sources, limit, &mut walk, k, p).await? {
@@ -450,7 +463,7 @@ impl SearchEngine {
             let scanned = std::time::Instant::now();
             let scans: Vec<_> = round
                 .into_iter()
-                .map(|s| self.scan(&ctx, tenant, &req.pipeline, s, local.as_ref(), masks.as_ref()))
+                .map(|s| self.scan(&ctx, tenant, &req.pipeline, s, local.as_ref(), masks.as_ref(), gate.as_deref()))
                 .collect();
             // Local scans hold a block's decoded output rows until settled: one per core bounds memory (they are
             // CPU-bound, so more at once would not finish sooner).
@@ -523,7 +536,7 @@ impl SearchEngine {
         // Per block, when the query needs several filters to match (`A >> B`, `A && B`): their rows, and which
         // traces other blocks may also hold. A trace stored whole in the block needs a row passing each.
         let mut required: Vec<(Vec<BooleanBuffer>, Option<BooleanBuffer>)> = vec![(Vec::new(), None); blocks.len()];
-        let memory_ids = memory_trace_ids(&sources[0]);
+        let memory_ids = w.memory_ids;
         let mut passed_over = 0usize;
         // (bound, block, position in the block's newest-first order); a block not opened yet stands for all of its
         // traces with its end time.
@@ -549,7 +562,7 @@ impl SearchEngine {
                     let ix = self.blocks.trace_index(tenant, blocks[b]).await?;
                     if let Some(masks) = w.masks.as_deref_mut()
                         && let Some(filter) = block_filter(&req.pipeline, blocks[b])
-                        && let Some(mask) = cached_mask(ctx, &self.blocks, tenant, blocks[b], &filter).await?
+                        && let Some(mask) = gated_mask(ctx, &self.blocks, tenant, blocks[b], &filter, w.gate).await?
                     {
                         masks.insert(blocks[b].meta.block_id.clone(), mask.clone());
                         block_masks[b] = Some(mask);
@@ -679,6 +692,7 @@ impl SearchEngine {
         source: &Source,
         local: Option<&Arc<LocalSearch>>,
         masks: Option<&Masks>,
+        gate: Option<&Gate>,
     ) -> Result<Vec<Found>, QueryError> {
         if let (Source::Block(b), Some(local)) = (source, local) {
             let index = self.blocks.trace_index(tenant, b).await?;
@@ -686,7 +700,10 @@ impl SearchEngine {
                 return local::scan_block(ctx, tenant, b, index, local.clone()).await;
             }
         }
-        let found = self.candidates(ctx, tenant, pipeline, source, masks).await?;
+        let found = match source {
+            Source::Block(b) => self.block_candidates(ctx, tenant, pipeline, b, masks, gate).await?,
+            _ => self.candidates(ctx, tenant, pipeline, source, masks).await?,
+        };
         Ok(found.into_iter().map(|(id, ub)| Found::Candidate(id, ub)).collect())
     }
 
@@ -715,7 +732,7 @@ impl SearchEngine {
         masks: Option<&Masks>,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
         if let Source::Block(b) = source {
-            return self.block_candidates(ctx, tenant, pipeline, b, masks).await;
+            return self.block_candidates(ctx, tenant, pipeline, b, masks, None).await;
         }
         let Some((table, slots)) = self.table(tenant, source)? else { return Ok(Vec::new()) };
         let mut df = ctx.read_table(table)?;
@@ -747,6 +764,7 @@ impl SearchEngine {
         pipeline: &Pipeline,
         b: &Arc<BlockEntry>,
         masks: Option<&Masks>,
+        gate: Option<&Gate>,
     ) -> Result<Vec<(TraceId, u64)>, QueryError> {
         let index = self.blocks.trace_index(tenant, b).await?;
         let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
@@ -763,7 +781,7 @@ impl SearchEngine {
         };
         let passed = match masks.map(|m| m.get(&b.meta.block_id)) {
             Some(Some(m)) => Some(m.clone()),
-            Some(None) => cached_mask(ctx, &self.blocks, tenant, b, &filter).await?,
+            Some(None) => gated_mask(ctx, &self.blocks, tenant, b, &filter, gate).await?,
             None => None,
         };
         if let Some(passed) = passed {

@@ -287,7 +287,7 @@ impl SearchEngine {
                             true => 0,
                             false => blocks.trace_index(&tenant, &b).await?.num_rows(),
                         };
-                        for batch in filtered_rows(&ctx, &tenant, &b, filter, &names, &blocks, cached, rows)
+                        for batch in filtered_rows(&ctx, &tenant, &b, filter, &names, &blocks, cached, rows, None)
                             .await?
                             .iter()
                             .flatten()
