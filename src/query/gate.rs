@@ -18,6 +18,7 @@ use arrow::array::BooleanBufferBuilder;
 use arrow::array::{Array, AsArray};
 use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::Int64Type;
+use datafusion::logical_expr::Expr;
 use datafusion::prelude::SessionContext;
 use query_lang::{AggregateOp, CmpOp, Field, FieldExpr, Intrinsic, Literal, Pipeline, ScalarExpr, SpansetExpr, Stage};
 
@@ -25,7 +26,6 @@ use super::QueryError;
 use super::eval::cmp_f64;
 use super::prune::{Slots, exact_filter};
 use super::search::cached_mask;
-use crate::block::TraceIndex;
 use crate::block::schema::col as c;
 use crate::ingest::Ingester;
 use crate::model::{Tenant, TraceId};
@@ -71,11 +71,19 @@ impl Gate {
         blocks: &BlockStore,
         tenant: &Tenant,
         b: &BlockEntry,
+        filter: &Expr,
         mask: BooleanBuffer,
     ) -> Result<BooleanBuffer, QueryError> {
         let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
         let Some(exact) = exact_filter(&self.filter, &slots) else { return Ok(mask) };
-        let Some(selected) = cached_mask(ctx, blocks, tenant, b, &exact).await? else { return Ok(mask) };
+        // Usually the candidate predicate is this very expression: its mask is the selection.
+        let selected = match exact == *filter {
+            true => mask.clone(),
+            false => match cached_mask(ctx, blocks, tenant, b, &exact).await? {
+                Some(m) => m,
+                None => return Ok(mask),
+            },
+        };
         let durations = match self.op {
             AggregateOp::Count => None,
             _ => match blocks.columns(tenant, b, &[c::DURATION]).await? {
@@ -94,75 +102,89 @@ impl Gate {
         if index.num_rows() != mask.len() || selected.len() != mask.len() {
             return Ok(mask);
         }
-        let shared = blocks.shared_traces(tenant, b, &index);
-        let mut out = BooleanBufferBuilder::new(mask.len());
-        out.append_buffer(&mask);
-        for t in 0..index.len() {
-            let rows = index.rows(t);
-            if self.passes(&selected, durations, rows.clone()) || self.elsewhere(tenant, &index, &shared, t) {
-                continue;
-            }
-            for r in rows {
-                out.set_bit(r, false);
+        // Traces some other place may hold keep their rows: another block (bloom filters), the memory the
+        // search started from, or memory now (memory is listed once and looked up in the index, not the other
+        // way round: it holds far fewer traces than a block).
+        let mut elsewhere: Vec<bool> = blocks.shared_traces(tenant, b, &index).iter().collect();
+        for id in self.memory_ids.iter().chain(self.ingester.trace_ids(tenant).iter()) {
+            if let Some(t) = index.find(id) {
+                elsewhere[t] = true;
             }
         }
-        Ok(out.finish())
+        // Rows to keep, appended a trace's run at a time.
+        let mut keep = BooleanBufferBuilder::new(mask.len());
+        let mut acc = Acc::default();
+        let mut t = 0usize;
+        let mut close = |t: usize, acc: &mut Acc| {
+            keep.append_n(index.rows(t).len(), elsewhere[t] || self.passes(acc));
+            *acc = Acc::default();
+        };
+        // One pass over the selected rows; rows are in trace order, so each trace's are consecutive.
+        for r in selected.set_indices() {
+            while t < index.len() && r >= index.rows(t).end {
+                close(t, &mut acc);
+                t += 1;
+            }
+            acc.add(durations.map_or(0.0, |d| d.value(r) as f64));
+        }
+        while t < index.len() {
+            close(t, &mut acc);
+            t += 1;
+        }
+        Ok(&mask & &keep.finish())
     }
 
-    /// Whether the aggregate over the selected rows in `rows` passes (no selected row: the filter yields no
-    /// spanset, so no match).
-    fn passes(
-        &self,
-        selected: &BooleanBuffer,
-        durations: Option<&arrow::array::PrimitiveArray<Int64Type>>,
-        rows: std::ops::Range<usize>,
-    ) -> bool {
-        let (mut n, mut sum, mut min, mut max) = (0u64, 0f64, f64::INFINITY, f64::NEG_INFINITY);
-        for r in selected.slice(rows.start, rows.len()).set_indices() {
-            n += 1;
-            if let Some(d) = durations {
-                let v = d.value(rows.start + r) as f64;
-                sum += v;
-                min = min.min(v);
-                max = max.max(v);
-            }
-        }
-        if n == 0 {
+    /// Whether the aggregate over a trace's selected rows passes (none selected: the filter yields no spanset,
+    /// so no match).
+    fn passes(&self, acc: &Acc) -> bool {
+        if acc.n == 0 {
             return false;
         }
         let value = match self.op {
-            AggregateOp::Count => n as f64,
-            AggregateOp::Sum => sum,
-            AggregateOp::Avg => sum / n as f64,
-            AggregateOp::Min => min,
-            AggregateOp::Max => max,
+            AggregateOp::Count => acc.n as f64,
+            AggregateOp::Sum => acc.sum,
+            AggregateOp::Avg => acc.sum / acc.n as f64,
+            AggregateOp::Min => acc.min,
+            AggregateOp::Max => acc.max,
         };
         cmp_f64(self.cmp, value, self.rhs)
     }
+}
 
-    /// Whether some other place may hold rows of trace `t`: another block, the memory the search started from,
-    /// or memory now.
-    fn elsewhere(&self, tenant: &Tenant, index: &TraceIndex, shared: &BooleanBuffer, t: usize) -> bool {
-        if shared.value(t) {
-            return true;
-        }
-        let id = index.id(t);
-        self.memory_ids.contains(&id) || self.ingester.holds_trace(tenant, &id)
+/// A trace's selected rows so far: count, and sum, min and max of their durations.
+struct Acc {
+    n: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Default for Acc {
+    fn default() -> Self {
+        Acc { n: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
     }
 }
 
+impl Acc {
+    fn add(&mut self, v: f64) {
+        self.n += 1;
+        self.sum += v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+}
 /// Block `b`'s candidate rows from its cached columns (`cached_mask`), less the traces `gate` rules out.
 pub(crate) async fn gated_mask(
     ctx: &SessionContext,
     blocks: &BlockStore,
     tenant: &Tenant,
     b: &BlockEntry,
-    filter: &datafusion::logical_expr::Expr,
+    filter: &Expr,
     gate: Option<&Gate>,
 ) -> Result<Option<BooleanBuffer>, QueryError> {
     let Some(mask) = cached_mask(ctx, blocks, tenant, b, filter).await? else { return Ok(None) };
     match gate {
-        Some(g) => Ok(Some(g.refine(ctx, blocks, tenant, b, mask).await?)),
+        Some(g) => Ok(Some(g.refine(ctx, blocks, tenant, b, filter, mask).await?)),
         None => Ok(Some(mask)),
     }
 }

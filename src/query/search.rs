@@ -149,7 +149,7 @@ struct Walk<'a> {
     /// Whether fetches may take rows from the column cache (see `SearchEngine::fits_cache`).
     cache: bool,
     /// Rules out traces by the pipeline's aggregate filter (`gate.rs`).
-    gate: Option<&'a Gate>,
+    gate: Option<&'a Arc<Gate>>,
     /// Trace IDs in the memory snapshot the search started from.
     memory_ids: &'a ahash::AHashSet<TraceId>,
 }
@@ -358,7 +358,7 @@ impl SearchEngine {
                 counted: &mut counted,
                 masks: masks.as_mut(),
                 cache: fits,
-                gate: gate.as_deref(),
+                gate: gate.as_ref(),
                 memory_ids: &memory_ids,
             };
             let (k, p) = (keep.as_deref_mut(), progress.as_deref_mut());
@@ -551,36 +551,50 @@ impl SearchEngine {
             while batch.len() < step {
                 let Some((_, Reverse(b), pos)) = heap.pop() else { break };
                 if pos == UNOPENED {
+                    // Blocks overlapping this one in time are opened with it, each as its own task: the walk
+                    // reaches them next anyway (on data whose blocks all cover the same minutes, every block),
+                    // and a block's masks cost up to a few milliseconds of CPU.
+                    let mut group = vec![b];
+                    while let Some(&(end, Reverse(o), UNOPENED)) = heap.peek() {
+                        if end < blocks[b].meta.start_time_unix_nano {
+                            break;
+                        }
+                        heap.pop();
+                        group.push(o);
+                    }
                     // Old traces spanning many blocks would make the walk open block after block: past a few,
                     // scanning is the better plan.
-                    opened += 1;
+                    opened += group.len();
                     if opened > WALK_MAX_BLOCKS {
                         tracing::debug!(walked, "index walk reached its block limit; candidate scans take over");
                         return Ok(false);
                     }
-                    self.count_scan(w.counted, w.stats, blocks[b])?;
-                    let ix = self.blocks.trace_index(tenant, blocks[b]).await?;
-                    if let Some(masks) = w.masks.as_deref_mut()
-                        && let Some(filter) = block_filter(&req.pipeline, blocks[b])
-                        && let Some(mask) = gated_mask(ctx, &self.blocks, tenant, blocks[b], &filter, w.gate).await?
-                    {
-                        masks.insert(blocks[b].meta.block_id.clone(), mask.clone());
-                        block_masks[b] = Some(mask);
-                        let slots = Slots::new(&blocks[b].meta.dedicated_columns, blocks[b].meta.service_name_in_list);
-                        let filters: Vec<Expr> =
-                            required_filters(&req.pipeline, &slots).into_iter().filter(maskable).collect();
-                        if filters.len() > 1 {
-                            let mut all = Vec::with_capacity(filters.len());
-                            for f in &filters {
-                                all.extend(cached_mask(ctx, &self.blocks, tenant, blocks[b], f).await?);
-                            }
-                            required[b] = (all, Some(self.blocks.shared_traces(tenant, blocks[b], &ix)));
+                    for &g in &group {
+                        self.count_scan(w.counted, w.stats, blocks[g])?;
+                    }
+                    let masked = w.masks.is_some();
+                    let tasks: Vec<_> = group
+                        .iter()
+                        .map(|&g| {
+                            let (ctx, store, tenant) = (ctx.clone(), self.blocks.clone(), tenant.clone());
+                            let (block, pipeline, gate) = (blocks[g].clone(), req.pipeline.clone(), w.gate.cloned());
+                            tokio::spawn(async move {
+                                open_block(&ctx, &store, &tenant, &block, &pipeline, masked, gate.as_deref()).await
+                            })
+                        })
+                        .collect();
+                    for (&g, task) in group.iter().zip(tasks) {
+                        let o = task.await??;
+                        if let (Some(masks), Some(mask)) = (w.masks.as_deref_mut(), &o.mask) {
+                            masks.insert(blocks[g].meta.block_id.clone(), mask.clone());
                         }
+                        block_masks[g] = o.mask;
+                        required[g] = o.required;
+                        if let Some(t) = o.ix.newest(0) {
+                            heap.push((o.ix.start(t), Reverse(g), 0));
+                        }
+                        indexes[g] = Some(o.ix);
                     }
-                    if let Some(t) = ix.newest(0) {
-                        heap.push((ix.start(t), Reverse(b), 0));
-                    }
-                    indexes[b] = Some(ix);
                     continue;
                 }
                 let Some(ix) = &indexes[b] else { continue };
@@ -1037,6 +1051,44 @@ fn maskable(filter: &Expr) -> bool {
             ATTR_LISTS.contains(&c.name.as_str())
                 || block.field_with_name(&c.name).is_ok_and(|f| !f.data_type().is_nested())
         })
+}
+
+/// What the index walk needs of a block it opens: the trace index; with cached columns (`masked`), the rows
+/// passing the candidate predicate less what the aggregate gate rules out; and when the query cannot match
+/// without several filters, each one's rows and which traces other blocks may hold.
+struct Opened {
+    ix: Arc<crate::block::TraceIndex>,
+    mask: Option<BooleanBuffer>,
+    required: (Vec<BooleanBuffer>, Option<BooleanBuffer>),
+}
+
+async fn open_block(
+    ctx: &SessionContext,
+    store: &Arc<BlockStore>,
+    tenant: &Tenant,
+    b: &BlockEntry,
+    pipeline: &Pipeline,
+    masked: bool,
+    gate: Option<&Gate>,
+) -> Result<Opened, QueryError> {
+    let ix = store.trace_index(tenant, b).await?;
+    let mut out = Opened { ix, mask: None, required: (Vec::new(), None) };
+    if !masked {
+        return Ok(out);
+    }
+    let Some(filter) = block_filter(pipeline, b) else { return Ok(out) };
+    let Some(mask) = gated_mask(ctx, store, tenant, b, &filter, gate).await? else { return Ok(out) };
+    out.mask = Some(mask);
+    let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
+    let filters: Vec<Expr> = required_filters(pipeline, &slots).into_iter().filter(maskable).collect();
+    if filters.len() > 1 {
+        let mut all = Vec::with_capacity(filters.len());
+        for f in &filters {
+            all.extend(cached_mask(ctx, store, tenant, b, f).await?);
+        }
+        out.required = (all, Some(store.shared_traces(tenant, b, &out.ix)));
+    }
+    Ok(out)
 }
 
 /// The block's candidate predicate when it can be answered from cached columns.
