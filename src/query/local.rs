@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::logical_expr::{Expr, col};
 use datafusion::prelude::SessionContext;
@@ -110,15 +111,24 @@ pub(crate) async fn scan_block(
     b: &Arc<BlockEntry>,
     index: Arc<TraceIndex>,
     local: Arc<LocalSearch>,
+    known: Option<BooleanBuffer>,
 ) -> Result<Vec<Found>, QueryError> {
     let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
     let filter = candidate_filter(&local.pipeline, &slots);
     let names = columns(&local.needs, b);
-    let gate = local.gate.as_deref();
+    let mask = Mask { gate: local.gate.as_deref(), known };
     let partitions =
-        filtered_rows(ctx, tenant, b, filter, &names, &local.blocks, local.cached, index.num_rows(), gate).await?;
+        filtered_rows(ctx, tenant, b, filter, &names, &local.blocks, local.cached, index.num_rows(), mask).await?;
     let (tenant, b) = (tenant.clone(), b.clone());
     tokio::spawn(async move { settle(&tenant, &b, &index, &local, partitions) }).await?
+}
+
+/// How a cached scan finds its rows: the block's candidate rows when the search already has them (the index
+/// walk's), else computed and narrowed by the aggregate gate.
+#[derive(Default)]
+pub(crate) struct Mask<'a> {
+    pub gate: Option<&'a Gate>,
+    pub known: Option<BooleanBuffer>,
 }
 
 /// The rows of block `b` that pass `filter` (every row without one), with the columns `names` and their row
@@ -135,9 +145,9 @@ pub(crate) async fn filtered_rows(
     blocks: &Arc<BlockStore>,
     cached: bool,
     num_rows: usize,
-    gate: Option<&Gate>,
+    mask: Mask<'_>,
 ) -> Result<Vec<Vec<RecordBatch>>, QueryError> {
-    if cached && let Some(batch) = cached_scan(ctx, tenant, b, filter.as_ref(), names, blocks, num_rows, gate).await? {
+    if cached && let Some(batch) = cached_scan(ctx, tenant, b, filter.as_ref(), names, blocks, num_rows, mask).await? {
         return Ok(vec![vec![batch]]);
     }
     let table = BlockTable::new(tenant, b, blocks.object_store()).with_row_numbers();
@@ -193,14 +203,15 @@ async fn cached_scan(
     names: &[String],
     blocks: &BlockStore,
     num_rows: usize,
-    gate: Option<&Gate>,
+    mask: Mask<'_>,
 ) -> Result<Option<RecordBatch>, QueryError> {
-    let rows = match filter {
-        Some(f) => match gated_mask(ctx, blocks, tenant, b, f, gate).await? {
-            Some(mask) => UInt32Array::from_iter_values(mask.set_indices().map(|r| r as u32)),
+    let rows = match (filter, mask.known) {
+        (Some(_), Some(known)) => UInt32Array::from_iter_values(known.set_indices().map(|r| r as u32)),
+        (Some(f), None) => match gated_mask(ctx, blocks, tenant, b, f, mask.gate).await? {
+            Some(m) => UInt32Array::from_iter_values(m.set_indices().map(|r| r as u32)),
             None => return Ok(None),
         },
-        None => UInt32Array::from_iter_values(0..num_rows as u32),
+        (None, _) => UInt32Array::from_iter_values(0..num_rows as u32),
     };
     let plain: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != ROW_NUMBER).collect();
     let Some(taken) = blocks.take_cached(tenant, b, &plain, &rows).await? else { return Ok(None) };

@@ -711,7 +711,8 @@ impl SearchEngine {
         if let (Source::Block(b), Some(local)) = (source, local) {
             let index = self.blocks.trace_index(tenant, b).await?;
             if index.has_service_stats() {
-                return local::scan_block(ctx, tenant, b, index, local.clone()).await;
+                let known = masks.and_then(|m| m.get(&b.meta.block_id)).cloned();
+                return local::scan_block(ctx, tenant, b, index, local.clone(), known).await;
             }
         }
         let found = match source {

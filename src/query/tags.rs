@@ -287,10 +287,11 @@ impl SearchEngine {
                             true => 0,
                             false => blocks.trace_index(&tenant, &b).await?.num_rows(),
                         };
-                        for batch in filtered_rows(&ctx, &tenant, &b, filter, &names, &blocks, cached, rows, None)
-                            .await?
-                            .iter()
-                            .flatten()
+                        for batch in
+                            filtered_rows(&ctx, &tenant, &b, filter, &names, &blocks, cached, rows, Default::default())
+                                .await?
+                                .iter()
+                                .flatten()
                         {
                             each_run(batch, &b.meta.dedicated_columns, &eval, &mut visit)?;
                         }
