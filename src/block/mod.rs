@@ -274,6 +274,55 @@ mod tests {
         assert_eq!(got[0].origin.scope, origin.scope);
     }
 
+    /// Every row group carries a bloom filter over the string values of the attribute lists (what searches for a
+    /// rare value of an attribute without a slot skip row groups by).
+    #[test]
+    fn row_groups_carry_attribute_value_blooms() {
+        use parquet::file::reader::{FileReader, RowGroupReader};
+        let origin = Arc::new(Origin::default());
+        // More keys than string slots: some stay in the generic list.
+        let keys = schema::SPAN_STR_SLOTS + 4;
+        let traces: Vec<_> = (1..=6u8)
+            .map(|n| {
+                let (id, mut spans) = trace(n, &origin);
+                for s in &mut spans {
+                    s.span.attributes.extend((0..keys).map(|k| kv(&format!("k{k}"), sv(&format!("v{k}-{n}")))));
+                }
+                (id, spans)
+            })
+            .collect();
+        let built = build_block("t", "b1", &traces, 1234, &BlockOptions { row_group_rows: 10, ..Default::default() })
+            .expect("build");
+        let listed: Vec<usize> =
+            (0..keys).filter(|k| !built.meta.dedicated_columns.iter().any(|d| d.name == format!("k{k}"))).collect();
+        assert!(!listed.is_empty(), "some keys are in the list");
+        let leaves = writer::attr_string_leaves().expect("leaves");
+        assert_eq!(leaves.len(), 2, "span and resource lists");
+        let opts = parquet::file::serialized_reader::ReadOptionsBuilder::new()
+            .with_reader_properties(
+                parquet::file::properties::ReaderProperties::builder().set_read_bloom_filter(true).build(),
+            )
+            .build();
+        let file = parquet::file::serialized_reader::SerializedFileReader::new_with_options(built.data.clone(), opts)
+            .expect("file");
+        let descr = file.metadata().file_metadata().schema_descr_ptr();
+        let span_leaf = (0..descr.num_columns())
+            .find(|&i| {
+                descr.column(i).path().parts()[0] == schema::col::SPAN_ATTRS && leaves.contains(descr.column(i).path())
+            })
+            .expect("span attribute string leaf");
+        assert!(file.num_row_groups() > 1);
+        let (mut first_trace, mut last_trace) = (false, false);
+        for rg in 0..file.num_row_groups() {
+            let group = file.get_row_group(rg).expect("row group");
+            let bloom = group.get_column_bloom_filter(span_leaf).expect("a bloom filter per row group");
+            assert!(!bloom.check("no such value anywhere"));
+            first_trace |= bloom.check(format!("v{}-1", listed[0]).as_str());
+            last_trace |= bloom.check(format!("v{}-6", listed[0]).as_str());
+        }
+        assert!(first_trace && last_trace, "listed values are in their row groups' filters");
+    }
+
     #[test]
     fn trace_index_selects_exactly_the_rows_of_chosen_traces() {
         let origin = Arc::new(Origin::default());

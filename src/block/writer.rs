@@ -169,9 +169,35 @@ pub fn writer_properties(opts: &BlockOptions) -> Result<WriterProperties, BlockE
             .fold(props, |p, c| p.set_column_compression(ColumnPath::from(c), Compression::LZ4_RAW))
     } else {
         props
-    }
-    .build();
-    Ok(props)
+    };
+    // A bloom filter per row group over the string values of the span and resource attribute lists: a search for
+    // a rare value of an attribute without a slot skips the row groups that cannot hold it instead of decoding
+    // every list. Sized for one distinct value per row, then folded down by the writer to what was inserted.
+    let props = attr_string_leaves()?.into_iter().fold(props, |p, path| {
+        p.set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_fpp(path.clone(), ATTR_BLOOM_FPP)
+            .set_column_bloom_filter_max_ndv(path, opts.row_group_rows.max(1) as u64)
+    });
+    Ok(props.build())
+}
+
+/// False-positive rate of the attribute-value bloom filters (before folding).
+const ATTR_BLOOM_FPP: f64 = 0.01;
+
+/// The Parquet paths of the string-value leaves of the span and resource attribute lists.
+pub fn attr_string_leaves() -> Result<Vec<ColumnPath>, BlockError> {
+    let descr = parquet::arrow::ArrowSchemaConverter::new().convert(&schema::schema())?;
+    Ok(descr
+        .columns()
+        .iter()
+        .map(|c| c.path().clone())
+        .filter(|p| {
+            let parts = p.parts();
+            parts.len() > 2
+                && [col::SPAN_ATTRS, col::RESOURCE_ATTRS].contains(&parts[0].as_str())
+                && parts.last().is_some_and(|l| l == "s")
+        })
+        .collect())
 }
 
 /// Turns traces into record batches of the block schema, without dedicated columns: how data still in memory

@@ -219,6 +219,40 @@ pub fn exact_filter(e: &FieldExpr, slots: &Slots) -> Option<Expr> {
     }
 }
 
+/// The string values `filter` looks for in attribute list column `list`, when every use of that column is an
+/// `attr_may_match(list, key, value)` with a value: a row group holding none of them as a string (and no array)
+/// has no row on which any of those tests passes, so its list need not be read. `None` otherwise.
+pub fn list_values_tested(filter: &Expr, list: &str) -> Option<Vec<String>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut values = Vec::new();
+    let mut usable = true;
+    let _ = filter.apply(|e| {
+        if let Expr::ScalarFunction(f) = e
+            && f.func.name() == "attr_may_match"
+        {
+            return Ok(match f.args.as_slice() {
+                [Expr::Column(c), _, Expr::Literal(ScalarValue::Utf8(Some(v)), _)] if c.name == list => {
+                    values.push(v.clone());
+                    TreeNodeRecursion::Jump
+                }
+                [Expr::Column(c), ..] if c.name != list => TreeNodeRecursion::Jump,
+                _ => {
+                    usable = false;
+                    TreeNodeRecursion::Stop
+                }
+            });
+        }
+        if let Expr::Column(c) = e
+            && c.name == list
+        {
+            usable = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    (usable && !values.is_empty()).then_some(values)
+}
+
 /// The same comparison with its operands swapped.
 fn flip(op: BinaryOp) -> Option<BinaryOp> {
     Some(match op {
@@ -364,4 +398,27 @@ fn attribute_in(
     }
     // No list and no usable slot: nothing in this source can match.
     parts.into_iter().reduce(Expr::or).unwrap_or_else(|| lit(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_values_tested_only_when_every_use_tests_a_value() {
+        let list = c::SPAN_ATTRS;
+        let a = attr_may_match(col(list), "user.id", Some("u-1"));
+        let b = attr_may_match(col(list), "http.method", Some("GET"));
+        assert_eq!(list_values_tested(&a, list), Some(vec!["u-1".to_string()]));
+        let both = a.clone().or(b.and(col(c::DURATION).gt(lit(5i64))));
+        assert_eq!(list_values_tested(&both, list), Some(vec!["u-1".to_string(), "GET".to_string()]));
+        // Another list's tests do not count; presence tests and other uses of the column rule it out.
+        let other = attr_may_match(col(c::RESOURCE_ATTRS), "region", None);
+        assert_eq!(list_values_tested(&a.clone().or(other.clone()), list), Some(vec!["u-1".to_string()]));
+        assert_eq!(list_values_tested(&other, list), None);
+        let presence = attr_may_match(col(list), "user.id", None);
+        assert_eq!(list_values_tested(&a.clone().or(presence), list), None);
+        assert_eq!(list_values_tested(&a.or(col(list).is_null()), list), None);
+        assert_eq!(list_values_tested(&col(c::NAME).eq(lit("x")), list), None);
+    }
 }

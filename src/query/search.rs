@@ -32,7 +32,7 @@ use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData, run_local, span_local};
 use super::gate::{Gate, gated_mask};
 use super::local::{self, Found, LocalSearch};
-use super::prune::{Slots, candidate_filter, required_filters};
+use super::prune::{Slots, candidate_filter, list_values_tested, required_filters};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, traces_to_batches};
@@ -992,7 +992,8 @@ pub(crate) async fn cached_mask(
     };
     // Attribute lists (a generic attribute's test) are read with only the leaves the test looks at.
     for list in lists {
-        let Some(array) = blocks.attr_leaves(tenant, b, list).await? else { return Ok(None) };
+        let values = list_values_tested(filter, list);
+        let Some(array) = blocks.attr_leaves(tenant, b, list, values.as_deref()).await? else { return Ok(None) };
         let (mut fields, mut columns) = match batch.take() {
             Some(bt) => (bt.schema().fields().iter().cloned().collect::<Vec<_>>(), bt.columns().to_vec()),
             None => (Vec::new(), Vec::new()),

@@ -12,6 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::RwLock;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::bloom_filter::Sbbf;
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
@@ -105,6 +106,8 @@ pub struct BlockStore {
     /// Per block ID: which of its traces (by trace-index position) some other block's bloom filter may hold,
     /// with a fingerprint of the other blocks it was computed against.
     shared: quick_cache::sync::Cache<String, Arc<(u64, arrow::buffer::BooleanBuffer)>, SharedWeight>,
+    /// Per (block ID, row group, leaf): the attribute-value bloom filter, or none in the file.
+    attr_blooms: quick_cache::sync::Cache<(String, usize, usize), Option<Arc<Sbbf>>, BloomWeight>,
     column_budget: u64,
     metrics: Arc<Metrics>,
 }
@@ -159,6 +162,15 @@ impl quick_cache::Weighter<String, Arc<(u64, arrow::buffer::BooleanBuffer)>> for
     }
 }
 
+#[derive(Clone)]
+struct BloomWeight;
+
+impl quick_cache::Weighter<(String, usize, usize), Option<Arc<Sbbf>>> for BloomWeight {
+    fn weight(&self, key: &(String, usize, usize), val: &Option<Arc<Sbbf>>) -> u64 {
+        (key.0.len() + 16 + val.as_ref().map_or(0, |b| b.num_blocks() * 32)) as u64
+    }
+}
+
 /// Blocks named in some meta's `replaces` (hidden: a compacted block holds their spans), with the latest time
 /// one was replaced.
 fn replaced_at(metas: &[BlockMeta]) -> HashMap<String, u64> {
@@ -203,6 +215,8 @@ impl BlockStore {
             columns: quick_cache::sync::Cache::with_weighter(4096, budgets.column_bytes, ColumnWeight),
             // A bit per trace: an eighth of the trace indexes' budget holds far more blocks than they do.
             shared: quick_cache::sync::Cache::with_weighter(1024, budgets.trace_index_bytes / 8, SharedWeight),
+            // Metadata-like, a few kilobytes per row group: a quarter of the footers' budget.
+            attr_blooms: quick_cache::sync::Cache::with_weighter(4096, budgets.footer_bytes / 4, BloomWeight),
             column_budget: budgets.column_bytes,
             store,
             tenants: RwLock::new(HashMap::new()),
@@ -961,9 +975,18 @@ impl BlockStore {
         tenant: &Tenant,
         b: &BlockEntry,
         name: &str,
+        values: Option<&[String]>,
     ) -> Result<Option<ArrayRef>, StorageError> {
         let footer = self.footer(tenant, b).await?;
         let descr = footer.metadata().file_metadata().schema_descr();
+        let leaf = |last: &str| {
+            (0..descr.num_columns()).find(|&i| {
+                let column = descr.column(i);
+                let parts = column.path().parts();
+                parts.first().is_some_and(|p| p == name) && parts.len() > 2 && parts.last().is_some_and(|l| l == last)
+            })
+        };
+        let (s_leaf, kind_leaf) = (leaf("s"), leaf("kind"));
         let leaves: Vec<usize> = (0..descr.num_columns())
             .filter(|&i| {
                 let column = descr.column(i);
@@ -977,32 +1000,104 @@ impl BlockStore {
             return Ok(None);
         }
         let mask = ProjectionMask::leaves(descr, leaves);
-        // Row groups are decoded on every core at once (one block's test is on the search's critical path).
+        let builder = || {
+            ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
+                .with_projection(mask.clone())
+                .with_batch_size(65536)
+        };
+        // Row groups are decoded on every core at once (one block's test is on the search's critical path);
+        // those whose bloom filter rules out every tested value are not read at all.
         let mut tasks = Vec::new();
         for rg in 0..footer.metadata().num_row_groups() {
-            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone())
-                .with_projection(mask.clone())
-                .with_row_groups(vec![rg])
-                .with_batch_size(65536)
-                .build()?;
-            tasks.push(tokio::spawn(stream.try_collect::<Vec<RecordBatch>>()));
+            if let (Some(values), Some(s), Some(k)) = (values, s_leaf, kind_leaf)
+                && self.row_group_lacks(tenant, b, &footer, rg, s, k, values).await?
+            {
+                tasks.push(None);
+                continue;
+            }
+            let stream = builder().with_row_groups(vec![rg]).build()?;
+            tasks.push(Some(tokio::spawn(stream.try_collect::<Vec<RecordBatch>>())));
         }
-        let mut batches: Vec<RecordBatch> = Vec::new();
-        for task in tasks {
+        // The list's type as this projection reads it (for the empty lists of skipped row groups).
+        let Some(list_type) = builder()
+            .with_row_groups(Vec::new())
+            .build()?
+            .schema()
+            .field_with_name(name)
+            .ok()
+            .map(|f| f.data_type().clone())
+        else {
+            return Ok(None);
+        };
+        let DataType::List(item) = &list_type else { return Ok(None) };
+        let mut parts: Vec<ArrayRef> = Vec::new();
+        for (rg, task) in tasks.into_iter().enumerate() {
+            let Some(task) = task else {
+                // No row here holds a tested value: empty lists, which no `attr_may_match` of those values passes.
+                let rows = footer.metadata().row_group(rg).num_rows().max(0) as usize;
+                parts.push(Arc::new(arrow::array::ListArray::new(
+                    item.clone(),
+                    arrow::buffer::OffsetBuffer::new_zeroed(rows),
+                    arrow::array::new_empty_array(item.data_type()),
+                    None,
+                )));
+                continue;
+            };
             let part = task
                 .await
                 .map_err(|e| parquet::errors::ParquetError::General(format!("decoding a row group stopped: {e}")))?
                 .inspect_err(|_| {
                     self.metrics.object_store_errors.inc();
                 })?;
-            batches.extend(part);
+            parts.extend(part.iter().filter_map(|batch| batch.column_by_name(name).cloned()));
         }
-        let parts: Vec<&dyn Array> =
-            batches.iter().filter_map(|batch| batch.column_by_name(name).map(|a| a.as_ref())).collect();
         if parts.is_empty() {
             return Ok(None);
         }
-        Ok(Some(arrow::compute::concat(&parts)?))
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        Ok(Some(arrow::compute::concat(&refs)?))
+    }
+
+    /// Whether row group `rg` holds none of `values` as a string attribute in the list whose `s` and `kind`
+    /// leaves are given: its bloom filter rules each out, and its `kind` statistics show no array item (an
+    /// array of the key may match any value, and its elements are not in the filter). False when unsure.
+    #[allow(clippy::too_many_arguments)]
+    async fn row_group_lacks(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        footer: &ArrowReaderMetadata,
+        rg: usize,
+        s_leaf: usize,
+        kind_leaf: usize,
+        values: &[String],
+    ) -> Result<bool, StorageError> {
+        let kinds = footer.metadata().row_group(rg).column(kind_leaf).statistics();
+        let no_arrays = match kinds {
+            Some(parquet::file::statistics::Statistics::Int32(k)) => match (k.min_opt(), k.max_opt()) {
+                (Some(&lo), Some(&hi)) => {
+                    hi < i32::from(crate::block::schema::kind::ARRAY)
+                        || lo > i32::from(crate::block::schema::kind::ARRAY)
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !no_arrays {
+            return Ok(false);
+        }
+        let key = (b.meta.block_id.clone(), rg, s_leaf);
+        let bloom = match self.attr_blooms.get(&key) {
+            Some(bloom) => bloom,
+            None => {
+                let mut builder =
+                    ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone());
+                let bloom = builder.get_row_group_column_bloom_filter(rg, s_leaf).await?.map(Arc::new);
+                self.attr_blooms.insert(key, bloom.clone());
+                bloom
+            }
+        };
+        Ok(bloom.is_some_and(|f| values.iter().all(|v| !f.check(v.as_str()))))
     }
 
     /// The block's columns `names`, whole and decoded, as one batch in row order (rows numbered as in the file),
