@@ -28,6 +28,11 @@ pub fn start(data: &Path, ports: (u16, u16, u16), env: &[(String, String)]) -> P
         .env("STRATA_HTTP_ADDR", format!("127.0.0.1:{}", ports.0))
         .env("STRATA_OTLP_HTTP_ADDR", format!("127.0.0.1:{}", ports.1))
         .env("STRATA_OTLP_GRPC_ADDR", format!("127.0.0.1:{}", ports.2))
+        // The benchmarks speak OTLP only: other receivers stay off so a second server (or a benchmark beside a
+        // running Strata) does not collide on their fixed default ports.
+        .env("STRATA_ZIPKIN_ADDR", "off")
+        .env("STRATA_JAEGER_GRPC_ADDR", "off")
+        .env("STRATA_JAEGER_THRIFT_HTTP_ADDR", "off")
         .env("STRATA_MAX_BLOCK_AGE", "1h")
         .env("STRATA_LOG", "warn")
         .stdout(Stdio::null())

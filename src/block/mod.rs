@@ -278,7 +278,7 @@ mod tests {
     /// rare value of an attribute without a slot skip row groups by).
     #[test]
     fn row_groups_carry_attribute_value_blooms() {
-        use parquet::file::reader::{FileReader, RowGroupReader};
+        use parquet::file::reader::FileReader;
         let origin = Arc::new(Origin::default());
         // More keys than string slots: some stay in the generic list.
         let keys = schema::SPAN_STR_SLOTS + 4;

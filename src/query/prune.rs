@@ -219,10 +219,11 @@ pub fn exact_filter(e: &FieldExpr, slots: &Slots) -> Option<Expr> {
     }
 }
 
-/// The string values `filter` looks for in attribute list column `list`, when every use of that column is an
-/// `attr_may_match(list, key, value)` with a value: a row group holding none of them as a string (and no array)
-/// has no row on which any of those tests passes, so its list need not be read. `None` otherwise.
-pub fn list_values_tested(filter: &Expr, list: &str) -> Option<Vec<String>> {
+/// The (key, string value) pairs `filter` looks for in attribute list column `list`, when every use of that
+/// column is an `attr_may_match(list, key, value)` with a value: a row group holding none of the values as a
+/// string, and no array of those keys, has no row on which any of those tests passes, so its list need not be
+/// read. `None` otherwise.
+pub fn list_values_tested(filter: &Expr, list: &str) -> Option<Vec<(String, String)>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut values = Vec::new();
     let mut usable = true;
@@ -231,8 +232,12 @@ pub fn list_values_tested(filter: &Expr, list: &str) -> Option<Vec<String>> {
             && f.func.name() == "attr_may_match"
         {
             return Ok(match f.args.as_slice() {
-                [Expr::Column(c), _, Expr::Literal(ScalarValue::Utf8(Some(v)), _)] if c.name == list => {
-                    values.push(v.clone());
+                [
+                    Expr::Column(c),
+                    Expr::Literal(ScalarValue::Utf8(Some(k)), _),
+                    Expr::Literal(ScalarValue::Utf8(Some(v)), _),
+                ] if c.name == list => {
+                    values.push((k.clone(), v.clone()));
                     TreeNodeRecursion::Jump
                 }
                 [Expr::Column(c), ..] if c.name != list => TreeNodeRecursion::Jump,
@@ -409,12 +414,13 @@ mod tests {
         let list = c::SPAN_ATTRS;
         let a = attr_may_match(col(list), "user.id", Some("u-1"));
         let b = attr_may_match(col(list), "http.method", Some("GET"));
-        assert_eq!(list_values_tested(&a, list), Some(vec!["u-1".to_string()]));
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(list_values_tested(&a, list), Some(vec![pair("user.id", "u-1")]));
         let both = a.clone().or(b.and(col(c::DURATION).gt(lit(5i64))));
-        assert_eq!(list_values_tested(&both, list), Some(vec!["u-1".to_string(), "GET".to_string()]));
+        assert_eq!(list_values_tested(&both, list), Some(vec![pair("user.id", "u-1"), pair("http.method", "GET")]));
         // Another list's tests do not count; presence tests and other uses of the column rule it out.
         let other = attr_may_match(col(c::RESOURCE_ATTRS), "region", None);
-        assert_eq!(list_values_tested(&a.clone().or(other.clone()), list), Some(vec!["u-1".to_string()]));
+        assert_eq!(list_values_tested(&a.clone().or(other.clone()), list), Some(vec![pair("user.id", "u-1")]));
         assert_eq!(list_values_tested(&other, list), None);
         let presence = attr_may_match(col(list), "user.id", None);
         assert_eq!(list_values_tested(&a.clone().or(presence), list), None);

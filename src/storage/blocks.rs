@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -106,8 +106,8 @@ pub struct BlockStore {
     /// Per block ID: which of its traces (by trace-index position) some other block's bloom filter may hold,
     /// with a fingerprint of the other blocks it was computed against.
     shared: quick_cache::sync::Cache<String, Arc<(u64, arrow::buffer::BooleanBuffer)>, SharedWeight>,
-    /// Per (block ID, row group, leaf): the attribute-value bloom filter, or none in the file.
-    attr_blooms: quick_cache::sync::Cache<(String, usize, usize), Option<Arc<Sbbf>>, BloomWeight>,
+    /// Per (block ID, row group, leaf): what rules values of an attribute list out of the row group.
+    attr_blooms: quick_cache::sync::Cache<(String, usize, usize), Arc<ValueFilter>, BloomWeight>,
     column_budget: u64,
     metrics: Arc<Metrics>,
 }
@@ -165,10 +165,19 @@ impl quick_cache::Weighter<String, Arc<(u64, arrow::buffer::BooleanBuffer)>> for
 #[derive(Clone)]
 struct BloomWeight;
 
-impl quick_cache::Weighter<(String, usize, usize), Option<Arc<Sbbf>>> for BloomWeight {
-    fn weight(&self, key: &(String, usize, usize), val: &Option<Arc<Sbbf>>) -> u64 {
-        (key.0.len() + 16 + val.as_ref().map_or(0, |b| b.num_blocks() * 32)) as u64
+impl quick_cache::Weighter<(String, usize, usize), Arc<ValueFilter>> for BloomWeight {
+    fn weight(&self, key: &(String, usize, usize), val: &Arc<ValueFilter>) -> u64 {
+        let keys: usize = val.array_keys.iter().map(|k| k.len() + 24).sum();
+        (key.0.len() + 16 + keys + val.bloom.as_ref().map_or(0, |b| b.num_blocks() * 32)) as u64
     }
+}
+
+/// What rules string values of an attribute list out of one row group: the Parquet bloom filter of its string
+/// leaf (none in blocks written before it existed), and the keys that have array values there (an array of the
+/// key may match any value, and its elements are not in the filter).
+pub struct ValueFilter {
+    bloom: Option<Sbbf>,
+    array_keys: std::collections::HashSet<String>,
 }
 
 /// Blocks named in some meta's `replaces` (hidden: a compacted block holds their spans), with the latest time
@@ -975,7 +984,7 @@ impl BlockStore {
         tenant: &Tenant,
         b: &BlockEntry,
         name: &str,
-        values: Option<&[String]>,
+        tests: Option<&[(String, String)]>,
     ) -> Result<Option<ArrayRef>, StorageError> {
         let footer = self.footer(tenant, b).await?;
         let descr = footer.metadata().file_metadata().schema_descr();
@@ -986,7 +995,7 @@ impl BlockStore {
                 parts.first().is_some_and(|p| p == name) && parts.len() > 2 && parts.last().is_some_and(|l| l == last)
             })
         };
-        let (s_leaf, kind_leaf) = (leaf("s"), leaf("kind"));
+        let (s_leaf, key_leaf, kind_leaf) = (leaf("s"), leaf("key"), leaf("kind"));
         let leaves: Vec<usize> = (0..descr.num_columns())
             .filter(|&i| {
                 let column = descr.column(i);
@@ -1009,8 +1018,8 @@ impl BlockStore {
         // those whose bloom filter rules out every tested value are not read at all.
         let mut tasks = Vec::new();
         for rg in 0..footer.metadata().num_row_groups() {
-            if let (Some(values), Some(s), Some(k)) = (values, s_leaf, kind_leaf)
-                && self.row_group_lacks(tenant, b, &footer, rg, s, k, values).await?
+            if let (Some(tests), Some(s), Some(key), Some(kind)) = (tests, s_leaf, key_leaf, kind_leaf)
+                && self.row_group_lacks(tenant, b, &footer, rg, [s, key, kind], tests).await?
             {
                 tasks.push(None);
                 continue;
@@ -1058,46 +1067,79 @@ impl BlockStore {
         Ok(Some(arrow::compute::concat(&refs)?))
     }
 
-    /// Whether row group `rg` holds none of `values` as a string attribute in the list whose `s` and `kind`
-    /// leaves are given: its bloom filter rules each out, and its `kind` statistics show no array item (an
-    /// array of the key may match any value, and its elements are not in the filter). False when unsure.
-    #[allow(clippy::too_many_arguments)]
+    /// Whether row group `rg` has no string attribute matching any of `tests` (key, value) in the list whose
+    /// `s`, `key` and `kind` leaves are given: the bloom filter rules out each value and the key has no array
+    /// value there. False when unsure (no filter in the file).
     async fn row_group_lacks(
         &self,
         tenant: &Tenant,
         b: &BlockEntry,
         footer: &ArrowReaderMetadata,
         rg: usize,
-        s_leaf: usize,
-        kind_leaf: usize,
-        values: &[String],
+        leaves: [usize; 3],
+        tests: &[(String, String)],
     ) -> Result<bool, StorageError> {
-        let kinds = footer.metadata().row_group(rg).column(kind_leaf).statistics();
-        let no_arrays = match kinds {
-            Some(parquet::file::statistics::Statistics::Int32(k)) => match (k.min_opt(), k.max_opt()) {
-                (Some(&lo), Some(&hi)) => {
-                    hi < i32::from(crate::block::schema::kind::ARRAY)
-                        || lo > i32::from(crate::block::schema::kind::ARRAY)
-                }
-                _ => false,
-            },
+        let key = (b.meta.block_id.clone(), rg, leaves[0]);
+        let filter = match self.attr_blooms.get(&key) {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(self.value_filter(tenant, b, footer, rg, leaves).await?);
+                self.attr_blooms.insert(key, f.clone());
+                f
+            }
+        };
+        let Some(bloom) = &filter.bloom else { return Ok(false) };
+        Ok(tests.iter().all(|(k, v)| !filter.array_keys.contains(k) && !bloom.check(v.as_str())))
+    }
+
+    /// Reads row group `rg`'s [`ValueFilter`]: the bloom filter, and when the `kind` statistics show array
+    /// items, the keys that have them (the `key` and `kind` leaves decoded once; the answer is cached).
+    async fn value_filter(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        footer: &ArrowReaderMetadata,
+        rg: usize,
+        [s_leaf, key_leaf, kind_leaf]: [usize; 3],
+    ) -> Result<ValueFilter, StorageError> {
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone());
+        let bloom = builder.get_row_group_column_bloom_filter(rg, s_leaf).await?;
+        let mut array_keys = std::collections::HashSet::new();
+        if bloom.is_none() {
+            return Ok(ValueFilter { bloom, array_keys });
+        }
+        let array = i32::from(crate::block::schema::kind::ARRAY);
+        let no_arrays = match footer.metadata().row_group(rg).column(kind_leaf).statistics() {
+            Some(parquet::file::statistics::Statistics::Int32(k)) => {
+                k.min_opt().is_some_and(|&lo| lo > array) || k.max_opt().is_some_and(|&hi| hi < array)
+            }
             _ => false,
         };
         if !no_arrays {
-            return Ok(false);
-        }
-        let key = (b.meta.block_id.clone(), rg, s_leaf);
-        let bloom = match self.attr_blooms.get(&key) {
-            Some(bloom) => bloom,
-            None => {
-                let mut builder =
-                    ParquetRecordBatchStreamBuilder::new_with_metadata(self.data_file(tenant, b), footer.clone());
-                let bloom = builder.get_row_group_column_bloom_filter(rg, s_leaf).await?.map(Arc::new);
-                self.attr_blooms.insert(key, bloom.clone());
-                bloom
+            let descr = footer.metadata().file_metadata().schema_descr();
+            let mut stream = builder
+                .with_projection(ProjectionMask::leaves(descr, [key_leaf, kind_leaf]))
+                .with_row_groups(vec![rg])
+                .with_batch_size(65536)
+                .build()?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let Some(list) = batch.column(0).as_list_opt::<i32>() else { continue };
+                let items = list.values().as_struct();
+                let (Some(keys), Some(kinds)) = (
+                    items.column_by_name("key").and_then(|k| k.as_string_opt::<i32>()),
+                    items.column_by_name("kind").and_then(|k| k.as_primitive_opt::<arrow::datatypes::Int8Type>()),
+                ) else {
+                    continue;
+                };
+                for j in 0..kinds.len() {
+                    if kinds.is_valid(j) && i32::from(kinds.value(j)) == array && keys.is_valid(j) {
+                        array_keys.insert(keys.value(j).to_string());
+                    }
+                }
             }
-        };
-        Ok(bloom.is_some_and(|f| values.iter().all(|v| !f.check(v.as_str()))))
+        }
+        Ok(ValueFilter { bloom, array_keys })
     }
 
     /// The block's columns `names`, whole and decoded, as one batch in row order (rows numbered as in the file),
