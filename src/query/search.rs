@@ -980,6 +980,10 @@ pub(crate) async fn cached_mask(
     if !maskable(filter) {
         return Ok(None);
     }
+    let text = filter.to_string();
+    if let Some(rows) = blocks.mask(b, &text) {
+        return Ok(Some(rows));
+    }
     let mut names: Vec<&str> = filter.column_refs().into_iter().map(|c| c.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -1030,14 +1034,16 @@ pub(crate) async fn cached_mask(
         })
     })
     .await??;
-    match passed.as_boolean_opt() {
+    let rows = match passed.as_boolean_opt() {
         // Null (unknown) is not a pass.
-        Some(p) => Ok(Some(match p.nulls() {
+        Some(p) => match p.nulls() {
             Some(valid) => p.values() & valid.inner(),
             None => p.values().clone(),
-        })),
-        None => Err(QueryError::Internal(format!("candidate predicate gave {} values", passed.data_type()))),
-    }
+        },
+        None => return Err(QueryError::Internal(format!("candidate predicate gave {} values", passed.data_type()))),
+    };
+    blocks.keep_mask(b, text, rows.clone());
+    Ok(Some(rows))
 }
 
 /// The attribute list columns a candidate predicate may test (through `attr_may_match`).

@@ -106,6 +106,8 @@ pub struct BlockStore {
     /// Per block ID: which of its traces (by trace-index position) some other block's bloom filter may hold,
     /// with a fingerprint of the other blocks it was computed against.
     shared: quick_cache::sync::Cache<String, Arc<(u64, arrow::buffer::BooleanBuffer)>, SharedWeight>,
+    /// Per (block ID, predicate text): the rows of the block that pass the predicate (see `mask`).
+    masks: quick_cache::sync::Cache<(String, String), arrow::buffer::BooleanBuffer, MaskWeight>,
     /// Per (block ID, row group, leaf): what rules values of an attribute list out of the row group.
     attr_blooms: quick_cache::sync::Cache<(String, usize, usize), Arc<ValueFilter>, BloomWeight>,
     column_budget: u64,
@@ -159,6 +161,15 @@ struct SharedWeight;
 impl quick_cache::Weighter<String, Arc<(u64, arrow::buffer::BooleanBuffer)>> for SharedWeight {
     fn weight(&self, key: &String, val: &Arc<(u64, arrow::buffer::BooleanBuffer)>) -> u64 {
         (key.len() + 16 + val.1.inner().len()) as u64
+    }
+}
+
+#[derive(Clone)]
+struct MaskWeight;
+
+impl quick_cache::Weighter<(String, String), arrow::buffer::BooleanBuffer> for MaskWeight {
+    fn weight(&self, key: &(String, String), val: &arrow::buffer::BooleanBuffer) -> u64 {
+        (key.0.len() + key.1.len() + 32 + val.inner().len()) as u64
     }
 }
 
@@ -224,6 +235,8 @@ impl BlockStore {
             columns: quick_cache::sync::Cache::with_weighter(4096, budgets.column_bytes, ColumnWeight),
             // A bit per trace: an eighth of the trace indexes' budget holds far more blocks than they do.
             shared: quick_cache::sync::Cache::with_weighter(1024, budgets.trace_index_bytes / 8, SharedWeight),
+            // A bit per row: a sixteenth of the columns' budget holds thousands of block predicates.
+            masks: quick_cache::sync::Cache::with_weighter(4096, budgets.column_bytes / 16, MaskWeight),
             // Metadata-like, a few kilobytes per row group: a quarter of the footers' budget.
             attr_blooms: quick_cache::sync::Cache::with_weighter(4096, budgets.footer_bytes / 4, BloomWeight),
             column_budget: budgets.column_bytes,
@@ -1065,6 +1078,18 @@ impl BlockStore {
         }
         let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
         Ok(Some(arrow::compute::concat(&refs)?))
+    }
+
+    /// The rows of block `b` that pass a predicate (by its text), when computed before. Blocks never change, so
+    /// a predicate's rows stay valid: a dashboard refreshing a search, or a query edited around the same filter,
+    /// does not evaluate it again.
+    pub fn mask(&self, b: &BlockEntry, predicate: &str) -> Option<arrow::buffer::BooleanBuffer> {
+        self.masks.get(&(b.meta.block_id.clone(), predicate.to_string()))
+    }
+
+    /// Keeps the rows of block `b` that pass a predicate (see [`BlockStore::mask`]).
+    pub fn keep_mask(&self, b: &BlockEntry, predicate: String, rows: arrow::buffer::BooleanBuffer) {
+        self.masks.insert((b.meta.block_id.clone(), predicate), rows);
     }
 
     /// Whether row group `rg` has no string attribute matching any of `tests` (key, value) in the list whose
