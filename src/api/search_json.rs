@@ -99,15 +99,7 @@ pub(super) fn trace(w: &mut impl Write, t: &TraceHit) -> io::Result<()> {
         spanset(o.key("spanSet")?, set)?;
     }
     if !t.spansets.is_empty() {
-        let w = o.key("spanSets")?;
-        w.write_all(b"[")?;
-        for (i, set) in t.spansets.iter().enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            spanset(w, set)?;
-        }
-        w.write_all(b"]")?;
+        array(o.key("spanSets")?, &t.spansets, spanset)?;
     }
     if !t.service_stats.is_empty() {
         let w = o.key("serviceStats")?;
@@ -136,15 +128,7 @@ pub(super) fn trace(w: &mut impl Write, t: &TraceHit) -> io::Result<()> {
 fn spanset(w: &mut impl Write, x: &SpansetHit) -> io::Result<()> {
     let mut o = Object::open(w)?;
     if !x.spans.is_empty() {
-        let w = o.key("spans")?;
-        w.write_all(b"[")?;
-        for (i, s) in x.spans.iter().enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            span(w, s)?;
-        }
-        w.write_all(b"]")?;
+        array(o.key("spans")?, &x.spans, span)?;
     }
     if x.matched != 0 {
         o.key("matched")?.write_all(itoa::Buffer::new().format(x.matched).as_bytes())?;
@@ -175,16 +159,23 @@ fn span(w: &mut impl Write, x: &SpanHit) -> io::Result<()> {
     o.close()
 }
 
-fn attributes(w: &mut impl Write, kvs: &[KeyValue]) -> io::Result<()> {
-    w.write_all(b"[")?;
-    for (i, kv) in kvs.iter().enumerate() {
-        if i > 0 {
-            w.write_all(b",")?;
-        }
+fn attributes<W: Write>(w: &mut W, kvs: &[KeyValue]) -> io::Result<()> {
+    array(w, kvs, |w: &mut W, kv: &KeyValue| {
         let mut o = Object::open(w)?;
         text(o.key("key")?, &kv.key)?;
         any(o.key("value")?, kv.value.as_ref())?;
-        o.close()?;
+        o.close()
+    })
+}
+
+/// A JSON array of `items`, each written by `item`.
+fn array<W: Write, T>(w: &mut W, items: &[T], item: impl Fn(&mut W, &T) -> io::Result<()>) -> io::Result<()> {
+    w.write_all(b"[")?;
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        item(w, x)?;
     }
     w.write_all(b"]")
 }
@@ -199,15 +190,7 @@ fn any(w: &mut impl Write, v: Option<&AnyValue>) -> io::Result<()> {
         Some(Value::ArrayValue(a)) => {
             let w = o.key("arrayValue")?;
             let mut arr = Object::open(w)?;
-            let w = arr.key("values")?;
-            w.write_all(b"[")?;
-            for (i, v) in a.values.iter().enumerate() {
-                if i > 0 {
-                    w.write_all(b",")?;
-                }
-                any(w, Some(v))?;
-            }
-            w.write_all(b"]")?;
+            array(arr.key("values")?, &a.values, |w, v| any(w, Some(v)))?;
             arr.close()?;
         }
         _ => {}

@@ -258,16 +258,27 @@ impl SearchEngine {
                 lists.extend(self.source_values(tenant, source, tag).await?);
             }
         }
-        lists.retain(|l| !l.is_empty());
-        if let [only] = lists.as_slice() {
-            // Already sorted and distinct (one merged list): no second sort.
-            return Ok(typed_values(only.iter().map(String::as_str), req.limit));
+        // The first list is sorted and distinct (the blocks' merged values, or the narrowed values); the rest
+        // (memory's) are few: sorted on their own, then merged in one pass. By reference: the cached lists stay
+        // in the cache, only the answer is copied.
+        let Some((first, rest)) = lists.split_first() else { return Ok(Vec::new()) };
+        let mut extra: Vec<&str> = rest.iter().flat_map(|l| l.iter().map(String::as_str)).collect();
+        extra.sort_unstable();
+        extra.dedup();
+        let mut merged: Vec<&str> = Vec::with_capacity(first.len() + extra.len());
+        let (mut a, mut b) = (first.iter().map(String::as_str).peekable(), extra.into_iter().peekable());
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            match x.cmp(y) {
+                std::cmp::Ordering::Less => merged.extend(a.next()),
+                std::cmp::Ordering::Greater => merged.extend(b.next()),
+                std::cmp::Ordering::Equal => {
+                    merged.extend(a.next());
+                    b.next();
+                }
+            }
         }
-        // Merged by reference: the per-block lists stay in the cache, only the answer is copied.
-        let mut texts: Vec<&str> = lists.iter().flat_map(|l| l.iter().map(String::as_str)).collect();
-        texts.sort_unstable();
-        texts.dedup();
-        Ok(typed_values(texts.into_iter(), req.limit))
+        merged.extend(a.chain(b));
+        Ok(typed_values(merged.into_iter(), req.limit))
     }
 
     /// Values of `tag` on the spans a span-local pipeline (`eval::span_local`) matches: every source in range is
