@@ -21,6 +21,7 @@ use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
 use super::gate::{Gate, gated_mask};
 use super::prune::{Slots, candidate_filter};
+use super::search::cached_mask;
 use super::search::{TraceHit, by_name, spanset_hits};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
@@ -147,8 +148,21 @@ pub(crate) async fn filtered_rows(
     num_rows: usize,
     mask: Mask<'_>,
 ) -> Result<Vec<Vec<RecordBatch>>, QueryError> {
+    let known = mask.known.clone();
     if cached && let Some(batch) = cached_scan(ctx, tenant, b, filter.as_ref(), names, blocks, num_rows, mask).await? {
         return Ok(vec![vec![batch]]);
+    }
+    // Some column is not a plain one (an attribute list): the Parquet scan reads it. A block where no row can
+    // pass (its bitmap from the cached columns and attribute-list leaves, which skip row groups by their value
+    // filters) is not scanned at all: a rare attribute value sits in a few blocks.
+    if cached && let Some(f) = &filter {
+        let rows = match known {
+            Some(k) => Some(k),
+            None => cached_mask(ctx, blocks, tenant, b, f).await?,
+        };
+        if rows.is_some_and(|r| r.count_set_bits() == 0) {
+            return Ok(Vec::new());
+        }
     }
     let table = BlockTable::new(tenant, b, blocks.object_store()).with_row_numbers();
     let mut df = ctx.read_table(Arc::new(table))?;
