@@ -294,7 +294,7 @@ fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
                 .into_response();
         }
     };
-    api.json_array_with("traces", &r.traces, |w, t| super::search_json::trace(w, t), &rest)
+    api.json_array_with("traces", &r.traces, super::search_json::trace, &rest)
 }
 
 /// Hex trace ID with leading zeros stripped, as Tempo prints it in search results.

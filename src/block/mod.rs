@@ -286,7 +286,7 @@ mod tests {
             .map(|n| {
                 let (id, mut spans) = trace(n, &origin);
                 for s in &mut spans {
-                    s.span.attributes.extend((0..keys).map(|k| kv(&format!("k{k}"), sv(&format!("v{k}-{n}")))));
+                    s.span.attributes.extend((0..keys).map(|k| kv(format!("k{k}"), sv(&format!("v{k}-{n}")))));
                 }
                 (id, spans)
             })

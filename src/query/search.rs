@@ -698,6 +698,7 @@ impl SearchEngine {
 
     /// Phase 1 over one source: candidates, or for a local search over a block, traces settled from its rows
     /// (`local.rs`; blocks whose index lacks per-service counts take the candidate path).
+    #[allow(clippy::too_many_arguments)]
     async fn scan(
         &self,
         ctx: &SessionContext,
