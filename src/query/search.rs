@@ -1052,7 +1052,7 @@ const ATTR_LISTS: [&str; 2] = [c::SPAN_ATTRS, c::RESOURCE_ATTRS];
 
 /// Whether `filter` names only plain (not nested) columns of the block schema, or the attribute lists, so that it
 /// can be evaluated on whole decoded columns (`cached_mask`).
-fn maskable(filter: &Expr) -> bool {
+pub(crate) fn maskable(filter: &Expr) -> bool {
     let refs = filter.column_refs();
     let block = schema::schema();
     !refs.is_empty()
