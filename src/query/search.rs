@@ -554,9 +554,11 @@ impl SearchEngine {
                     // Blocks overlapping this one in time are opened with it, each as its own task: the walk
                     // reaches them next anyway (on data whose blocks all cover the same minutes, every block),
                     // and a block's masks cost up to a few milliseconds of CPU.
+                    // A few at a time (enough to keep every core busy): with many blocks of the same minutes, a
+                    // frequent match settles before most of them are opened.
                     let mut group = vec![b];
                     while let Some(&(end, Reverse(o), UNOPENED)) = heap.peek() {
-                        if end < blocks[b].meta.start_time_unix_nano {
+                        if end < blocks[b].meta.start_time_unix_nano || group.len() >= 2 * cores() {
                             break;
                         }
                         heap.pop();
