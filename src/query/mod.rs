@@ -1,7 +1,8 @@
 //! Query: answers questions about stored traces from every place spans can be (live heads, frozen heads waiting
 //! for upload, blocks in object storage) as one consistent view: trace by ID, and TraceQL search on DataFusion
 //! (`search`: plan and orchestration, `prune`: TraceQL to DataFusion predicates, `table`: DataFusion tables over
-//! blocks, `eval`: the exact per-trace operator). Semantics: `SEMANTICS.md`; design: `DESIGN.md`.
+//! blocks, `eval`: the exact per-trace operator, `local`: answers from one block's filtered rows, `gate`: traces
+//! ruled out from cached columns before any is read). Semantics: `SEMANTICS.md`; design: `DESIGN.md`.
 
 pub mod eval;
 mod gate;
