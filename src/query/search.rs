@@ -983,7 +983,7 @@ pub(crate) async fn cached_mask(
     if !maskable(filter) {
         return Ok(None);
     }
-    let text = filter.to_string();
+    let text = mask_key(filter);
     if let Some(rows) = blocks.mask(b, &text) {
         return Ok(Some(rows));
     }
@@ -1047,6 +1047,12 @@ pub(crate) async fn cached_mask(
     };
     blocks.keep_mask(b, text, rows.clone());
     Ok(Some(rows))
+}
+
+/// A predicate's key in the block bitmap cache: its `Debug` form, which spells every literal out (the `Display`
+/// form shortens binary literals to their first 10 bytes, and 64-bit trace IDs padded to 16 share 8 of them).
+fn mask_key(filter: &Expr) -> String {
+    format!("{filter:?}")
 }
 
 /// The attribute list columns a candidate predicate may test (through `attr_may_match`).
@@ -1187,5 +1193,23 @@ fn trace_hit(t: &TraceData, eval: &Evaluator, sets: Vec<SpanSet>, spss: usize) -
         duration_nanos: t.duration(),
         spansets,
         service_stats: by_name(stats.into_iter().map(|(s, n)| (s.to_string(), n)).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::lit;
+
+    #[test]
+    fn mask_keys_tell_long_binary_literals_apart() {
+        let id = |last: u8| {
+            let mut b = vec![0u8; 16];
+            b[15] = last;
+            col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(b))))
+        };
+        assert_ne!(mask_key(&id(1)), mask_key(&id(2)));
+        assert_eq!(mask_key(&id(1)), mask_key(&id(1)));
     }
 }
