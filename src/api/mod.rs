@@ -16,7 +16,6 @@ mod jaeger;
 mod json;
 mod metrics;
 mod search;
-mod search_json;
 mod sql;
 mod tags;
 pub mod tempopb;

@@ -294,7 +294,12 @@ fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
                 .into_response();
         }
     };
-    api.json_array_with("traces", &r.traces, super::search_json::trace, &rest)
+    api.json_array_with(
+        "traces",
+        &r.traces,
+        |w, t| serde_json::to_writer(w, &TraceJson(t)).map_err(std::io::Error::other),
+        &rest,
+    )
 }
 
 /// Hex trace ID with leading zeros stripped, as Tempo prints it in search results.
@@ -552,65 +557,6 @@ impl Serialize for MetricsJson<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The byte writer used for search answers prints exactly what the `Serialize` forms print.
-    #[test]
-    fn the_search_json_writer_equals_the_serde_forms() {
-        let kv = |k: &str, v: Option<Value>| KeyValue {
-            key: k.into(),
-            value: v.map(|v| AnyValue { value: Some(v) }),
-            ..Default::default()
-        };
-        let span = |id: u8, name: &str, attributes: Vec<KeyValue>| SpanHit {
-            span_id: vec![id; 8],
-            name: name.into(),
-            start_unix_nano: 1_700_000_000_000_000_000 + u64::from(id),
-            duration_nanos: u64::from(id) * 1000,
-            attributes,
-        };
-        let array = opentelemetry_proto::tonic::common::v1::ArrayValue {
-            values: vec![
-                AnyValue { value: Some(Value::StringValue("a\"b".into())) },
-                AnyValue { value: Some(Value::IntValue(-3)) },
-                AnyValue { value: Some(Value::DoubleValue(0.25)) },
-            ],
-        };
-        let full = TraceHit {
-            trace_id: crate::model::TraceId([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]),
-            root_service_name: "shop \"eu\"".into(),
-            root_trace_name: Some("GET /cart\n\u{1}é".into()),
-            start_unix_nano: 1_700_000_000_123_456_789,
-            duration_nanos: 2_500_000_000,
-            spansets: vec![
-                SpansetHit {
-                    spans: vec![
-                        span(1, "a", vec![kv("http.status_code", Some(Value::IntValue(503)))]),
-                        span(0, "", vec![]),
-                        span(2, "tab\there", vec![kv("tags", Some(Value::ArrayValue(array))), kv("none", None)]),
-                    ],
-                    matched: 7,
-                    attributes: vec![kv("by(name)", Some(Value::StringValue("a".into())))],
-                },
-                SpansetHit { spans: vec![], matched: 0, attributes: vec![] },
-            ],
-            service_stats: vec![("cart".into(), (3, 1)), ("odd\"name".into(), (0, 0)), ("shop".into(), (2, 0))],
-        };
-        let bare = TraceHit {
-            trace_id: crate::model::TraceId([0; 16]),
-            root_service_name: String::new(),
-            root_trace_name: None,
-            start_unix_nano: 0,
-            duration_nanos: 999_999,
-            spansets: vec![],
-            service_stats: vec![],
-        };
-        for t in [&full, &bare] {
-            let mut direct = Vec::new();
-            crate::api::search_json::trace(&mut direct, t).expect("write");
-            let serde = serde_json::to_vec(&TraceJson(t)).expect("serialize");
-            assert_eq!(String::from_utf8_lossy(&direct), String::from_utf8_lossy(&serde));
-        }
-    }
 
     #[test]
     fn logfmt_pairs() {

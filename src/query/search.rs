@@ -32,7 +32,7 @@ use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData, run_local, span_local};
 use super::gate::{Gate, gated_mask};
 use super::local::{self, Found, LocalSearch};
-use super::prune::{Slots, candidate_filter, list_values_tested, required_filters};
+use super::prune::{Slots, candidate_filter, list_values_tested};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, traces_to_batches};
@@ -150,8 +150,6 @@ struct Walk<'a> {
     cache: bool,
     /// Rules out traces by the pipeline's aggregate filter (`gate.rs`).
     gate: Option<&'a Arc<Gate>>,
-    /// Trace IDs in the memory snapshot the search started from.
-    memory_ids: &'a ahash::AHashSet<TraceId>,
 }
 
 /// Where a search reads from.
@@ -359,7 +357,6 @@ impl SearchEngine {
                 masks: masks.as_mut(),
                 cache: fits,
                 gate: gate.as_ref(),
-                memory_ids: &memory_ids,
             };
             let (k, p) = (keep.as_deref_mut(), progress.as_deref_mut());
             if self.index_walk(&ctx, tenant, &eval, req, needs, &sources, limit, &mut walk, k, p).await? {
@@ -533,10 +530,6 @@ impl SearchEngine {
         let blocks: Vec<&Arc<BlockEntry>> = sources[1..].iter().filter_map(Source::block).collect();
         let mut indexes: Vec<Option<Arc<crate::block::TraceIndex>>> = vec![None; blocks.len()];
         let mut block_masks: Vec<Option<BooleanBuffer>> = vec![None; blocks.len()];
-        // Per block, when the query needs several filters to match (`A >> B`, `A && B`): their rows, and which
-        // traces other blocks may also hold. A trace stored whole in the block needs a row passing each.
-        let mut required: Vec<(Vec<BooleanBuffer>, Option<BooleanBuffer>)> = vec![(Vec::new(), None); blocks.len()];
-        let memory_ids = w.memory_ids;
         let mut passed_over = 0usize;
         // (bound, block, position in the block's newest-first order); a block not opened yet stands for all of its
         // traces with its end time.
@@ -591,7 +584,6 @@ impl SearchEngine {
                             masks.insert(blocks[g].meta.block_id.clone(), mask.clone());
                         }
                         block_masks[g] = o.mask;
-                        required[g] = o.required;
                         if let Some(t) = o.ix.newest(0) {
                             heap.push((o.ix.start(t), Reverse(g), 0));
                         }
@@ -604,20 +596,11 @@ impl SearchEngine {
                 if let Some(n) = ix.newest(pos + 1) {
                     heap.push((ix.start(n), Reverse(b), pos + 1));
                 }
-                // No row of the trace here passes the predicate: if it matches, another fragment does, and the
-                // walk or the scans meet it there.
+                // No row of the trace here passes the predicate (or the gate ruled the trace out): if it matches,
+                // another fragment does, and the walk or the scans meet it there.
                 if let Some(mask) = &block_masks[b] {
                     let rows = ix.rows(t);
-                    let none = |m: &BooleanBuffer| m.slice(rows.start, rows.len()).count_set_bits() == 0;
-                    let (all, shared) = &required[b];
-                    let lacks_one = || all.iter().any(none);
-                    let whole_here = || {
-                        let id = ix.id(t);
-                        shared.as_ref().is_some_and(|s| !s.value(t))
-                            && !memory_ids.contains(&id)
-                            && !self.ingester.holds_trace(tenant, &id)
-                    };
-                    if none(mask) || (lacks_one() && whole_here()) {
+                    if mask.slice(rows.start, rows.len()).count_set_bits() == 0 {
                         passed_over += 1;
                         if passed_over > WALK_PASS_MAX {
                             break;
@@ -1070,13 +1053,11 @@ pub(crate) fn maskable(filter: &Expr) -> bool {
         })
 }
 
-/// What the index walk needs of a block it opens: the trace index; with cached columns (`masked`), the rows
-/// passing the candidate predicate less what the aggregate gate rules out; and when the query cannot match
-/// without several filters, each one's rows and which traces other blocks may hold.
+/// What the index walk needs of a block it opens: the trace index, and with cached columns (`masked`) the rows
+/// passing the candidate predicate less the traces the gate rules out.
 struct Opened {
     ix: Arc<crate::block::TraceIndex>,
     mask: Option<BooleanBuffer>,
-    required: (Vec<BooleanBuffer>, Option<BooleanBuffer>),
 }
 
 async fn open_block(
@@ -1089,21 +1070,9 @@ async fn open_block(
     gate: Option<&Gate>,
 ) -> Result<Opened, QueryError> {
     let ix = store.trace_index(tenant, b).await?;
-    let mut out = Opened { ix, mask: None, required: (Vec::new(), None) };
-    if !masked {
-        return Ok(out);
-    }
-    let Some(filter) = block_filter(pipeline, b) else { return Ok(out) };
-    let Some(mask) = gated_mask(ctx, store, tenant, b, &filter, gate).await? else { return Ok(out) };
-    out.mask = Some(mask);
-    let slots = Slots::new(&b.meta.dedicated_columns, b.meta.service_name_in_list);
-    let filters: Vec<Expr> = required_filters(pipeline, &slots).into_iter().filter(maskable).collect();
-    if filters.len() > 1 {
-        let mut all = Vec::with_capacity(filters.len());
-        for f in &filters {
-            all.extend(cached_mask(ctx, store, tenant, b, f).await?);
-        }
-        out.required = (all, Some(store.shared_traces(tenant, b, &out.ix)));
+    let mut out = Opened { ix, mask: None };
+    if masked && let Some(filter) = block_filter(pipeline, b) {
+        out.mask = gated_mask(ctx, store, tenant, b, &filter, gate).await?;
     }
     Ok(out)
 }
