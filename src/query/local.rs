@@ -22,7 +22,7 @@ use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
 use super::gate::{Gate, gated_mask};
 use super::prune::{Slots, candidate_filter};
 use super::search::cached_mask;
-use super::search::{TraceHit, by_name, spanset_hits};
+use super::search::{Names, TraceHit, by_name, spanset_hits};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, TraceIndex};
@@ -281,6 +281,7 @@ fn settle(
     // as "elsewhere".
     let shared = local.blocks.shared_traces(tenant, b, index);
     let mut out = Vec::new();
+    let mut names = Names::default();
     for run in rows.chunk_by(|a, b| a.0 == b.0) {
         let pos = run[0].0 as usize;
         let id = index.id(pos);
@@ -302,12 +303,12 @@ fn settle(
             let (root_service, root_name) = level.root(r);
             TraceHit {
                 trace_id: id,
-                root_service_name: root_service.to_string(),
-                root_trace_name: root_name.map(str::to_string),
+                root_service_name: names.get(root_service),
+                root_trace_name: root_name.map(|n| names.get(n)),
                 start_unix_nano: start,
                 duration_nanos: end.saturating_sub(start),
-                spansets: spanset_hits(&t, &local.eval, sets, local.spss),
-                service_stats: by_name(index.service_stats(pos).map(|(s, n, e)| (s.to_string(), (n, e))).collect()),
+                spansets: spanset_hits(&t, &local.eval, sets, local.spss, &mut names),
+                service_stats: by_name(index.service_stats(pos).map(|(s, n, e)| (names.get(s), (n, e))).collect()),
             }
         });
         out.push(Found::Settled(id, hit, t.len() as u64));
