@@ -299,9 +299,17 @@ fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
 
 /// Hex trace ID with leading zeros stripped, as Tempo prints it in search results.
 fn short_hex(id: &crate::model::TraceId) -> String {
-    let h = id.to_hex();
-    let t = h.trim_start_matches('0');
-    if t.is_empty() { "0".into() } else { t.into() }
+    trimmed_hex(id, &mut [0u8; 32]).to_string()
+}
+
+/// [`short_hex`] written into `buf`.
+fn trimmed_hex<'b>(id: &crate::model::TraceId, buf: &'b mut [u8; 32]) -> &'b str {
+    // Cannot fail: 16 bytes fill 32 hex digits, and hex digits are UTF-8.
+    let hex = hex::encode_to_slice(id.0, buf).ok().and_then(|()| std::str::from_utf8(buf).ok()).unwrap_or("");
+    match hex.trim_start_matches('0') {
+        "" => "0",
+        t => t,
+    }
 }
 
 pub(super) fn trace_meta(t: &TraceHit) -> tempopb::TraceSearchMetadata {
@@ -440,98 +448,137 @@ impl Serialize for KeyValueJson<'_> {
     }
 }
 
-struct SpanSetJson<'a>(&'a SpansetHit);
+/// Writes one JSON object a field at a time. Keys, hex IDs and decimal numbers need no escaping and are copied
+/// as they are; strings and nested values go through serde_json. A search answer is millions of such fields
+/// (109 MB for 100k traces), and serde's map serialiser escaped every key and number anew.
+struct Obj<'w, W: std::io::Write> {
+    w: &'w mut W,
+    first: bool,
+}
 
-impl Serialize for SpanSetJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let x = self.0;
-        let mut m = s.serialize_map(None)?;
-        put!(m, "spans", Seq(x.spans.iter().map(SpanJson)), x.spans.is_empty());
-        put!(m, "matched", x.matched, x.matched == 0);
-        put!(m, "attributes", AttributesJson(&x.attributes), x.attributes.is_empty());
-        m.end()
+impl<'w, W: std::io::Write> Obj<'w, W> {
+    fn new(w: &'w mut W) -> std::io::Result<Self> {
+        w.write_all(b"{")?;
+        Ok(Obj { w, first: true })
+    }
+
+    fn key(&mut self, key: &str) -> std::io::Result<()> {
+        self.w.write_all(if std::mem::take(&mut self.first) { b"\"" } else { b",\"" })?;
+        self.w.write_all(key.as_bytes())?;
+        self.w.write_all(b"\":")
+    }
+
+    /// `"value"`, for text known to need no escaping (hex, decimal digits).
+    fn plain(&mut self, key: &str, value: &str) -> std::io::Result<()> {
+        self.key(key)?;
+        self.w.write_all(b"\"")?;
+        self.w.write_all(value.as_bytes())?;
+        self.w.write_all(b"\"")
+    }
+
+    /// A 32-bit integer: a JSON number.
+    fn u32(&mut self, key: &str, value: u32) -> std::io::Result<()> {
+        self.key(key)?;
+        self.w.write_all(itoa::Buffer::new().format(value).as_bytes())
+    }
+
+    /// A proto3 JSON 64-bit integer: a decimal string.
+    fn u64(&mut self, key: &str, value: u64) -> std::io::Result<()> {
+        self.plain(key, itoa::Buffer::new().format(value))
+    }
+
+    fn value(&mut self, key: &str, value: &impl Serialize) -> std::io::Result<()> {
+        self.key(key)?;
+        serde_json::to_writer(&mut *self.w, value).map_err(std::io::Error::other)
+    }
+
+    /// Already serialised JSON.
+    fn raw(&mut self, key: &str, json: &[u8]) -> std::io::Result<()> {
+        self.key(key)?;
+        self.w.write_all(json)
+    }
+
+    fn end(self) -> std::io::Result<()> {
+        self.w.write_all(b"}")
     }
 }
 
-/// Bytes as lowercase hex, written without an intermediate `String`.
-struct Hex<'a>(&'a [u8]);
-
-impl Serialize for Hex<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Span and trace IDs fit a stack buffer; `collect_str` would escape every formatted piece on its own.
-        let mut buf = [0u8; 64];
-        match buf.get_mut(..self.0.len() * 2) {
-            Some(out) => {
-                hex::encode_to_slice(self.0, out).map_err(serde::ser::Error::custom)?;
-                s.serialize_str(std::str::from_utf8(out).map_err(serde::ser::Error::custom)?)
-            }
-            None => s.serialize_str(&hex::encode(self.0)),
+fn write_spanset(w: &mut impl std::io::Write, x: &SpansetHit) -> std::io::Result<()> {
+    let mut o = Obj::new(w)?;
+    if !x.spans.is_empty() {
+        o.key("spans")?;
+        for (i, span) in x.spans.iter().enumerate() {
+            o.w.write_all(if i == 0 { b"[" } else { b"," })?;
+            write_span(o.w, span)?;
         }
+        o.w.write_all(b"]")?;
     }
+    if x.matched != 0 {
+        o.u32("matched", x.matched)?;
+    }
+    if !x.attributes.is_empty() {
+        o.value("attributes", &AttributesJson(&x.attributes))?;
+    }
+    o.end()
 }
 
-struct SpanJson<'a>(&'a SpanHit);
-
-impl Serialize for SpanJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let x = self.0;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("spanID", &Hex(&x.span_id))?;
-        put!(m, "name", &*x.name, x.name.is_empty());
-        put!(m, "startTimeUnixNano", Str64(x.start_unix_nano), x.start_unix_nano == 0);
-        put!(m, "durationNanos", Str64(x.duration_nanos), x.duration_nanos == 0);
-        put!(m, "attributes", AttributesJson(&x.attributes), x.attributes.is_empty());
-        m.end()
+fn write_span(w: &mut impl std::io::Write, x: &SpanHit) -> std::io::Result<()> {
+    let mut o = Obj::new(w)?;
+    let mut hex = [0u8; 16];
+    hex::encode_to_slice(x.span_id, &mut hex).map_err(std::io::Error::other)?;
+    o.plain("spanID", std::str::from_utf8(&hex).map_err(std::io::Error::other)?)?;
+    if !x.name.is_empty() {
+        o.value("name", &&*x.name)?;
     }
+    if x.start_unix_nano != 0 {
+        o.u64("startTimeUnixNano", x.start_unix_nano)?;
+    }
+    if x.duration_nanos != 0 {
+        o.u64("durationNanos", x.duration_nanos)?;
+    }
+    if !x.attributes.is_empty() {
+        o.value("attributes", &AttributesJson(&x.attributes))?;
+    }
+    o.end()
 }
 
-/// Writes one trace of a SearchResponse. Not a `Serialize` impl: `spanSet` (deprecated, kept for Grafana 9) repeats
-/// `spanSets[0]`, so the span set is serialised once and its bytes written twice; on the benchmark's 100k-trace
-/// answer the spans are most of the 109 MB.
+/// Writes one trace of a SearchResponse. `spanSet` (deprecated, kept for Grafana 9) repeats `spanSets[0]`: the
+/// span set is serialised once and its bytes written twice (the spans are most of a large answer).
 pub(super) fn write_trace(w: &mut impl std::io::Write, t: &TraceHit) -> std::io::Result<()> {
-    fn field(w: &mut impl std::io::Write, first: &mut bool, key: &str, value: &impl Serialize) -> std::io::Result<()> {
-        w.write_all(if std::mem::take(first) { b"{\"" } else { b",\"" })?;
-        w.write_all(key.as_bytes())?;
-        w.write_all(b"\":")?;
-        serde_json::to_writer(w, value).map_err(std::io::Error::other)
-    }
-    let id = short_hex(&t.trace_id);
+    let mut hex = [0u8; 32];
+    let id = trimmed_hex(&t.trace_id, &mut hex);
     let root_name = t.root_trace_name.as_deref().unwrap_or("");
     let duration_ms = u32::try_from(t.duration_nanos / 1_000_000).unwrap_or(u32::MAX);
-    let mut first = true;
-    let f = &mut first;
-    if !id.is_empty() {
-        field(w, f, "traceID", &id)?;
-    }
+    let mut o = Obj::new(w)?;
+    o.plain("traceID", id)?;
     if !t.root_service_name.is_empty() {
-        field(w, f, "rootServiceName", &&*t.root_service_name)?;
+        o.value("rootServiceName", &&*t.root_service_name)?;
     }
     if !root_name.is_empty() {
-        field(w, f, "rootTraceName", &root_name)?;
+        o.value("rootTraceName", &root_name)?;
     }
     if t.start_unix_nano != 0 {
-        field(w, f, "startTimeUnixNano", &Str64(t.start_unix_nano))?;
+        o.u64("startTimeUnixNano", t.start_unix_nano)?;
     }
     if duration_ms != 0 {
-        field(w, f, "durationMs", &duration_ms)?;
+        o.u32("durationMs", duration_ms)?;
     }
     if let Some((set, others)) = t.spansets.split_first() {
-        let set = serde_json::to_vec(&SpanSetJson(set)).map_err(std::io::Error::other)?;
-        w.write_all(if std::mem::take(f) { b"{" } else { b"," })?;
-        w.write_all(b"\"spanSet\":")?;
-        w.write_all(&set)?;
-        w.write_all(b",\"spanSets\":[")?;
-        w.write_all(&set)?;
+        let mut first = Vec::with_capacity(512);
+        write_spanset(&mut first, set)?;
+        o.raw("spanSet", &first)?;
+        o.raw("spanSets", b"[")?;
+        o.w.write_all(&first)?;
         for other in others {
-            w.write_all(b",")?;
-            serde_json::to_writer(&mut *w, &SpanSetJson(other)).map_err(std::io::Error::other)?;
+            o.w.write_all(b",")?;
+            write_spanset(o.w, other)?;
         }
-        w.write_all(b"]")?;
+        o.w.write_all(b"]")?;
     }
     if !t.service_stats.is_empty() {
-        field(w, f, "serviceStats", &StatsJson(&t.service_stats))?;
+        o.value("serviceStats", &StatsJson(&t.service_stats))?;
     }
-    w.write_all(if first { b"{}" } else { b"}" })
+    o.end()
 }
 
 /// Service name -> stats, in name order (the search sorts them).
