@@ -21,7 +21,7 @@ pub use reader::{
     SpanParts, batch_to_spans, only_traces, page_selection, page_selection_any, rows_selection, slot_bit,
     trace_ids_filter,
 };
-pub use view::{AttrScope, SpanRows, VIEW_COLUMNS, column};
+pub use view::{AttrScope, SpanRows, Text, VIEW_COLUMNS, column};
 pub use writer::{
     BlockOptions, BuiltBlock, Dedicated, TraceRowWriter, build_block, dedicated_for_merge, traces_to_batches,
     writer_properties,

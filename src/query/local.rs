@@ -220,19 +220,23 @@ async fn cached_scan(
     mask: Mask<'_>,
 ) -> Result<Option<RecordBatch>, QueryError> {
     let rows = match (filter, mask.known) {
-        (Some(_), Some(known)) => UInt32Array::from_iter_values(known.set_indices().map(|r| r as u32)),
+        (Some(_), Some(known)) => Some(UInt32Array::from_iter_values(known.set_indices().map(|r| r as u32))),
         (Some(f), None) => match gated_mask(ctx, blocks, tenant, b, f, mask.gate).await? {
-            Some(m) => UInt32Array::from_iter_values(m.set_indices().map(|r| r as u32)),
+            Some(m) => Some(UInt32Array::from_iter_values(m.set_indices().map(|r| r as u32))),
             None => return Ok(None),
         },
-        (None, _) => UInt32Array::from_iter_values(0..num_rows as u32),
+        (None, _) => None,
     };
     let plain: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != ROW_NUMBER).collect();
-    let Some(taken) = blocks.take_cached(tenant, b, &plain, &rows).await? else { return Ok(None) };
+    // Strings stay dictionary-encoded: the readers of these rows (`SpanRows::partial`, `TraceLevel`) take both.
+    let Some(taken) = blocks.take_cached(tenant, b, &plain, rows.as_ref(), true).await? else { return Ok(None) };
     let mut fields = vec![Arc::new(Field::new(ROW_NUMBER, DataType::Int64, false))];
     fields.extend(taken.schema().fields().iter().cloned());
-    let mut columns: Vec<ArrayRef> =
-        vec![Arc::new(Int64Array::from_iter_values(rows.values().iter().map(|&r| r as i64)))];
+    let numbers = match &rows {
+        Some(rows) => Int64Array::from_iter_values(rows.values().iter().map(|&r| i64::from(r))),
+        None => Int64Array::from_iter_values(0..num_rows as i64),
+    };
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(numbers)];
     columns.extend(taken.columns().iter().cloned());
     Ok(Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
 }
@@ -320,8 +324,8 @@ fn settle(
 struct TraceLevel {
     start: arrow::array::Int64Array,
     end: arrow::array::Int64Array,
-    root_service: arrow::array::StringArray,
-    root_name: arrow::array::StringArray,
+    root_service: crate::block::Text,
+    root_name: crate::block::Text,
 }
 
 impl TraceLevel {
@@ -329,11 +333,14 @@ impl TraceLevel {
         fn column<T: Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T, QueryError> {
             crate::block::column(batch, name).map_err(|e| QueryError::Internal(format!("local scan: {e}")))
         }
+        fn text(batch: &RecordBatch, name: &str) -> Result<crate::block::Text, QueryError> {
+            crate::block::Text::column(batch, name).map_err(|e| QueryError::Internal(format!("local scan: {e}")))
+        }
         Ok(TraceLevel {
             start: column(batch, c::TRACE_START)?,
             end: column(batch, c::TRACE_END)?,
-            root_service: column(batch, c::ROOT_SERVICE)?,
-            root_name: column(batch, c::ROOT_NAME)?,
+            root_service: text(batch, c::ROOT_SERVICE)?,
+            root_name: text(batch, c::ROOT_NAME)?,
         })
     }
 

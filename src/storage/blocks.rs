@@ -862,31 +862,38 @@ impl BlockStore {
         let names: Vec<&str> =
             footer.schema().fields().iter().map(|f| f.name().as_str()).filter(|n| wanted(parts, true, n)).collect();
         let rows = UInt32Array::from_iter_values(runs.iter().flat_map(|r| r.clone()).map(|r| r as u32));
-        self.take_cached(tenant, b, &names, &rows).await
+        self.take_cached(tenant, b, &names, Some(&rows), false).await
     }
 
     /// Rows `rows` (in that order) of the block's columns `names`, taken from the cached decoded columns and typed
     /// as the file types them; `None` when a column is nested or missing (see [`BlockStore::columns`]).
+    /// `rows: None` takes every row. With `dictionaries`, strings stay dictionary-encoded as the cache keeps them
+    /// (for readers that take either, `block::Text`): the rows then share the cache's strings.
     pub async fn take_cached(
         &self,
         tenant: &Tenant,
         b: &BlockEntry,
         names: &[&str],
-        rows: &UInt32Array,
+        rows: Option<&UInt32Array>,
+        dictionaries: bool,
     ) -> Result<Option<RecordBatch>, StorageError> {
         let footer = self.footer(tenant, b).await?;
         let Some(whole) = self.columns(tenant, b, names).await? else { return Ok(None) };
         let mut fields = Vec::with_capacity(names.len());
         let mut columns = Vec::with_capacity(names.len());
         for (name, c) in names.iter().zip(whole.columns()) {
-            let field = footer.schema().field_with_name(name)?.clone();
-            let taken = arrow::compute::take(c, rows, None)?;
-            // Strings are cached as dictionaries; readers expect the file's types.
-            columns.push(if taken.data_type() == field.data_type() {
-                taken
+            let mut field = footer.schema().field_with_name(name)?.clone();
+            let taken = match rows {
+                Some(rows) => arrow::compute::take(c, rows, None)?,
+                None => c.clone(),
+            };
+            // Strings are cached as dictionaries; other readers expect the file's types.
+            if taken.data_type() == field.data_type() || dictionaries {
+                field = field.with_data_type(taken.data_type().clone());
+                columns.push(taken);
             } else {
-                arrow::compute::cast(&taken, field.data_type())?
-            });
+                columns.push(arrow::compute::cast(&taken, field.data_type())?);
+            }
             fields.push(field);
         }
         Ok(Some(RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?))
