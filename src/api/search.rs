@@ -294,7 +294,7 @@ fn render(api: &Api, headers: &HeaderMap, r: &SearchResult) -> Response {
                 .into_response();
         }
     };
-    api.json_array_with("traces", &r.traces, |w, t| write_trace(w, t), &rest)
+    api.json_array_with("traces", &r.traces, write_trace, &rest)
 }
 
 /// Hex trace ID with leading zeros stripped, as Tempo prints it in search results.
@@ -321,7 +321,7 @@ pub(super) fn trace_meta(t: &TraceHit) -> tempopb::TraceSearchMetadata {
                 .spans
                 .iter()
                 .map(|sp| tempopb::Span {
-                    span_id: hex::encode(&sp.span_id),
+                    span_id: hex::encode(sp.span_id),
                     name: sp.name.to_string(),
                     start_time_unix_nano: sp.start_unix_nano,
                     duration_nanos: sp.duration_nanos,
