@@ -430,3 +430,23 @@ impl SpanRows {
 fn opt(a: &Text, row: usize) -> &str {
     if a.is_null(row) { "" } else { a.value(row) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::DictionaryArray;
+
+    #[test]
+    fn text_reads_plain_and_dictionary_columns_alike() {
+        let plain = StringArray::from(vec![Some("a"), None, Some("b"), Some("a")]);
+        let dict: DictionaryArray<Int32Type> = vec![Some("a"), None, Some("b"), Some("a")].into_iter().collect();
+        let texts = [Text::new(&plain), Text::new(&dict)];
+        for t in texts {
+            let t = t.expect("both forms are text");
+            assert_eq!((0..4).map(|r| t.is_null(r)).collect::<Vec<_>>(), [false, true, false, false]);
+            assert_eq!([t.value(0), t.value(2), t.value(3)], ["a", "b", "a"]);
+            assert_eq!(opt(&t, 1), "");
+        }
+        assert!(Text::new(&Int64Array::from(vec![1])).is_none(), "numbers are not text");
+    }
+}

@@ -22,7 +22,7 @@ use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, TraceData};
 use super::gate::{Gate, gated_mask};
 use super::prune::{Slots, candidate_filter};
 use super::search::cached_mask;
-use super::search::{Names, TraceHit, by_name, spanset_hits};
+use super::search::{Names, TraceHit, by_name, hit_order, spanset_hits};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, TraceIndex};
@@ -317,6 +317,15 @@ fn settle(
         });
         out.push(Found::Settled(id, hit, t.len() as u64));
     }
+    // Hits newest first, as the answer orders them: the search then merges each block's sorted run instead of
+    // sorting all hits on one core (a tenth of an all-traces search).
+    // (Hits first; the rest keep no particular order.)
+    out.sort_unstable_by(|a, b| match (a, b) {
+        (Found::Settled(_, Some(a), _), Found::Settled(_, Some(b), _)) => hit_order(a, b),
+        (Found::Settled(_, Some(_), _), _) => std::cmp::Ordering::Less,
+        (_, Found::Settled(_, Some(_), _)) => std::cmp::Ordering::Greater,
+        _ => std::cmp::Ordering::Equal,
+    });
     Ok(out)
 }
 

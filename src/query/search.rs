@@ -486,6 +486,8 @@ impl SearchEngine {
             let results: Vec<_> = futures::stream::iter(scans).buffer_unordered(at_once).collect().await;
             tracing::debug!(sources = results.len(), ms = scanned.elapsed().as_secs_f64() * 1e3, "candidate scan");
             let settled = hits.len();
+            let found_here: usize = results.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum();
+            hits.reserve(found_here.min(limit));
             for found in results {
                 for f in found? {
                     match f {
@@ -1156,9 +1158,14 @@ pub(crate) fn by_name(mut stats: Vec<(Arc<str>, (u32, u32))>) -> Vec<(Arc<str>, 
     stats
 }
 
-/// Newest first, ties by trace ID.
+/// Newest first, ties by trace ID. A stable sort: it merges runs already in order (each block's hits).
 fn sort_hits(hits: &mut [TraceHit]) {
-    hits.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id)));
+    hits.sort_by(hit_order);
+}
+
+/// The answer's order: newest first, ties by trace ID.
+pub(crate) fn hit_order(a: &TraceHit, b: &TraceHit) -> std::cmp::Ordering {
+    b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id))
 }
 
 fn trace_hit<'a>(
