@@ -87,37 +87,54 @@ struct Sample {
     results: usize,
 }
 
-fn timed(api: &str, runs: usize, mut call: impl FnMut() -> usize) -> Sample {
+/// Runs `call` once to warm up, then `runs` times; `call` returns its result count and its latency in ms.
+fn timed(api: &str, runs: usize, mut call: impl FnMut() -> (usize, f64)) -> Sample {
     call();
     let (b0, g0) = (metric(api, "strata_object_store_read_bytes_total"), metric(api, "strata_object_store_gets_total"));
     let mut ms = Vec::with_capacity(runs);
     let mut results = 0;
     for _ in 0..runs {
-        let t = Instant::now();
-        results = call();
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let (n, took) = call();
+        results = n;
+        ms.push(took);
     }
     let (b1, g1) = (metric(api, "strata_object_store_read_bytes_total"), metric(api, "strata_object_store_gets_total"));
     ms.sort_by(|a, b| a.total_cmp(b));
     Sample { ms, bytes: (b1 - b0) / runs as f64, gets: (g1 - g0) / runs as f64, results }
 }
 
-fn search(client: &reqwest::blocking::Client, api: &str, q: &str, limit: usize) -> usize {
-    let r = client
-        .get(format!("{api}/api/search"))
-        .query(&[("q", q), ("limit", &limit.to_string()), ("spss", "3")])
-        .send()
-        .expect("search");
-    assert!(r.status().is_success(), "{q}: {}", r.status());
-    // Parsed whole, but into nothing: a `serde_json::Value` tree of a 100 MB answer cost the client as long as
-    // the server took to produce it.
+thread_local! {
+    /// The last answer's buffer, reused by the next [`received`].
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sends `req`, reads the whole answer and parses it with `parse`; returns what `parse` returns and the latency in
+/// ms, from sending to the last byte. The client's parsing is not timed (parsing a 100 MB answer took this client
+/// ~0.25 s on top, on the same two cores; sessions before 10 timed it), and the body is read into the previous
+/// call's buffer, as `curl` would (a fresh buffer grown to 100 MB cost ~0.2 s of page faults and copies).
+fn received<T>(req: reqwest::blocking::RequestBuilder, what: &str, parse: impl FnOnce(&[u8]) -> T) -> (T, f64) {
+    use std::io::Read;
+    let mut body = BUFFER.with_borrow_mut(std::mem::take);
+    body.clear();
+    let t = Instant::now();
+    let mut r = req.send().expect(what);
+    assert!(r.status().is_success(), "{what}: {}", r.status());
+    r.read_to_end(&mut body).expect("body");
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let parsed = parse(&body);
+    BUFFER.with_borrow_mut(|b| *b = body);
+    (parsed, ms)
+}
+
+fn search(client: &reqwest::blocking::Client, api: &str, q: &str, limit: usize) -> (usize, f64) {
+    let req = client.get(format!("{api}/api/search")).query(&[("q", q), ("limit", &limit.to_string()), ("spss", "3")]);
+    // Parsed whole (the answer must be JSON), but into nothing.
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
         traces: Vec<serde::de::IgnoredAny>,
     }
-    let v: Answer = r.json().expect("json");
-    v.traces.len()
+    received(req, q, |body| serde_json::from_slice::<Answer>(body).expect("json").traces.len())
 }
 
 /// Files called `name` under `dir`, recursively.
@@ -213,14 +230,16 @@ fn main() {
     for (kind, q) in METRICS {
         let s = timed(&api, args.runs, || {
             let (start, end) = ((DATA_END_S - 70).to_string(), (DATA_END_S + 10).to_string());
-            let r = client
-                .get(format!("{api}/api/metrics/query_range"))
-                .query(&[("q", *q), ("start", &start), ("end", &end), ("step", "5s")])
-                .send()
-                .expect("metrics query");
-            assert!(r.status().is_success(), "{q}: {}", r.status());
-            let v: serde_json::Value = r.json().expect("json");
-            v["series"].as_array().map_or(0, Vec::len)
+            let req = client.get(format!("{api}/api/metrics/query_range")).query(&[
+                ("q", *q),
+                ("start", &start),
+                ("end", &end),
+                ("step", "5s"),
+            ]);
+            received(req, q, |body| {
+                let v: serde_json::Value = serde_json::from_slice(body).expect("json");
+                v["series"].as_array().map_or(0, Vec::len)
+            })
         });
         println!(
             "| {kind}: `{q}` | {:.1} | {:.1} | {} | {:.0} |",
@@ -256,12 +275,7 @@ fn main() {
     println!("|---|---|---|---|");
     for (kind, tag, q) in TAG_VALUES {
         let s = timed(&api, args.runs, || {
-            let r = client
-                .get(format!("{api}/api/v2/search/tag/{tag}/values"))
-                .query(&[("q", *q)])
-                .send()
-                .expect("tag values");
-            assert!(r.status().is_success());
+            let req = client.get(format!("{api}/api/v2/search/tag/{tag}/values")).query(&[("q", *q)]);
             // Counted without building a `serde_json::Value` per value (as for searches): for 43k values the
             // tree cost the client about as long as the server took to answer.
             #[derive(serde::Deserialize)]
@@ -269,8 +283,7 @@ fn main() {
                 #[serde(default, rename = "tagValues")]
                 tag_values: Vec<serde::de::IgnoredAny>,
             }
-            let v: Values = r.json().expect("json");
-            v.tag_values.len()
+            received(req, tag, |body| serde_json::from_slice::<Values>(body).expect("json").tag_values.len())
         });
         println!(
             "| {kind} (`{tag}`{}) | {:.1} | {:.1} | {} |",
@@ -314,7 +327,7 @@ fn main() {
         assert!(r.status().is_success());
         let acked = Instant::now();
         let q = format!(r#"{{ span.bench.nonce = "{nonce}" }}"#);
-        while search(&client, &api, &q, 20) == 0 {
+        while search(&client, &api, &q, 20).0 == 0 {
             assert!(acked.elapsed() < Duration::from_secs(10), "span not searchable after 10 s");
         }
         fresh.push(acked.elapsed().as_secs_f64() * 1000.0);
