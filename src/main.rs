@@ -14,14 +14,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// entries so that positions stay stable). The Rust bindings name no constant for it.
 const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
 
-/// Freed pages are given back to the OS after 10 ms instead of mimalloc's default 1 s. With the default, memory
-/// freed by one request (a 100k-trace search answer holds ~300 MB) was still resident while the next one ran:
-/// the search benchmark's query sequence peaked at 593 MB, and 383 MB with 10 ms; ingest peaks at ~360 instead of
-/// ~440 MB for a few percent more CPU per span (BENCHMARKS.md). `MIMALLOC_PURGE_DELAY` still overrides it.
+/// Freed pages go back to the OS after 1 s. Session 7 had cut this to 10 ms: a 100k-trace search answer then
+/// held ~300 MB, and the search benchmark's query sequence peaked at 593 MB (383 MB with 10 ms). Answers now hold
+/// less (hits share their strings), and with 10 ms every large answer ran on fresh pages: page faults were a
+/// fifth of its CPU. Measured in session 10 (BENCHMARKS.md): all 100k traces 365 -> 294 ms, the search sequence's
+/// peak RSS 402 -> 427 MB, ingest's 360 -> 466 MB (250 ms: 328 ms, 421 and 415 MB). `MIMALLOC_PURGE_DELAY` still
+/// overrides it.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one process-wide integer option; called before any other thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
     }
 }
 
