@@ -164,6 +164,11 @@ pub(crate) async fn filtered_rows(
             return Ok(Vec::new());
         }
     }
+    if let Some(f) = &filter
+        && super::search::ruled_out_by_blooms(blocks, tenant, b, f).await?
+    {
+        return Ok(Vec::new());
+    }
     let table = BlockTable::new(tenant, b, blocks.object_store()).with_row_numbers();
     let mut df = ctx.read_table(Arc::new(table))?;
     if let Some(filter) = filter {

@@ -258,6 +258,39 @@ pub fn list_values_tested(filter: &Expr, list: &str) -> Option<Vec<(String, Stri
     (usable && !values.is_empty()).then_some(values)
 }
 
+/// For each top-level conjunct of `filter` made only of `attr_may_match(list, key, value)` tests of one attribute
+/// list joined by `AND`/`OR` (no negation): the list and the (key, value) pairs tested. A row whose list holds
+/// none of those values (and no array of those keys) fails that conjunct, so it fails `filter`: a block whose
+/// row groups' value filters rule out every pair has no row that passes.
+pub fn required_list_values(filter: &Expr) -> Vec<(String, Vec<(String, String)>)> {
+    fn only_tests(e: &Expr, list: &str) -> bool {
+        match e {
+            Expr::BinaryExpr(b)
+                if matches!(b.op, datafusion::logical_expr::Operator::And | datafusion::logical_expr::Operator::Or) =>
+            {
+                only_tests(&b.left, list) && only_tests(&b.right, list)
+            }
+            Expr::ScalarFunction(f) if f.func.name() == "attr_may_match" => matches!(
+                f.args.as_slice(),
+                [Expr::Column(c), Expr::Literal(ScalarValue::Utf8(Some(_)), _), Expr::Literal(ScalarValue::Utf8(Some(_)), _)]
+                    if c.name == list
+            ),
+            _ => false,
+        }
+    }
+    let mut out = Vec::new();
+    for conjunct in datafusion::logical_expr::utils::split_conjunction(filter) {
+        for list in [c::SPAN_ATTRS, c::RESOURCE_ATTRS] {
+            if only_tests(conjunct, list)
+                && let Some(tests) = list_values_tested(conjunct, list)
+            {
+                out.push((list.to_string(), tests));
+            }
+        }
+    }
+    out
+}
+
 /// The same comparison with its operands swapped.
 fn flip(op: BinaryOp) -> Option<BinaryOp> {
     Some(match op {
@@ -426,5 +459,28 @@ mod tests {
         assert_eq!(list_values_tested(&a.clone().or(presence), list), None);
         assert_eq!(list_values_tested(&a.or(col(list).is_null()), list), None);
         assert_eq!(list_values_tested(&col(c::NAME).eq(lit("x")), list), None);
+    }
+
+    #[test]
+    fn required_list_values_only_from_conjuncts_of_value_tests() {
+        let list = c::SPAN_ATTRS;
+        let a = attr_may_match(col(list), "user.id", Some("u-1"));
+        let b = attr_may_match(col(list), "user.id", Some("u-2"));
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let name = col(c::NAME).eq(lit("x"));
+        // `a AND name`: a row without u-1 fails; `a OR b` needs one of the two.
+        assert_eq!(
+            required_list_values(&a.clone().and(name.clone())),
+            vec![(list.to_string(), vec![pair("user.id", "u-1")])]
+        );
+        assert_eq!(
+            required_list_values(&a.clone().or(b.clone())),
+            vec![(list.to_string(), vec![pair("user.id", "u-1"), pair("user.id", "u-2")])]
+        );
+        // A row may pass without the list (`OR` with another column), or because the value is absent (`NOT`).
+        assert!(required_list_values(&a.clone().or(name.clone())).is_empty());
+        assert!(required_list_values(&not(a.clone())).is_empty());
+        assert!(required_list_values(&attr_may_match(col(list), "user.id", None)).is_empty());
+        assert!(required_list_values(&name).is_empty());
     }
 }

@@ -32,7 +32,7 @@ use super::QueryError;
 use super::eval::{Evaluator, NO_ROOT_SERVICE, ReadNeeds, SpanSet, TraceData, run_local, span_local};
 use super::gate::{Gate, gated_mask};
 use super::local::{self, Found, LocalSearch};
-use super::prune::{Slots, candidate_filter, list_values_tested};
+use super::prune::{Slots, candidate_filter, list_values_tested, required_list_values};
 use super::table::{BlockTable, ROW_NUMBER};
 use crate::block::schema::{self, col as c};
 use crate::block::{SpanParts, SpanRows, traces_to_batches};
@@ -807,6 +807,8 @@ impl SearchEngine {
         };
         if let Some(passed) = passed {
             mark(&mut passed.set_indices());
+        } else if ruled_out_by_blooms(&self.blocks, tenant, b, &filter).await? {
+            return Ok(Vec::new());
         } else {
             let table = BlockTable::new(tenant, b, self.blocks.object_store()).with_row_numbers();
             let df = ctx.read_table(Arc::new(table))?.filter(filter)?.select(vec![col(ROW_NUMBER)])?;
@@ -1116,6 +1118,23 @@ fn memory_trace_ids(source: &Source) -> ahash::AHashSet<TraceId> {
         out.extend((0..ids.len()).filter_map(|i| TraceId::from_bytes(ids.value(i))));
     }
     out
+}
+
+/// Whether the row groups' attribute-value filters alone show that no row of block `b` passes `filter` (see
+/// `prune::required_list_values`): a search for a value the block does not hold then skips it unread, also when
+/// the searched range is too large for the column cache (whose bitmaps answer this otherwise).
+pub(crate) async fn ruled_out_by_blooms(
+    blocks: &BlockStore,
+    tenant: &Tenant,
+    b: &BlockEntry,
+    filter: &Expr,
+) -> Result<bool, QueryError> {
+    for (list, tests) in required_list_values(filter) {
+        if blocks.lacks_values(tenant, b, &list, &tests).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Cores to spread one block's work over (asked once: the lookup reads cgroup files on Linux).

@@ -1008,14 +1008,8 @@ impl BlockStore {
     ) -> Result<Option<ArrayRef>, StorageError> {
         let footer = self.footer(tenant, b).await?;
         let descr = footer.metadata().file_metadata().schema_descr();
-        let leaf = |last: &str| {
-            (0..descr.num_columns()).find(|&i| {
-                let column = descr.column(i);
-                let parts = column.path().parts();
-                parts.first().is_some_and(|p| p == name) && parts.len() > 2 && parts.last().is_some_and(|l| l == last)
-            })
-        };
-        let (s_leaf, key_leaf, kind_leaf) = (leaf("s"), leaf("key"), leaf("kind"));
+        let (s_leaf, key_leaf, kind_leaf) =
+            (list_leaf(descr, name, "s"), list_leaf(descr, name, "key"), list_leaf(descr, name, "kind"));
         let leaves: Vec<usize> = (0..descr.num_columns())
             .filter(|&i| {
                 let column = descr.column(i);
@@ -1097,6 +1091,31 @@ impl BlockStore {
     /// Keeps the rows of block `b` that pass a predicate (see [`BlockStore::mask`]).
     pub fn keep_mask(&self, b: &BlockEntry, predicate: String, rows: arrow::buffer::BooleanBuffer) {
         self.masks.insert((b.meta.block_id.clone(), predicate), rows);
+    }
+
+    /// Whether no row group of block `b` has a string attribute matching any of `tests` (key, value) in attribute
+    /// list `name`, by the row groups' value filters (see [`BlockStore::row_group_lacks`]); false when unsure.
+    /// Reads nothing but the filters, kept once read.
+    pub async fn lacks_values(
+        &self,
+        tenant: &Tenant,
+        b: &BlockEntry,
+        name: &str,
+        tests: &[(String, String)],
+    ) -> Result<bool, StorageError> {
+        let footer = self.footer(tenant, b).await?;
+        let descr = footer.metadata().file_metadata().schema_descr();
+        let (Some(s), Some(key), Some(kind)) =
+            (list_leaf(descr, name, "s"), list_leaf(descr, name, "key"), list_leaf(descr, name, "kind"))
+        else {
+            return Ok(false);
+        };
+        for rg in 0..footer.metadata().num_row_groups() {
+            if !self.row_group_lacks(tenant, b, &footer, rg, [s, key, kind], tests).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether row group `rg` has no string attribute matching any of `tests` (key, value) in the list whose
@@ -1253,6 +1272,15 @@ fn parts_mask(footer: &ArrowReaderMetadata, parts: SpanParts, view_only: bool) -
         .map(|(i, _)| i)
         .collect();
     ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), roots)
+}
+
+/// The leaf `last` (`s`, `key`, `kind`) of attribute list column `name` in a block's Parquet schema.
+fn list_leaf(descr: &parquet::schema::types::SchemaDescriptor, name: &str, last: &str) -> Option<usize> {
+    (0..descr.num_columns()).find(|&i| {
+        let column = descr.column(i);
+        let parts = column.path().parts();
+        parts.first().is_some_and(|p| p == name) && parts.len() > 2 && parts.last().is_some_and(|l| l == last)
+    })
 }
 
 #[cfg(test)]
